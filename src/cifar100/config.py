@@ -1,0 +1,207 @@
+"""Run configuration: dataclasses, TOML presets, and dotted overrides (`--set train.lr=3e-4`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cifar100.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar100"  # cifar100 | cifar10 | folder
+    path: str | None = None  # archive, extracted folder or image folder; None downloads CIFAR
+    label: str = "fine"  # CIFAR-100 only: fine (100 classes) | coarse (20 superclasses)
+    image_size: int = 32  # image folders are decoded to this square size
+    val_fraction: float = 0.1  # held out of train, stratified, for per-epoch validation
+    test_fraction: float = 0.2  # image folders with no train/test split
+    limit_train: int | None = None  # seeded subset, for quick runs
+    limit_test: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50v2"
+    weights: str = "imagenet"  # imagenet | none | path to a weights file
+    resize: int = 7  # bilinear upsampling factor applied to the input (32 -> 224)
+    head_units: int = 256
+    dropout: float = 0.25
+    activation: str = "relu"  # relu | leaky_relu
+    leaky_slope: float = 0.01
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12  # total, frozen epochs included
+    freeze_epochs: int = 2  # head warm-up with the backbone frozen (batch norm in inference mode)
+    batch_size: int = 128
+    head_lr: float = 1e-3  # Adam, frozen phase
+    optimizer: str = "sgd"  # fine-tuning phase: sgd | adam | adamw
+    lr: float = 0.01  # fine-tuning peak learning rate
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 0.5  # linear warm-up at the start of fine-tuning
+    label_smoothing: float = 0.0
+    crop_padding: int = 4  # random crop with this padding; 0 disables
+    flip: bool = True
+    amp: bool = True  # bf16 autocast where the device supports it
+    channels_last: bool = True
+    seed: int = 0
+    device: str = "auto"  # auto | cuda | mps | cpu
+    eval_batch_size: int = 256
+    log_every: int = 20  # steps between host synchronisations for the progress bar
+
+
+@dataclass
+class Config:
+    preset: str = "custom"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def preset_names() -> list[str]:
+    files = resources.files("cifar100.configs").iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> Config:
+    """A named preset shipped with the package (configs/NAME.toml)."""
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    text = resources.files("cifar100.configs").joinpath(f"{name}.toml").read_text()
+    return from_dict(tomllib.loads(text), preset=name)
+
+
+def load_config_file(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    base = load_preset(raw.pop("extends")) if "extends" in raw else Config()
+    return merge(base, raw, origin=str(path))
+
+
+def from_dict(raw: dict[str, Any], preset: str = "custom") -> Config:
+    cfg = merge(Config(), raw, origin=f"preset {preset}")
+    if "preset" not in raw:
+        cfg.preset = preset
+    return cfg
+
+
+def merge(cfg: Config, raw: dict[str, Any], origin: str) -> Config:
+    """Apply a nested dict of values onto `cfg`, checking names and types."""
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: [{key}] must be a table")
+            for sub, v in value.items():
+                set_value(cfg, f"{key}.{sub}", v, origin)
+        elif key in ("preset", "description"):
+            setattr(cfg, key, str(value))
+        else:
+            raise ConfigError(f"{origin}: unknown key {key!r}")
+    return cfg
+
+
+def set_value(cfg: Config, dotted: str, value: Any, origin: str = "--set") -> None:
+    """Set `section.name` to `value`, converting strings to the field's type."""
+    section, _, name = dotted.partition(".")
+    if section not in SECTIONS or not name:
+        raise ConfigError(f"{origin}: {dotted!r} is not section.name "
+                          f"(sections: {', '.join(SECTIONS)})")
+    obj = getattr(cfg, section)
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if name not in fields:
+        raise ConfigError(f"{origin}: unknown setting {dotted!r}; "
+                          f"{section} has: {', '.join(fields)}")
+    setattr(obj, name, _coerce(value, fields[name].type, dotted, origin))
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"--set {item!r}: expected section.name=value")
+        set_value(cfg, key.strip(), value.strip(), "--set")
+    return cfg
+
+
+def _coerce(value: Any, type_name: Any, dotted: str, origin: str) -> Any:
+    t = str(type_name)
+    optional = "None" in t
+    if isinstance(value, str):
+        if optional and value.lower() in ("none", "null", ""):
+            return None
+        try:
+            if t.startswith("bool"):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if t.startswith("int"):
+                return int(value)
+            if t.startswith("float"):
+                return float(value)
+        except ValueError:
+            raise ConfigError(f"{origin}: {dotted}={value!r} is not a {t.split()[0]}") from None
+        return value
+    if value is None and optional:
+        return None
+    expected = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+    kind = t.split()[0].split("|")[0]
+    if kind in expected and not isinstance(value, expected[kind]) or (
+        kind == "int" and isinstance(value, bool)
+    ):
+        raise ConfigError(f"{origin}: {dotted} must be {kind}, got {value!r}")
+    return float(value) if kind == "float" else value
+
+
+def validate(cfg: Config) -> Config:
+    """Check values that types alone cannot; one clear message per problem."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    if d.dataset not in ("cifar100", "cifar10", "folder"):
+        raise ConfigError(f"data.dataset={d.dataset!r}: choose cifar100, cifar10 or folder")
+    if d.dataset == "folder" and not d.path:
+        raise ConfigError("data.dataset=folder needs --data PATH (a folder or tarball)")
+    if d.label not in ("fine", "coarse"):
+        raise ConfigError(f"data.label={d.label!r}: choose fine or coarse")
+    if not 0.0 <= d.val_fraction < 1.0:
+        raise ConfigError(f"data.val_fraction={d.val_fraction}: must be in [0, 1)")
+    if not 0.0 < d.test_fraction < 1.0:
+        raise ConfigError(f"data.test_fraction={d.test_fraction}: must be in (0, 1)")
+    if d.image_size < 8:
+        raise ConfigError(f"data.image_size={d.image_size}: must be at least 8")
+    if m.activation not in ("relu", "leaky_relu"):
+        raise ConfigError(f"model.activation={m.activation!r}: choose relu or leaky_relu")
+    if m.resize < 1:
+        raise ConfigError(f"model.resize={m.resize}: must be a whole number >= 1")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout={m.dropout}: must be in [0, 1)")
+    if t.epochs < 1 or t.freeze_epochs < 0 or t.freeze_epochs > t.epochs:
+        raise ConfigError(f"train.epochs={t.epochs}, train.freeze_epochs={t.freeze_epochs}: "
+                          "need epochs >= 1 and 0 <= freeze_epochs <= epochs")
+    if t.batch_size < 1 or t.eval_batch_size < 1:
+        raise ConfigError("train.batch_size and train.eval_batch_size must be >= 1")
+    if t.optimizer not in ("sgd", "adam", "adamw"):
+        raise ConfigError(f"train.optimizer={t.optimizer!r}: choose sgd, adam or adamw")
+    if t.device not in ("auto", "cuda", "mps", "cpu") and not t.device.startswith("cuda:"):
+        raise ConfigError(f"train.device={t.device!r}: choose auto, cuda, mps or cpu")
+    return cfg
