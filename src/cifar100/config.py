@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from cifar100.errors import ConfigError
 
@@ -124,13 +125,15 @@ def set_value(cfg: Config, dotted: str, value: Any, origin: str = "--set") -> No
     """Set `section.name` to `value`, converting strings to the field's type."""
     section, _, name = dotted.partition(".")
     if section not in SECTIONS or not name:
-        raise ConfigError(f"{origin}: {dotted!r} is not section.name "
-                          f"(sections: {', '.join(SECTIONS)})")
+        raise ConfigError(
+            f"{origin}: {dotted!r} is not section.name (sections: {', '.join(SECTIONS)})"
+        )
     obj = getattr(cfg, section)
     fields = {f.name: f for f in dataclasses.fields(obj)}
     if name not in fields:
-        raise ConfigError(f"{origin}: unknown setting {dotted!r}; "
-                          f"{section} has: {', '.join(fields)}")
+        raise ConfigError(
+            f"{origin}: unknown setting {dotted!r}; {section} has: {', '.join(fields)}"
+        )
     setattr(obj, name, _coerce(value, fields[name].type, dotted, origin))
 
 
@@ -161,14 +164,17 @@ def _coerce(value: Any, type_name: Any, dotted: str, origin: str) -> Any:
             if t.startswith("float"):
                 return float(value)
         except ValueError:
-            raise ConfigError(f"{origin}: {dotted}={value!r} is not a {t.split()[0]}") from None
+            kind = t.split()[0].split("|")[0]
+            raise ConfigError(f"{origin}: {dotted}={value!r}: expected {kind}") from None
         return value
     if value is None and optional:
         return None
     expected = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
     kind = t.split()[0].split("|")[0]
-    if kind in expected and not isinstance(value, expected[kind]) or (
-        kind == "int" and isinstance(value, bool)
+    if (
+        kind in expected
+        and not isinstance(value, expected[kind])
+        or (kind == "int" and isinstance(value, bool))
     ):
         raise ConfigError(f"{origin}: {dotted} must be {kind}, got {value!r}")
     return float(value) if kind == "float" else value
@@ -196,8 +202,10 @@ def validate(cfg: Config) -> Config:
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout={m.dropout}: must be in [0, 1)")
     if t.epochs < 1 or t.freeze_epochs < 0 or t.freeze_epochs > t.epochs:
-        raise ConfigError(f"train.epochs={t.epochs}, train.freeze_epochs={t.freeze_epochs}: "
-                          "need epochs >= 1 and 0 <= freeze_epochs <= epochs")
+        raise ConfigError(
+            f"train.epochs={t.epochs}, train.freeze_epochs={t.freeze_epochs}: "
+            "need epochs >= 1 and 0 <= freeze_epochs <= epochs"
+        )
     if t.batch_size < 1 or t.eval_batch_size < 1:
         raise ConfigError("train.batch_size and train.eval_batch_size must be >= 1")
     if t.optimizer not in ("sgd", "adam", "adamw"):
