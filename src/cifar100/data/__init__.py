@@ -22,8 +22,12 @@ def load_data(cfg: DataConfig, cache_dir: Path, seed: int = 0, progress: bool = 
         from cifar100.data.folders import load_image_folder
 
         splits = load_image_folder(
-            cfg.path, image_size=cfg.image_size, cache_dir=cache_dir,
-            test_fraction=cfg.test_fraction, seed=seed, progress=progress,
+            cfg.path,
+            image_size=cfg.image_size,
+            cache_dir=cache_dir,
+            test_fraction=cfg.test_fraction,
+            seed=seed,
+            progress=progress,
         )
     splits.train = limit_per_split(splits.train, cfg.limit_train, seed)
     splits.test = limit_per_split(splits.test, cfg.limit_test, seed + 1)
@@ -34,5 +38,10 @@ def _coarse_as_labels(splits: DataSplits) -> DataSplits:
     def swap(s: ImageSet) -> ImageSet:
         return ImageSet(images=s.images, labels=s.coarse_labels, classes=s.coarse_classes)
 
-    return DataSplits(train=swap(splits.train), test=swap(splits.test),
-                      name=splits.name + "-coarse", source=splits.source, info=splits.info)
+    return DataSplits(
+        train=swap(splits.train),
+        test=swap(splits.test),
+        name=splits.name + "-coarse",
+        source=splits.source,
+        info=splits.info,
+    )

@@ -22,8 +22,10 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 (N,H,W,3), got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
+            raise ValueError(
+                f"images must be uint8 (N,H,W,3), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
         if len(self.labels) != len(self.images):
             raise ValueError("images and labels differ in length")
 
