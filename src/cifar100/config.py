@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from cifar100.errors import ConfigError
 
@@ -34,6 +33,9 @@ class ModelConfig:
     dropout: float = 0.25
     activation: str = "relu"  # relu | leaky_relu
     leaky_slope: float = 0.01
+    # Keras's convention: moving = momentum * moving + (1 - momentum) * batch. Keras's 0.99
+    # needs a few hundred steps to settle; short runs from scratch do better with 0.9.
+    bn_momentum: float = 0.99
 
 
 @dataclass
@@ -199,6 +201,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"model.activation={m.activation!r}: choose relu or leaky_relu")
     if m.resize < 1:
         raise ConfigError(f"model.resize={m.resize}: must be a whole number >= 1")
+    if not 0.0 <= m.bn_momentum < 1.0:
+        raise ConfigError(f"model.bn_momentum={m.bn_momentum}: must be in [0, 1)")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout={m.dropout}: must be in [0, 1)")
     if t.epochs < 1 or t.freeze_epochs < 0 or t.freeze_epochs > t.epochs:

@@ -110,7 +110,10 @@ def load_cifar(
         info = {"archive_md5": None, "canonical": None, "decoded_cache": None}
         return _to_splits(source, arrays, str(folder), info)
     if not path.is_file():
-        raise DataError(f"{path}: no such file or folder")
+        raise DataError(
+            f"{path}: no such file or folder; give {source.filename} or its extracted folder, "
+            "or leave out --data to download it"
+        )
     # A re-packed archive has another md5 yet may be fine: its contents are checked instead.
     return _from_archive(source, path, file_digest(path), str(path), cache_dir)
 

@@ -1,0 +1,413 @@
+"""The `cifar100` command: a thin layer that parses arguments and calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cifar100 import __version__
+from cifar100.errors import CifarError
+
+EPILOG = """examples:
+  cifar100 train --preset seed                      the report's model and recipe on CIFAR-100
+  cifar100 train --preset cpu --dataset folder --data images.tar.gz
+  cifar100 evaluate runs/20261125-120000-seed       test top-1/top-5, per class and superclass
+  cifar100 predict runs/20261125-120000-seed cat.jpg dog.png
+  cifar100 summary --preset seed                    the report's parameter table
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cifar100",
+        description="Train, evaluate and use ImageNet-backbone image "
+        "classifiers on CIFAR-100, CIFAR-10 and image folders.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"cifar100 {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    # --debug also works after the command name (`cifar100 train --debug`).
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show full tracebacks on errors",
+    )
+
+    t = sub.add_parser(
+        "train",
+        parents=[debug],
+        help="train a model (a preset, a config file, overrides)",
+        description="Train a classifier into a run directory holding its "
+        "config, environment, metrics log and checkpoints.",
+    )
+    _config_args(t)
+    t.add_argument("--out", metavar="DIR", help="run directory (default: runs/<time>-<preset>)")
+    t.add_argument(
+        "--runs-root",
+        default="runs",
+        metavar="DIR",
+        help="where new run directories go (default: ./runs)",
+    )
+    t.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
+    )
+    _common_args(t)
+
+    e = sub.add_parser(
+        "evaluate",
+        parents=[debug],
+        help="test accuracy of a run or checkpoint",
+        description="Top-1 and top-5 test accuracy, per class and (CIFAR-100) "
+        "per superclass; printed, and written as JSON.",
+    )
+    e.add_argument("target", metavar="RUN_OR_CHECKPOINT", help="a run directory or a .pt file")
+    e.add_argument(
+        "--checkpoint",
+        choices=["last", "best"],
+        default="last",
+        help="which checkpoint of a run directory (default: last)",
+    )
+    e.add_argument("--data", metavar="PATH", help="read the test data from here instead")
+    e.add_argument("--batch-size", type=int, metavar="N", help="images per inference batch")
+    e.add_argument("--json", action="store_true", help="print the JSON result only")
+    e.add_argument(
+        "--output", metavar="FILE", help="write the JSON here (default: RUN_DIR/evaluation.json)"
+    )
+    _common_args(e)
+
+    r = sub.add_parser(
+        "predict",
+        parents=[debug],
+        help="classify image files with a trained model",
+        description="Top-k classes with probabilities for each image (any size "
+        "or mode), prepared exactly as in training. Exit code 1 if any image "
+        "could not be read; the others are still predicted.",
+    )
+    r.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run directory or a .pt file")
+    r.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size or mode)")
+    r.add_argument(
+        "-k",
+        "--top",
+        type=int,
+        default=5,
+        metavar="K",
+        help="how many classes to show (default: 5)",
+    )
+    r.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    r.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
+
+    s = sub.add_parser(
+        "summary",
+        parents=[debug],
+        help="print the model's layer and parameter table",
+        description="The report's table: layer, input and output shape, "
+        "parameters (counting batch-norm moving statistics, as Keras does).",
+    )
+    _config_args(s, data=False)
+    s.add_argument(
+        "--classes", type=int, metavar="N", help="number of classes (default: from the dataset)"
+    )
+
+    sub.add_parser(
+        "presets",
+        parents=[debug],
+        help="list the shipped presets",
+        description="List the presets shipped with cifar100.",
+    )
+
+    d = sub.add_parser(
+        "data",
+        parents=[debug],
+        help="download or decode a dataset and describe it",
+        description="Fetch (or read) and cache a dataset, then print its splits "
+        "and classes: useful to prepare an offline machine.",
+    )
+    d.add_argument("--dataset", choices=["cifar100", "cifar10", "folder"], default="cifar100")
+    d.add_argument("--data", metavar="PATH", help="archive, extracted folder or image folder")
+    d.add_argument(
+        "--image-size",
+        type=int,
+        default=32,
+        metavar="N",
+        help="image folders are decoded to N x N (default: 32)",
+    )
+    _common_args(d, device=False)
+    return p
+
+
+def _config_args(p: argparse.ArgumentParser, data: bool = True) -> None:
+    p.add_argument(
+        "--preset",
+        default=None,
+        metavar="NAME",
+        help="seed (the report, default), cpu, ...: see `cifar100 presets`",
+    )
+    p.add_argument("--config", metavar="FILE", help="a TOML config file (may `extends` a preset)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any setting, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+    p.add_argument("--backbone", metavar="NAME", help="backbone (model.backbone): resnet50v2")
+    p.add_argument(
+        "--dataset",
+        choices=["cifar100", "cifar10", "folder"],
+        help="which data (data.dataset); default: cifar100",
+    )
+    if data:
+        p.add_argument(
+            "--weights",
+            metavar="SOURCE",
+            help="backbone weights (model.weights): imagenet, none (from scratch) or a file",
+        )
+        p.add_argument(
+            "--data",
+            metavar="PATH",
+            help="CIFAR archive or extracted folder, or "
+            "an image folder / tarball (data.path); default: download CIFAR",
+        )
+        p.add_argument("--epochs", type=int, metavar="N", help="total epochs (train.epochs)")
+        p.add_argument("--batch-size", type=int, metavar="N", help="train.batch_size")
+        p.add_argument(
+            "--lr", type=float, metavar="LR", help="fine-tuning peak learning rate (train.lr)"
+        )
+        p.add_argument("--seed", type=int, metavar="N", help="random seed (train.seed)")
+
+
+def _common_args(p: argparse.ArgumentParser, device: bool = True) -> None:
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="downloads and decoded data (default: $CIFAR100_CACHE or the user cache dir)",
+    )
+    if device:
+        p.add_argument("--device", default=None, help="auto | cuda | mps | cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def resolve_config(args: argparse.Namespace):
+    """Preset or file, then the named flags, then --set overrides."""
+    from cifar100.config import apply_overrides, load_config_file, load_preset, set_value
+
+    if args.config and args.preset:
+        raise CifarError(
+            'give --preset or --config, not both (a config file can `extends = "PRESET"`)'
+        )
+    cfg = load_config_file(args.config) if args.config else load_preset(args.preset or "seed")
+    flags = {
+        "model.backbone": args.backbone,
+        "model.weights": getattr(args, "weights", None),
+        "data.dataset": args.dataset,
+        "data.path": getattr(args, "data", None),
+        "train.epochs": getattr(args, "epochs", None),
+        "train.batch_size": getattr(args, "batch_size", None),
+        "train.lr": getattr(args, "lr", None),
+        "train.seed": getattr(args, "seed", None),
+        "train.device": getattr(args, "device", None),
+    }
+    for key, value in flags.items():
+        if value is not None:
+            set_value(cfg, key, value, origin="--" + key.split(".")[1].replace("_", "-"))
+    return apply_overrides(cfg, args.set)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cifar100.engine.train import train
+
+    if args.resume:
+        given = [
+            f
+            for f in (
+                "preset",
+                "config",
+                "backbone",
+                "weights",
+                "dataset",
+                "data",
+                "epochs",
+                "batch_size",
+                "lr",
+                "seed",
+            )
+            if getattr(args, f)
+        ]
+        if given or args.set:
+            raise CifarError(
+                "--resume continues a run with its saved config; drop "
+                f"{', '.join('--' + g.replace('_', '-') for g in given) or '--set'}"
+            )
+        train(resume=args.resume, cache_dir=args.cache_dir, progress=not args.no_progress)
+        return 0
+    cfg = resolve_config(args)
+    train(
+        cfg,
+        out=args.out,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+        runs_root=args.runs_root,
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cifar100.evaluate import evaluate_checkpoint
+    from cifar100.fileio import write_json_atomic
+
+    metrics = evaluate_checkpoint(
+        args.target,
+        which=args.checkpoint,
+        data_path=args.data,
+        cache_dir=args.cache_dir,
+        device=args.device or "auto",
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    target = Path(args.target)
+    out = (
+        Path(args.output)
+        if args.output
+        else (target / "evaluation.json" if target.is_dir() else target.with_suffix(".eval.json"))
+    )
+    write_json_atomic(out, metrics)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    print(format_evaluation(metrics))
+    print(f"written to {out}")
+    return 0
+
+
+def format_evaluation(m: dict) -> str:
+    lines = [
+        f"{m['dataset']}: {m['images']} test images, checkpoint {m['checkpoint']} "
+        f"(epoch {m['epoch']})",
+        f"  top-1 {m['top1']:.2%}   top-5 {m['top5']:.2%}   loss {m['loss']:.4f}",
+    ]
+    if "superclass_top1" in m:
+        lines.append(f"  superclass top-1 {m['superclass_top1']:.2%}")
+        lines.append("  per superclass (fine top-1 / superclass top-1):")
+        for name, v in m["per_superclass"].items():
+            lines.append(f"    {name:<32} {v['fine_top1']:7.2%}  {v['superclass_top1']:7.2%}")
+    per_class = sorted(m["per_class"].items(), key=lambda kv: kv[1])
+    if per_class:
+        worst = ", ".join(f"{c} {a:.0%}" for c, a in per_class[:5])
+        best = ", ".join(f"{c} {a:.0%}" for c, a in per_class[::-1][:5])
+        lines.append(f"  hardest classes: {worst}")
+        lines.append(f"  easiest classes: {best}")
+    return "\n".join(lines)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cifar100.predict import Predictor
+
+    if args.top < 1:
+        raise CifarError("-k/--top must be at least 1")
+    predictor = Predictor(args.checkpoint, device=args.device)
+    results = predictor.predict_files(args.images, k=args.top)
+    for r in results:
+        if args.json:
+            print(json.dumps(r.to_dict()))
+        elif r.error:
+            print(f"{r.path}: error: {r.error}", file=sys.stderr)
+        else:
+            print(f"{r.path}: " + ", ".join(f"{c} {p:.1%}" for c, p in r.top))
+    return 1 if any(r.error for r in results) else 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from cifar100.models.registry import build_model
+    from cifar100.models.summary import format_summary
+
+    cfg = resolve_config(args)
+    cfg.model.weights = "none"  # the table needs shapes and counts, not trained values
+    n = args.classes or {"cifar100": 100 if cfg.data.label == "fine" else 20, "cifar10": 10}.get(
+        cfg.data.dataset
+    )
+    if n is None:
+        raise CifarError("an image folder's class count comes from its data: pass --classes N")
+    model = build_model(cfg.model, num_classes=n)
+    size = 32 if cfg.data.dataset != "folder" else cfg.data.image_size
+    print(format_summary(model, size))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from cifar100.config import load_preset, preset_names
+
+    for name in preset_names():
+        cfg = load_preset(name)
+        print(f"{name:<8} {cfg.description}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from cifar100.config import DataConfig
+    from cifar100.data import load_data
+    from cifar100.paths import resolve_cache_dir
+
+    if args.dataset == "folder" and not args.data:
+        raise CifarError("--dataset folder needs --data PATH (a folder or tarball)")
+    cfg = DataConfig(dataset=args.dataset, path=args.data, image_size=args.image_size)
+    splits = load_data(cfg, resolve_cache_dir(args.cache_dir), progress=not args.no_progress)
+    print(
+        f"{splits.name}: {len(splits.train)} train / {len(splits.test)} test images, "
+        f"{splits.train.image_size}x{splits.train.image_size}, {len(splits.classes)} classes"
+    )
+    print(f"  source: {splits.source}")
+    print(f"  classes: {', '.join(splits.classes)}")
+    if splits.train.coarse_classes:
+        print(f"  superclasses: {', '.join(splits.train.coarse_classes)}")
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "summary": cmd_summary,
+    "presets": cmd_presets,
+    "data": cmd_data,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except CifarError as e:
+        if args.debug:
+            raise
+        print(f"cifar100 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted (checkpoints already written are intact; `cifar100 train --resume "
+            "RUN_DIR` continues a run)",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if args.debug:
+            raise
+        print(
+            f"cifar100 {args.command}: unexpected error: {type(e).__name__}: {e} "
+            "(run with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training engine: device and environment, optimisation, checkpoints, runs, the loop."""

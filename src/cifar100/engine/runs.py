@@ -1,0 +1,89 @@
+"""Run directories: each holds its resolved config, environment, metrics log and checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from cifar100.config import Config, from_dict
+from cifar100.errors import CheckpointError, ConfigError
+from cifar100.fileio import write_json_atomic
+
+CONFIG = "config.json"
+ENVIRONMENT = "environment.json"
+METRICS = "metrics.jsonl"
+EVALUATION = "evaluation.json"
+
+
+def new_run_dir(root: str | Path, preset: str) -> Path:
+    """runs/<date>-<time>-<preset>, made unique if two runs start in the same second."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{stamp}-{preset}"
+    path, i = base, 1
+    while path.exists():
+        path, i = Path(f"{base}-{i}"), i + 1
+    return path
+
+
+def check_new_run_dir(path: Path) -> None:
+    """Refuse to overwrite an earlier run's work (checked before any slow step)."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConfigError(
+            f"run directory {path} already holds a run: pass --resume {path} "
+            "to continue it, or another --out"
+        )
+
+
+def prepare_run_dir(path: Path, cfg: Config, environment: dict) -> None:
+    """Create a new run directory with its resolved config and environment."""
+    check_new_run_dir(path)
+    path.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path / CONFIG, cfg.to_dict())
+    write_json_atomic(path / ENVIRONMENT, environment)
+
+
+def read_run_config(path: Path) -> Config:
+    file = path / CONFIG
+    if not file.is_file():
+        raise CheckpointError(f"{path}: no {CONFIG}; not a cifar100 run directory")
+    try:
+        raw = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: unreadable ({e})") from None
+    return from_dict(raw, preset=raw.get("preset", "custom"))
+
+
+class MetricsLog:
+    """Append-only JSON-lines log, one record per epoch, flushed and fsynced as written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop records past `epoch`, written before a crash the checkpoint does not cover."""
+        kept = [r for r in read_metrics(self.path) if r.get("epoch", 0) <= epoch]
+        from cifar100.fileio import write_text_atomic
+
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """All complete records; a line cut short by a crash is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -1,0 +1,217 @@
+"""Train -> checkpoint -> resume -> evaluate -> predict through the CLI, on a tiny synthetic set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifar100 import cli
+from cifar100.config import apply_overrides, load_preset
+from cifar100.engine.checkpoint import load_checkpoint
+from cifar100.engine.train import train
+from synthetic_cifar import make_cifar100_archive
+
+FAST = ["--set", "train.batch_size=32", "--set", "train.eval_batch_size=64"]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    return make_cifar100_archive(
+        tmp_path_factory.mktemp("data") / "c100.tar.gz", n_train=160, n_test=60
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(archive, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    run, cache = root / "run", root / "cache"
+    rc = cli.main(
+        [
+            "train",
+            "--preset",
+            "cpu",
+            "--data",
+            str(archive),
+            "--epochs",
+            "2",
+            "--out",
+            str(run),
+            "--cache-dir",
+            str(cache),
+            "--no-progress",
+            *FAST,
+        ]
+    )
+    assert rc == 0
+    return run, cache
+
+
+def test_train_writes_a_self_explaining_run_directory(trained):
+    run, _ = trained
+    for name in (
+        "config.json",
+        "environment.json",
+        "metrics.jsonl",
+        "last.pt",
+        "best.pt",
+        "evaluation.json",
+    ):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"] == "cpu" and config["train"]["epochs"] == 2
+    env = json.loads((run / "environment.json").read_text())
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"} <= set(records[0])
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["images"] == 60 and 0.0 <= evaluation["top1"] <= evaluation["top5"] <= 1.0
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 2 and len(state["classes"]) == 100
+    assert len(state["coarse_classes"]) == 20 and len(state["fine_to_coarse"]) == 100
+
+
+def test_resumed_run_ends_with_the_same_weights(archive, trained, tmp_path):
+    run, cache = trained
+    cfg = apply_overrides(
+        load_preset("cpu"),
+        [
+            f"data.path={archive}",
+            "train.epochs=2",
+            "train.batch_size=32",
+            "train.eval_batch_size=64",
+        ],
+    )
+    partial = tmp_path / "partial"
+    result = train(cfg, out=partial, cache_dir=cache, progress=False, stop_after_epochs=1)
+    assert result.epochs == 1 and not (partial / "evaluation.json").exists()
+    assert (
+        cli.main(["train", "--resume", str(partial), "--cache-dir", str(cache), "--no-progress"])
+        == 0
+    )
+    a = load_checkpoint(run / "last.pt")["model"]
+    b = load_checkpoint(partial / "last.pt")["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = (partial / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_evaluate_prints_and_writes_json(trained, capsys):
+    run, cache = trained
+    assert cli.main(["evaluate", str(run), "--cache-dir", str(cache), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "superclass" in out
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                str(run),
+                "--checkpoint",
+                "best",
+                "--json",
+                "--cache-dir",
+                str(cache),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 60 and len(result["per_superclass"]) == 20
+    assert result["checkpoint"].endswith("best.pt")
+
+
+def test_predict_reports_bad_files_and_still_predicts_the_rest(trained, tmp_path, capsys):
+    run, _ = trained
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), np.uint8)).save(
+        tmp_path / "photo.png"
+    )
+    Image.fromarray(np.zeros((32, 32), np.uint8), mode="L").save(tmp_path / "grey.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    files = [str(tmp_path / n) for n in ("photo.png", "broken.jpg", "grey.jpg")]
+    assert cli.main(["predict", str(run), *files, "-k", "3", "--json"]) == 1
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["path"] for x in lines] == files
+    assert "broken.jpg" in lines[1]["error"]
+    for good in (lines[0], lines[2]):
+        probs = [p["probability"] for p in good["predictions"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
+    assert cli.main(["predict", str(run), files[0]]) == 0
+    assert capsys.readouterr().out.startswith(files[0] + ": ")
+
+
+def test_frozen_phase_keeps_the_backbone_and_its_statistics(archive, tmp_path, monkeypatch):
+    # Stand in for pretrained weights (none can be downloaded here) to exercise the frozen phase.
+    from cifar100.models import registry
+
+    monkeypatch.setattr(registry, "load_backbone_weights", lambda *a, **k: None)
+    cfg = apply_overrides(
+        load_preset("seed"),
+        [
+            f"data.path={archive}",
+            "model.resize=1",
+            "train.epochs=1",
+            "train.freeze_epochs=1",
+            "train.batch_size=32",
+        ],
+    )
+    torch.manual_seed(0)
+    before = registry.build_model(cfg.model, 100).backbone.state_dict()
+    train(cfg, out=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    after = {
+        k[len("backbone.") :]: v for k, v in state["model"].items() if k.startswith("backbone.")
+    }
+    assert state["phase"] == "frozen"
+    # Same seed -> same initial backbone; nothing in it moved, running statistics included.
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    head_moved = [k for k in state["model"] if k.startswith("head.")]
+    assert head_moved
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "--data", "/nonexistent/c100.tar.gz", "--weights", "none"], "/nonexistent"),
+        (["evaluate", "/nonexistent/run"], "no such run directory"),
+        (["predict", "/nonexistent/run", "x.png"], "no such run directory"),
+        (["train", "--preset", "nope"], "unknown preset"),
+        (["train", "--set", "train.lr=fast"], "expected float"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_2(argv, words, capsys, tmp_path):
+    assert cli.main([*argv, *(["--cache-dir", str(tmp_path)] if argv[0] == "train" else [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err and "Traceback" not in err
+
+
+def test_unavailable_weights_are_one_clear_line(archive, tmp_path, capsys):
+    rc = cli.main(
+        [
+            "train",
+            "--weights",
+            "imagenet",
+            "--data",
+            str(archive),
+            "--cache-dir",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "--weights none" in err and "\n" not in err
+
+
+def test_an_existing_run_is_never_overwritten(trained, capsys):
+    run, cache = trained
+    before = (run / "last.pt").read_bytes()
+    rc = cli.main(
+        ["train", "--preset", "cpu", "--out", str(run), "--cache-dir", str(cache), "--no-progress"]
+    )
+    assert rc == 2 and "--resume" in capsys.readouterr().err
+    assert (run / "last.pt").read_bytes() == before
