@@ -1,15 +1,17 @@
 # Two commands do everything on a fresh machine:
 #   make train    set up .venv, then train the report's model (preset seed) on CIFAR-100
-#   make test     set up .venv, then run the test suite
+#   make test     set up .venv with the test tools, then run the test suite
 # torch is installed first and on its own: on the project's build machines this takes a CPU
 # wheel from local disk; elsewhere pip takes the build for your platform (CUDA on Linux).
 
-PYTHON ?= python3
-VENV   ?= .venv
-TORCH  ?= torch==2.13.0
-PRESET ?= seed
-ARGS   ?=
-BIN     = $(VENV)/bin
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH       ?= torch==2.13.0
+PRESET      ?= seed
+ARGS        ?=
+# TensorFlow is only the oracle of the Keras-equality tests; TEST_EXTRAS=test skips it.
+TEST_EXTRAS ?= test,oracle
+BIN          = $(VENV)/bin
 
 .PHONY: setup train test lint clean
 
@@ -17,7 +19,11 @@ $(BIN)/cifar100: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/cifar100
+	$(BIN)/python -m pip install --quiet -e ".[$(TEST_EXTRAS)]"
 	touch $@
 
 setup: $(BIN)/cifar100
@@ -25,10 +31,10 @@ setup: $(BIN)/cifar100
 train: setup
 	$(BIN)/cifar100 train --preset $(PRESET) $(ARGS)
 
-test: setup
+test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q $(ARGS)
 
-lint: setup
+lint: $(VENV)/.test-deps
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 

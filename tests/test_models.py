@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifar100.config import ModelConfig
-from cifar100.errors import ModelError
+from cifar100.errors import CifarError, ModelError
 from cifar100.models import (
     BACKBONES,
     Classifier,
@@ -311,8 +311,21 @@ def test_unknown_backbone_names_the_known_ones() -> None:
         build_model(random_cfg(backbone="vgg16"), 100)
 
 
-@pytest.mark.parametrize("weights", ["imagenet", "/tmp/some_weights.h5"])
-def test_pretrained_weights_not_yet_available(weights: str) -> None:
-    with pytest.raises(ModelError, match="--weights none") as info:
+@pytest.mark.parametrize("weights", ["imagenet", "/nonexistent/some_weights.h5"])
+def test_unavailable_weights_say_what_to_do_in_one_line(weights: str) -> None:
+    # conftest points the weights mirror at a closed local port, so "imagenet" cannot download.
+    with pytest.raises(CifarError, match="--weights") as info:
         build_model(ModelConfig(weights=weights), 100)
     assert "\n" not in str(info.value)
+
+
+def test_bn_momentum_follows_the_keras_convention():
+    from cifar100.config import ModelConfig
+    from cifar100.models.registry import build_model
+
+    bns = [
+        m
+        for m in build_model(ModelConfig(weights="none", bn_momentum=0.9), 10).modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    ]
+    assert len(bns) == 50 and all(abs(m.momentum - 0.1) < 1e-9 for m in bns)

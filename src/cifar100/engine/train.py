@@ -69,13 +69,14 @@ def train(
     device = select_device(t.device)
     say = _printer(progress)
 
-    splits = load_data(cfg.data, resolve_cache_dir(cache_dir), seed=t.seed, progress=progress)
+    cache = resolve_cache_dir(cache_dir)
+    splits = load_data(cfg.data, cache, seed=t.seed, progress=progress)
     if cfg.data.val_fraction > 0:
         train_set, val_set = split_holdout(splits.train, cfg.data.val_fraction, t.seed)
     else:
         train_set, val_set = splits.train, splits.test
     fine_to_coarse = _fine_to_coarse(splits.train, splits.test)
-    model = build_model(cfg.model, num_classes=len(splits.classes))
+    model = build_model(cfg.model, num_classes=len(splits.classes), cache_dir=cache)
     if cfg.model.weights == "none" and t.freeze_epochs:
         say(f"note: weights=none, so the {t.freeze_epochs} frozen-backbone epochs are skipped")
         t.freeze_epochs = 0

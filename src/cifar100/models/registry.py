@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,22 +51,33 @@ def get_backbone(name: str) -> BackboneSpec:
         raise ModelError(f"unknown backbone {name!r}; known backbones: {known}") from None
 
 
-def load_backbone_weights(backbone: nn.Module, spec: BackboneSpec, source: str) -> None:
+def load_backbone_weights(
+    backbone: nn.Module,
+    spec: BackboneSpec,
+    source: str,
+    cache_dir: str | os.PathLike | None = None,
+) -> None:
     """Load pretrained weights ("imagenet" or a file path) into `backbone`, in place."""
-    # The seam for the Keras HDF5 converter (weights/keras.py); until then, say so plainly.
-    raise ModelError(
-        f"loading {source!r} weights for {spec.name} lands with the pretrained-weights work; "
-        "use --weights none for now"
-    )
+    # Imported here: cifar100.weights imports the models package, a cycle at import time.
+    from cifar100.weights.keras import KERAS_LOADERS
+    from cifar100.weights.sources import resolve_weights
+
+    loader = KERAS_LOADERS.get(spec.name)
+    if loader is None:
+        raise ModelError(f"no pretrained weights can be read for {spec.name}; use --weights none")
+    path = resolve_weights(spec.name, source, cache_dir)
+    backbone.load_state_dict(loader(path), strict=True)
 
 
-def build_model(cfg: ModelConfig, num_classes: int) -> Classifier:
+def build_model(
+    cfg: ModelConfig, num_classes: int, cache_dir: str | os.PathLike | None = None
+) -> Classifier:
     """A Classifier on the configured backbone, randomly initialised or with loaded weights."""
     spec = get_backbone(cfg.backbone)
     backbone = spec.constructor()
     if cfg.weights.lower() != "none":
-        load_backbone_weights(backbone, spec, cfg.weights)
-    return Classifier(
+        load_backbone_weights(backbone, spec, cfg.weights, cache_dir)
+    model = Classifier(
         backbone,
         num_classes,
         preprocess=spec.preprocessing,
@@ -75,3 +87,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> Classifier:
         activation=cfg.activation,
         leaky_slope=cfg.leaky_slope,
     )
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = round(1.0 - cfg.bn_momentum, 10)  # PyTorch counts the other way
+    return model

@@ -1,0 +1,96 @@
+"""Where pretrained weights come from: published files (URL, digest) fetched into the cache.
+
+path = resolve_weights("resnet50v2", "imagenet")   # downloaded once, md5-checked
+path = resolve_weights("resnet50v2", "~/weights/resnet50v2_notop.h5")   # a local file
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cifar100.data.download import fetch_cached
+from cifar100.errors import ModelError
+from cifar100.paths import resolve_cache_dir
+
+# A base URL that replaces every file's own location: a local mirror, or a test server.
+MIRROR_ENV = "CIFAR100_WEIGHTS_MIRROR"
+CACHE_SUBDIR = "weights"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A published weights file: its name, the base URL it is served from, its md5."""
+
+    filename: str
+    base_url: str
+    md5: str
+
+    @property
+    def url(self) -> str:
+        """Where it is fetched from: $CIFAR100_WEIGHTS_MIRROR/filename if set, else its origin."""
+        mirror = os.environ.get(MIRROR_ENV)
+        return f"{(mirror or self.base_url).rstrip('/')}/{self.filename}"
+
+    @property
+    def origin(self) -> str:
+        return f"{self.base_url.rstrip('/')}/{self.filename}"
+
+
+KERAS_RESNET_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+
+# (backbone, --weights name) -> file. The md5 is the one Keras checks on download
+# (keras/src/applications/resnet.py, WEIGHTS_HASHES["resnet50v2"][1], the no-top file).
+PUBLISHED: dict[tuple[str, str], WeightFile] = {
+    ("resnet50v2", "imagenet"): WeightFile(
+        filename="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        base_url=KERAS_RESNET_BASE,
+        md5="fac2f116257151a9d068a22e544a4917",
+    ),
+}
+
+
+def published_weights(backbone_name: str, source: str) -> WeightFile | None:
+    """The published file registered for (backbone, source name), or None."""
+    return PUBLISHED.get((backbone_name, source.lower()))
+
+
+def resolve_weights(
+    backbone_name: str,
+    source: str,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Path:
+    """A local weights file for `source`: a published name (e.g. "imagenet") or a file path.
+
+    Published files are downloaded once into <cache>/weights/ and checked against their md5.
+    """
+    published = published_weights(backbone_name, source)
+    if published is not None:
+        hint = (
+            f"offline? download {published.origin} (md5 {published.md5}) on another machine "
+            f"and pass --weights /path/to/{published.filename}, or train from scratch with "
+            "--weights none"
+        )
+        cache = resolve_cache_dir(cache_dir) / CACHE_SUBDIR
+        return fetch_cached(
+            published.url,
+            cache,
+            published.filename,
+            md5=published.md5,
+            progress=progress,
+            hint=hint,
+        )
+    if source.lower() in {name for backbone, name in PUBLISHED if backbone != backbone_name}:
+        raise ModelError(
+            f"no {source!r} weights are published for {backbone_name}; pass a weights file or "
+            "--weights none"
+        )
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ModelError(
+            f"weights file {path} not found; --weights takes 'imagenet', a Keras .h5 file, or "
+            "'none' (--weights none trains from scratch)"
+        )
+    return path
