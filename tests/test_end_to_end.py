@@ -215,3 +215,27 @@ def test_an_existing_run_is_never_overwritten(trained, capsys):
     )
     assert rc == 2 and "--resume" in capsys.readouterr().err
     assert (run / "last.pt").read_bytes() == before
+
+
+def test_init_starts_from_another_runs_weights(archive, trained, tmp_path):
+    run, cache = trained
+    cfg = apply_overrides(
+        load_preset("seed"),
+        [
+            f"data.path={archive}",
+            f"model.init={run}",
+            "train.epochs=1",
+            "train.batch_size=32",
+            "train.lr=0",
+            "train.head_lr=0",
+            "train.freeze_epochs=0",
+        ],
+    )
+    train(cfg, out=tmp_path / "init", cache_dir=cache, progress=False)
+    # The cpu run's model settings came with its weights (resize 1, not the seed's 7), and
+    # with lr 0 only batch-norm statistics may move.
+    saved = json.loads((tmp_path / "init" / "config.json").read_text())["model"]
+    assert saved["resize"] == 1 and saved["init"] == str(run)
+    a = load_checkpoint(run / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "init" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="where new run directories go (default: ./runs)",
     )
     t.add_argument(
+        "--init",
+        metavar="RUN_OR_CHECKPOINT",
+        help="start from this checkpoint's weights and model settings (model.init)",
+    )
+    t.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
     )
     _common_args(t)
@@ -120,6 +125,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the shipped presets",
         description="List the presets shipped with cifar100.",
     )
+
+    k = sub.add_parser(
+        "import-keras",
+        parents=[debug],
+        help="bring in a trained Keras model of the report's architecture",
+        description="Convert a Keras model of the report's architecture (.h5 or .keras, as "
+        "model.save writes them; read with h5py, no TensorFlow needed) into a cifar100 run "
+        "directory, to evaluate, predict with, or fine-tune (train --init RUN_DIR).",
+    )
+    k.add_argument("file", metavar="FILE", help="the Keras model file")
+    k.add_argument("--out", required=True, metavar="DIR", help="the run directory to create")
+    k.add_argument(
+        "--dataset",
+        choices=["cifar100", "cifar10", "folder"],
+        default="cifar100",
+        help="the data it was trained on, for class names (default: cifar100)",
+    )
+    k.add_argument("--data", metavar="PATH", help="that data's archive or folder")
+    k.add_argument(
+        "--class-names",
+        metavar="FILE",
+        help="a text file of class names, one per line in output order (instead of the data)",
+    )
+    k.add_argument(
+        "--preprocess",
+        choices=["tf", "torch", "none", "raw"],
+        help="how its inputs were scaled: tf = x/127.5-1 (ResNet50V2's, the default unless "
+        "the model has its own Rescaling layer), none = x/255, raw = 0..255 pixels",
+    )
+    _common_args(k, device=False)
 
     d = sub.add_parser(
         "data",
@@ -212,6 +247,7 @@ def resolve_config(args: argparse.Namespace):
         "train.lr": getattr(args, "lr", None),
         "train.seed": getattr(args, "seed", None),
         "train.device": getattr(args, "device", None),
+        "model.init": getattr(args, "init", None),
     }
     for key, value in flags.items():
         if value is not None:
@@ -236,6 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "batch_size",
                 "lr",
                 "seed",
+                "init",
             )
             if getattr(args, f)
         ]
@@ -348,6 +385,33 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_keras(args: argparse.Namespace) -> int:
+    from cifar100.config import DataConfig
+    from cifar100.keras_import import import_keras_model
+    from cifar100.paths import resolve_cache_dir
+
+    names = None
+    if args.class_names:
+        try:
+            text = Path(args.class_names).read_text(encoding="utf-8")
+        except OSError as e:
+            raise CifarError(
+                f"{args.class_names}: cannot read class names ({e.strerror})"
+            ) from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    out = import_keras_model(
+        args.file,
+        args.out,
+        DataConfig(dataset=args.dataset, path=args.data),
+        resolve_cache_dir(args.cache_dir),
+        class_names=names,
+        preprocess=args.preprocess,
+        progress=not args.no_progress,
+    )
+    print(f"imported {args.file} into {out}; next: cifar100 evaluate {out}")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from cifar100.config import DataConfig
     from cifar100.data import load_data
@@ -375,6 +439,7 @@ COMMANDS = {
     "summary": cmd_summary,
     "presets": cmd_presets,
     "data": cmd_data,
+    "import-keras": cmd_import_keras,
 }
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifar100.data.augment import to_float_nchw
-from cifar100.data.tensors import ImageSet
+from cifar100.data.tensors import ImageSet, fine_to_coarse
 from cifar100.engine.runtime import autocast
 
 
@@ -123,8 +123,8 @@ def evaluate_checkpoint(
         dev,
         batch_size or cfg.train.eval_batch_size,
         cfg.train.amp,
-        state.get("fine_to_coarse"),
-        state.get("coarse_classes"),
+        state.get("fine_to_coarse") or fine_to_coarse(splits.test),
+        state.get("coarse_classes") or splits.test.coarse_classes,
     )
     metrics = {
         "checkpoint": str(path),

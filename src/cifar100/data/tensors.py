@@ -99,3 +99,15 @@ def limit_per_split(data: ImageSet, limit: int | None, seed: int) -> ImageSet:
     g = torch.Generator().manual_seed(seed)
     index = torch.randperm(len(data), generator=g)[:limit].sort().values
     return data.subset(index)
+
+
+def fine_to_coarse(*splits: ImageSet) -> list[int] | None:
+    """Each class's superclass index, read off the labels (CIFAR-100); None without superclasses."""
+    if not splits or any(s.coarse_labels is None for s in splits):
+        return None
+    mapping = [0] * len(splits[0].classes)
+    for s in splits:
+        pairs = torch.stack([s.labels, s.coarse_labels]).unique(dim=1)
+        for fine, coarse in pairs.t().tolist():
+            mapping[fine] = coarse
+    return mapping

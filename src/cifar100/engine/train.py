@@ -20,11 +20,12 @@ from cifar100.config import Config, validate
 from cifar100.data import load_data, split_holdout
 from cifar100.data.augment import augment_batch, to_float_nchw
 from cifar100.data.loader import DeviceBatches
+from cifar100.data.tensors import fine_to_coarse
 from cifar100.engine import runs
 from cifar100.engine.checkpoint import load_checkpoint, save_checkpoint
 from cifar100.engine.optim import build_optimizer, finetune_lr, set_lr
 from cifar100.engine.runtime import autocast, environment_info, seed_everything, select_device
-from cifar100.errors import CifarError
+from cifar100.errors import CheckpointError, CifarError
 from cifar100.evaluate import evaluate_model
 from cifar100.fileio import write_json_atomic
 from cifar100.models.registry import build_model
@@ -75,9 +76,12 @@ def train(
         train_set, val_set = split_holdout(splits.train, cfg.data.val_fraction, t.seed)
     else:
         train_set, val_set = splits.train, splits.test
-    fine_to_coarse = _fine_to_coarse(splits.train, splits.test)
+    superclasses = fine_to_coarse(splits.train, splits.test)
+    init = _read_init(cfg, splits.classes) if cfg.model.init and state is None else None
     model = build_model(cfg.model, num_classes=len(splits.classes), cache_dir=cache)
-    if cfg.model.weights == "none" and t.freeze_epochs:
+    if init is not None:
+        model.load_state_dict(init["model"])
+    elif cfg.model.weights == "none" and t.freeze_epochs:
         say(f"note: weights=none, so the {t.freeze_epochs} frozen-backbone epochs are skipped")
         t.freeze_epochs = 0
     model.to(device)
@@ -112,7 +116,7 @@ def train(
     meta = {
         "classes": splits.classes,
         "coarse_classes": splits.train.coarse_classes,
-        "fine_to_coarse": fine_to_coarse,
+        "fine_to_coarse": superclasses,
         "image_size": train_set.image_size,
         "dataset": splits.name,
     }
@@ -180,7 +184,7 @@ def train(
         device,
         t.eval_batch_size,
         t.amp,
-        fine_to_coarse,
+        superclasses,
         splits.train.coarse_classes,
     )
     wall = time.perf_counter() - start
@@ -269,16 +273,21 @@ def _train_epoch(
     }
 
 
-def _fine_to_coarse(*splits) -> list[int] | None:
-    """Each fine class's superclass, read off the labels (CIFAR-100 only)."""
-    if any(s.coarse_labels is None for s in splits):
-        return None
-    mapping = [0] * len(splits[0].classes)
-    for s in splits:
-        mapping_pairs = torch.stack([s.labels, s.coarse_labels]).unique(dim=1)
-        for fine, coarse in mapping_pairs.t().tolist():
-            mapping[fine] = coarse
-    return mapping
+def _read_init(cfg: Config, classes: list[str]) -> dict[str, Any]:
+    """The checkpoint to start from; its model settings replace cfg.model's (they must fit)."""
+    from cifar100.config import from_dict
+    from cifar100.engine.checkpoint import resolve_checkpoint
+
+    path = cfg.model.init
+    init = load_checkpoint(resolve_checkpoint(path))
+    if list(init["classes"]) != list(classes):
+        raise CheckpointError(
+            f"{path}: its {len(init['classes'])} classes differ from the data's "
+            f"{len(classes)}; start from a model trained for the same classes"
+        )
+    cfg.model = from_dict(init["config"]).model
+    cfg.model.init, cfg.model.weights = path, "none"  # the checkpoint supplies every weight
+    return init
 
 
 def _printer(enabled: bool):
