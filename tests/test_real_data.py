@@ -54,8 +54,9 @@ def test_short_cpu_run_on_real_cifar10_learns(tmp_path, capsys):
     with capsys.disabled():
         print(f"\nreal CIFAR-10 subset: test top-1 {result['top1']:.3f}, {wall:.0f}s wall")
     assert result["images"] == 2000
-    # Chance is 0.10; with 2,000 test images its spread is under 0.01.
-    assert result["top1"] > 0.17, result["top1"]
+    # Chance is 0.10, and with 2,000 test images its spread is about 0.007: 0.15 is seven
+    # spreads above it. (This run gives 0.178 on a 2-core CPU; it is deterministic there.)
+    assert result["top1"] > 0.15, result["top1"]
 
     # Predict a real test JPEG, read out of the tarball.
     import tarfile
