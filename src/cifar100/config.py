@@ -57,6 +57,15 @@ class TrainConfig:
     label_smoothing: float = 0.0
     crop_padding: int = 4  # random crop with this padding; 0 disables
     flip: bool = True
+    policy: str = "none"  # extra per-image policy on the device: none | trivial | randaugment
+    policy_magnitude: int = 9  # randaugment's magnitude (0..30 scale, as in the paper)
+    policy_ops: int = 2  # randaugment's operations per image
+    random_erasing: float = 0.0  # probability of erasing one random rectangle per image
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) for mixup; 0 disables
+    cutmix_alpha: float = 0.0  # Beta(alpha, alpha) for cutmix; 0 disables
+    mix_prob: float = 1.0  # probability that a batch is mixed at all (when either alpha > 0)
+    mode: str = "finetune"  # finetune: train through the backbone | features: frozen, cached
+    feature_flip: bool = True  # features mode: also cache features of flipped images
     amp: bool = True  # bf16 autocast where the device supports it
     channels_last: bool = True
     seed: int = 0
@@ -218,6 +227,15 @@ def validate(cfg: Config) -> Config:
         )
     if t.batch_size < 1 or t.eval_batch_size < 1:
         raise ConfigError("train.batch_size and train.eval_batch_size must be >= 1")
+    if t.policy not in ("none", "trivial", "randaugment"):
+        raise ConfigError(f"train.policy={t.policy!r}: choose none, trivial or randaugment")
+    if t.mode not in ("finetune", "features"):
+        raise ConfigError(f"train.mode={t.mode!r}: choose finetune or features")
+    for name in ("random_erasing", "mix_prob"):
+        if not 0.0 <= getattr(t, name) <= 1.0:
+            raise ConfigError(f"train.{name}={getattr(t, name)}: must be in [0, 1]")
+    if t.mixup_alpha < 0 or t.cutmix_alpha < 0:
+        raise ConfigError("train.mixup_alpha and train.cutmix_alpha must be >= 0")
     if t.optimizer not in ("sgd", "adam", "adamw"):
         raise ConfigError(f"train.optimizer={t.optimizer!r}: choose sgd, adam or adamw")
     if t.device not in ("auto", "cuda", "mps", "cpu") and not t.device.startswith("cuda:"):
