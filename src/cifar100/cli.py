@@ -119,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--classes", type=int, metavar="N", help="number of classes (default: from the dataset)"
     )
 
+    b = sub.add_parser(
+        "backbones",
+        parents=[debug],
+        help="list the backbones with their weights, resolution and size",
+        description="Each registered backbone with its weight sources, native resolution, "
+        "input preprocessing and parameter count (Keras-style, batch-norm statistics "
+        "included). Any timm model also works as --backbone timm:NAME where timm is installed.",
+    )
+    b.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     sub.add_parser(
         "presets",
         parents=[debug],
@@ -191,7 +201,12 @@ def _config_args(p: argparse.ArgumentParser, data: bool = True) -> None:
         metavar="KEY=VALUE",
         help="override any setting, e.g. --set train.lr=3e-4 (repeatable)",
     )
-    p.add_argument("--backbone", metavar="NAME", help="backbone (model.backbone): resnet50v2")
+    p.add_argument(
+        "--backbone",
+        metavar="NAME",
+        help="backbone (model.backbone): resnet50v2, efficientnet_lite0/1/2, timm:NAME; "
+        "see `cifar100 backbones`",
+    )
     p.add_argument(
         "--dataset",
         choices=["cifar100", "cifar10", "folder"],
@@ -376,6 +391,32 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from cifar100.models.registry import describe_backbones
+
+    rows = describe_backbones()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'backbone':<20} {'params':>12} {'features':>8} {'native':>7}  input scaling")
+    scaling = {
+        "tf": "x/127.5 - 1",
+        "torch": "ImageNet mean/std",
+        "none": "x/255",
+        "raw": "0..255",
+        "lite": "(x - 127)/128",
+    }
+    for r in rows:
+        print(
+            f"{r['name']:<20} {r['params']:>12,} {r['out_features']:>8} "
+            f"{r['native_size']:>7}  {scaling.get(r['preprocessing'], r['preprocessing'])}"
+        )
+        for source, origin in r["weights"].items():
+            print(f"{'':<22}--weights {source}: {origin}")
+    print("any timm model: --backbone timm:NAME (needs `pip install timm`)")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from cifar100.config import load_preset, preset_names
 
@@ -438,6 +479,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "summary": cmd_summary,
     "presets": cmd_presets,
+    "backbones": cmd_backbones,
     "data": cmd_data,
     "import-keras": cmd_import_keras,
 }

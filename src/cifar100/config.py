@@ -36,9 +36,7 @@ class ModelConfig:
     # Keras's convention: moving = momentum * moving + (1 - momentum) * batch. Keras's 0.99
     # needs a few hundred steps to settle; short runs from scratch do better with 0.9.
     bn_momentum: float = 0.99
-    preprocess: str | None = (
-        None  # tf | torch | none | raw; None: what the backbone's weights expect
-    )
+    preprocess: str | None = None  # tf|torch|none|raw|lite; None: as the weights expect
     init: str | None = None  # start from this cifar100 checkpoint's weights (e.g. an imported one)
 
 
@@ -212,8 +210,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.image_size={d.image_size}: must be at least 8")
     if m.activation not in ("relu", "leaky_relu"):
         raise ConfigError(f"model.activation={m.activation!r}: choose relu or leaky_relu")
-    if m.preprocess not in (None, "tf", "torch", "none", "raw"):
-        raise ConfigError(f"model.preprocess={m.preprocess!r}: choose tf, torch, none or raw")
+    if m.preprocess not in (None, "tf", "torch", "none", "raw", "lite"):
+        raise ConfigError(f"model.preprocess={m.preprocess!r}: choose tf, torch, none, raw or lite")
     if m.resize < 1:
         raise ConfigError(f"model.resize={m.resize}: must be a whole number >= 1")
     if not 0.0 <= m.bn_momentum < 1.0:

@@ -14,7 +14,7 @@ from torch import nn
 
 from cifar100.errors import ModelError
 
-PREPROCESS_MODES = ("tf", "torch", "none")
+PREPROCESS_MODES = ("tf", "torch", "none", "raw", "lite")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -22,7 +22,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Preprocess(nn.Module):
     """Pixels in [0, 255] -> the backbone's input range; `mode` follows Keras imagenet_utils.
 
-    tf: [-1, 1] (Keras ResNet50V2); torch: ImageNet mean/std on x/255; none: x/255.
+    tf: [-1, 1] (Keras ResNet50V2); torch: ImageNet mean/std on x/255; none: x/255;
+    raw: unchanged (a Keras model that was fed 0..255 pixels);
+    lite: (x - 127) / 128, the inception-style scaling of the EfficientNet-Lite weights.
     """
 
     def __init__(self, mode: str = "tf") -> None:
@@ -39,6 +41,10 @@ class Preprocess(nn.Module):
             return x / 127.5 - 1.0
         if self.mode == "torch":
             return (x / 255.0 - self.mean) / self.std
+        if self.mode == "raw":
+            return x
+        if self.mode == "lite":
+            return (x - 127.0) / 128.0
         return x / 255.0
 
     def extra_repr(self) -> str:

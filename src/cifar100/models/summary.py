@@ -58,7 +58,8 @@ def _layers(model: Classifier) -> list[tuple[str, str, nn.Module]]:
     # model (preprocess_input on the arrays), so it has no row either.
     if not isinstance(model.upsample, nn.Identity):
         layers.append(("up_sampling2d", "UpSampling2D", model.upsample))
-    name = type(model.backbone).__name__.lower()
+    # The registry's name where the backbone has one (EfficientNetLite serves three variants).
+    name = getattr(model.backbone, "variant", None) or type(model.backbone).__name__.lower()
     layers.append((name, "Functional", model.backbone))
     layers.append(("global_average_pooling2d", "GlobalAveragePooling2D", model.pool))
     head = model.head
