@@ -62,6 +62,11 @@ class TrainConfig:
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) for mixup; 0 disables
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) for cutmix; 0 disables
     mix_prob: float = 1.0  # probability that a batch is mixed at all (when either alpha > 0)
+    backbone_lr_scale: float = 1.0  # the backbone's rate relative to the head's when fine-tuning
+    accumulate: int = 1  # micro-batches per step (gradient accumulation) on each process
+    clip_grad_norm: float = 0.0  # clip the global gradient norm to this; 0 disables
+    sync_bn: bool = False  # distributed on CUDA: batch-norm statistics over the whole batch
+    compile: bool = False  # torch.compile the model (CUDA; the first steps are slow)
     mode: str = "finetune"  # finetune: train through the backbone | features: frozen, cached
     feature_flip: bool = True  # features mode: also cache features of flipped images
     amp: bool = True  # bf16 autocast where the device supports it
@@ -232,6 +237,12 @@ def validate(cfg: Config) -> Config:
     for name in ("random_erasing", "mix_prob"):
         if not 0.0 <= getattr(t, name) <= 1.0:
             raise ConfigError(f"train.{name}={getattr(t, name)}: must be in [0, 1]")
+    if t.accumulate < 1 or t.batch_size % t.accumulate:
+        raise ConfigError(
+            f"train.accumulate={t.accumulate}: must be >= 1 and divide train.batch_size"
+        )
+    if not 0 <= t.policy_magnitude <= 30 or t.policy_ops < 0:
+        raise ConfigError("train.policy_magnitude must be in 0..30 and train.policy_ops >= 0")
     if t.mixup_alpha < 0 or t.cutmix_alpha < 0:
         raise ConfigError("train.mixup_alpha and train.cutmix_alpha must be >= 0")
     if t.optimizer not in ("sgd", "adam", "adamw"):

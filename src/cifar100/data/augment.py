@@ -1,9 +1,24 @@
-"""Augmentation on whole batches, on the training device."""
+"""Augmentation on whole batches, on the training device.
+
+augment_batch runs crop -> flip -> policy (policies.py) -> random erasing; mixup and cutmix,
+which also change the targets, are in mixing.py.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+
+from cifar100.data.policies import (
+    draw_normal,
+    draw_uniform,
+    rand_augment,
+    trivial_augment,
+)
+
+POLICIES = ("none", "trivial", "randaugment")
 
 
 def to_float_nchw(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -34,9 +49,70 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip, x.flip(3), x)
 
 
-def augment_batch(
-    x: torch.Tensor, padding: int, flip: bool, generator: torch.Generator
+def random_erasing(
+    x: torch.Tensor,
+    p: float,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.02, 1 / 3),
+    ratio: tuple[float, float] = (0.3, 3.3),
 ) -> torch.Tensor:
-    """The training-time policy: random crop with padding, then horizontal flip."""
+    """With probability p per image, fill one random rectangle with per-pixel noise.
+
+    The rectangle is drawn as torchvision's RandomErasing draws it (area fraction in `scale`,
+    log-uniform aspect in `ratio`, up to 10 tries to fit); the noise is N(127.5, 63.75^2)
+    clamped to [0, 255], i.e. about N(0, 1/4) once the model scales pixels to [-1, 1].
+    """
+    if p <= 0:
+        return x
+    n, c, h, w = x.shape
+    tries = 10
+    fraction = scale[0] + (scale[1] - scale[0]) * draw_uniform((n, tries), generator, x.device)
+    area = h * w * fraction
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * draw_uniform((n, tries), generator, x.device))
+    eh = torch.round(torch.sqrt(area * aspect))
+    ew = torch.round(torch.sqrt(area / aspect))
+    fits = (eh < h) & (ew < w)
+    first = fits.int().argmax(1, keepdim=True)  # the first try that fits, as in a loop
+    eh, ew = eh.gather(1, first).squeeze(1), ew.gather(1, first).squeeze(1)
+    erase = (draw_uniform((n,), generator, x.device) < p) & fits.any(1)
+    top = torch.floor(draw_uniform((n,), generator, x.device) * (h - eh + 1))
+    left = torch.floor(draw_uniform((n,), generator, x.device) * (w - ew + 1))
+    rows = torch.arange(h, device=x.device).view(1, h, 1)
+    cols = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = (rows >= top.view(n, 1, 1)) & (rows < (top + eh).view(n, 1, 1))
+    inside = inside & (cols >= left.view(n, 1, 1)) & (cols < (left + ew).view(n, 1, 1))
+    mask = (inside & erase.view(n, 1, 1)).unsqueeze(1)
+    noise = (127.5 + 63.75 * draw_normal(tuple(x.shape), generator, x.device)).clamp(0, 255)
+    return torch.where(mask, noise.to(x.dtype), x)
+
+
+def augment_batch(
+    x: torch.Tensor,
+    padding: int,
+    flip: bool,
+    generator: torch.Generator,
+    policy: str = "none",
+    magnitude: int = 9,
+    ops: int = 2,
+    erasing: float = 0.0,
+) -> torch.Tensor:
+    """The training-time augmentation: crop, flip, policy (none | trivial | randaugment), erasing.
+
+    `magnitude` and `ops` are RandAugment's; the result is clamped to [0, 255] and keeps the
+    input's memory format (channels_last stays channels_last).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy={policy!r}: choose one of {', '.join(POLICIES)}")
+    channels_last = x.dim() == 4 and not x.is_contiguous()
+    channels_last = channels_last and x.is_contiguous(memory_format=torch.channels_last)
     x = random_crop(x, padding, generator)
-    return random_flip(x, generator) if flip else x
+    if flip:
+        x = random_flip(x, generator)
+    if policy == "trivial":
+        x = trivial_augment(x, generator)
+    elif policy == "randaugment":
+        x = rand_augment(x, generator, magnitude, ops)
+    x = random_erasing(x, erasing, generator).clamp(0, 255)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=fmt)

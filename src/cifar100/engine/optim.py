@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -11,34 +11,49 @@ from torch import nn
 from cifar100.config import TrainConfig
 
 
-def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict]:
-    """Decay conv and dense weights only: decaying norms and biases only hurts (common practice)."""
-    decay, no_decay = [], []
-    for module in modules:
+def param_groups(
+    modules: Iterable[nn.Module], weight_decay: float, lr_scales: Sequence[float] | None = None
+) -> list[dict]:
+    """Decay conv and dense weights only (decaying norms and biases only hurts); each module's
+    groups carry its `lr_scale` (e.g. a lower rate for a pretrained backbone)."""
+    groups = []
+    modules = list(modules)
+    for module, scale in zip(modules, lr_scales or [1.0] * len(modules)):
+        decay, no_decay = [], []
         for p in module.parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        groups += [
+            {"params": decay, "weight_decay": weight_decay, "lr_scale": scale},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": scale},
+        ]
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(
-    modules: Iterable[nn.Module], cfg: TrainConfig, phase: str
+    modules: Iterable[nn.Module],
+    cfg: TrainConfig,
+    phase: str,
+    lr_scales: Sequence[float] | None = None,
 ) -> torch.optim.Optimizer:
     """Adam for the frozen head warm-up; the configured optimizer for fine-tuning."""
     if phase == "frozen":
-        return torch.optim.Adam(param_groups(modules, 0.0), lr=cfg.head_lr)
-    groups = param_groups(modules, cfg.weight_decay)
+        return torch.optim.Adam(param_groups(modules, 0.0, lr_scales), lr=cfg.head_lr)
+    groups = param_groups(modules, cfg.weight_decay, lr_scales)
+    fused = {"fused": True} if _all_cuda(groups) else {}
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **fused
+        )
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=cfg.lr, **fused)
     # Adam's weight decay is L2 added to the gradient, as Keras's kernel_regularizer would be.
-    return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.Adam(groups, lr=cfg.lr, **fused)
+
+
+def _all_cuda(groups: list[dict]) -> bool:
+    """Fused kernels (one launch for all parameters) exist for CUDA tensors only."""
+    return all(p.is_cuda for g in groups for p in g["params"])
 
 
 def finetune_lr(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
@@ -51,5 +66,6 @@ def finetune_lr(step: int, total_steps: int, warmup_steps: int, peak: float) -> 
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the base rate; each group runs at it times its lr_scale."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

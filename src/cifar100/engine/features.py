@@ -1,0 +1,339 @@
+"""Frozen-feature mode: pooled backbone features computed once, cached, and the head trained alone.
+
+    feats = cached_features(model, train_set, "train", FeatureCache(cache_dir), cfg.model, device)
+    stats = train_head_epoch(model.head, feats, labels, optimizer, 128, 0.0, generator)
+
+The head trained here is `model.head` itself, so a features-mode checkpoint is a full model.
+Cache files: <root>/features/<key>.pt, one float32 (N, C) tensor each, digest-checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from cifar100.config import ModelConfig
+from cifar100.data.augment import to_float_nchw
+from cifar100.data.tensors import ImageSet
+from cifar100.engine.optim import set_lr
+from cifar100.engine.runtime import autocast
+from cifar100.fileio import torch_save_atomic
+from cifar100.models.head import Classifier
+
+FORMAT = "cifar100-features"
+# Part of every key: bump it when extraction changes, so old cache entries are never reused.
+VERSION = 1
+
+
+@torch.no_grad()
+def extract_features(
+    model: Classifier,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    amp: bool = True,
+    flip: bool = False,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Float32 (N, C) features on the CPU of uint8 (N, H, W, 3) images, exactly as at inference.
+
+    flip=True gives the features of the left-right mirrored images.
+    """
+    was_training = model.training
+    model.eval()  # batch norm on its moving statistics, no dropout: what inference sees
+    channels_last = device.type == "cuda"
+    n = len(images)
+    out: torch.Tensor | None = None
+    bar = tqdm(
+        total=n,
+        desc="features" + (" (flipped)" if flip else ""),
+        unit="img",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+    try:
+        for lo in range(0, n, batch_size):
+            batch = images[lo : lo + batch_size].to(device, non_blocking=True)
+            if flip:
+                batch = batch.flip(2)  # NHWC: axis 2 is the width
+            with autocast(device, amp):
+                f = model.features(to_float_nchw(batch, channels_last))
+            if out is None:
+                # Filled on the device: no host synchronisation per batch, one copy at the end.
+                out = torch.empty(n, f.shape[1], device=device, dtype=torch.float32)
+            out[lo : lo + len(f)] = f.float()
+            bar.update(len(f))
+    finally:
+        bar.close()
+        model.train(was_training)
+    if out is None:
+        return torch.empty(0, model.backbone.out_features)
+    return out.cpu()
+
+
+def _update(h: hashlib._Hash, t: torch.Tensor) -> None:
+    # dtype and shape first, so equal bytes of a different layout never collide.
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy())
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes."""
+    h = hashlib.sha256()
+    _update(h, t)
+    return h.hexdigest()
+
+
+def state_digest(module: nn.Module) -> str:
+    """A short hash of a module's state_dict (names, dtypes, shapes, values).
+
+    Weights from different files thus never share a cache entry, whatever their label.
+    """
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode() + b"\0")
+        _update(h, t)
+    return h.hexdigest()[:16]
+
+
+class FeatureCache:
+    """Feature tensors on disk, one file per key, each checked against its stored digest."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.dir = Path(root) / "features"
+
+    @staticmethod
+    def key(
+        backbone: str,
+        weights: str,
+        resize: int,
+        preprocess: str,
+        image_size: int,
+        data_fingerprint: str,
+        backbone_state_digest: str,
+        flip: bool,
+        split: str,
+        *,
+        compute: str = "float32",
+    ) -> str:
+        """A short sha256 of everything the features depend on; `compute` names the precision."""
+        fields = {
+            "format": FORMAT,
+            "version": VERSION,
+            "backbone": backbone,
+            "weights": weights,
+            "resize": int(resize),
+            "preprocess": preprocess,
+            "image_size": int(image_size),
+            "data": data_fingerprint,
+            "state": backbone_state_digest,
+            "flip": bool(flip),
+            "split": split,
+            "compute": compute,
+        }
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.pt"
+
+    def load(self, key: str) -> torch.Tensor | None:
+        """The tensor stored under `key`; None when absent, or damaged (then deleted, warned)."""
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+            return _checked(entry, key)
+        # Any failure at all means "rebuild it": a cache must never break (or feed) a run.
+        except Exception as e:
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            print(
+                f"warning: feature cache {path} is damaged ({detail}); recomputing it",
+                file=sys.stderr,
+            )
+            path.unlink(missing_ok=True)
+            return None
+
+    def save(self, key: str, features: torch.Tensor) -> None:
+        """Store `features` under `key` atomically; a failed write warns and is skipped."""
+        features = features.detach().cpu().contiguous()
+        entry = {
+            "format": FORMAT,
+            "version": VERSION,
+            "key": key,
+            "shape": list(features.shape),
+            "digest": tensor_digest(features),
+            "features": features,
+        }
+        try:
+            torch_save_atomic(entry, self.path(key))
+        except OSError as e:
+            print(f"warning: could not write feature cache {self.path(key)} ({e})", file=sys.stderr)
+
+
+def _checked(entry: object, key: str) -> torch.Tensor:
+    if not isinstance(entry, dict) or entry.get("format") != FORMAT:
+        raise ValueError("not a cifar100 feature file")
+    if entry.get("version") != VERSION or entry.get("key") != key:
+        raise ValueError("written for another version or key")
+    features = entry["features"]
+    if not isinstance(features, torch.Tensor) or list(features.shape) != entry["shape"]:
+        raise ValueError("shape differs from the stored one")
+    if tensor_digest(features) != entry["digest"]:
+        raise ValueError("digest mismatch")
+    return features
+
+
+def _compute_tag(device: torch.device, amp: bool) -> str:
+    # bf16 and fp32 features differ, as do CPU and GPU kernels: a run's result must depend on
+    # its own settings, not on which run happened to fill the cache first.
+    bf16 = isinstance(autocast(device, amp), torch.autocast)
+    return f"{device.type}/{'bfloat16' if bf16 else 'float32'}"
+
+
+def cached_features(
+    model: Classifier,
+    data: ImageSet,
+    split: str,
+    cache: FeatureCache | None,
+    model_cfg: ModelConfig,
+    device: torch.device,
+    batch_size: int = 256,
+    amp: bool = True,
+    flip: bool = False,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Features of `data`, from the cache or computed (and cached); float32 on the CPU.
+
+    Layout: (N, C) in `data`'s order; with flip, (2N, C): row N + i is image i mirrored.
+    Each half is its own cache entry, so toggling flip reuses the unmirrored one.
+    """
+    start = time.perf_counter()
+    common = {
+        "backbone": model_cfg.backbone,
+        "weights": model_cfg.weights,
+        # Read off the model, not the config: preprocess=None there means the backbone's own.
+        "resize": getattr(model.upsample, "factor", 1),
+        "preprocess": model.preprocess.mode,
+        "image_size": data.image_size,
+        "data_fingerprint": data.fingerprint(),
+        "backbone_state_digest": state_digest(model.backbone),
+        "split": split,
+    }
+    compute = _compute_tag(device, amp)
+    parts, computed = [], False
+    for mirrored in (False, True) if flip else (False,):
+        key = FeatureCache.key(**common, flip=mirrored, compute=compute)
+        feats = cache.load(key) if cache is not None else None
+        if feats is None or len(feats) != len(data):
+            feats = extract_features(
+                model, data.images, device, batch_size, amp, mirrored, progress
+            )
+            computed = True
+            if cache is not None:
+                cache.save(key, feats)
+        parts.append(feats)
+    if progress:
+        how = f"computed in {time.perf_counter() - start:.1f} s" if computed else "from cache"
+        tqdm.write(f"features: {split} {how}", file=sys.stdout)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def train_head_epoch(
+    head: nn.Module,
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    label_smoothing: float = 0.0,
+    generator: torch.Generator | None = None,
+    lr_fn: Callable[[int], float] | None = None,
+    step0: int = 0,
+) -> dict[str, float]:
+    """One shuffled epoch of `head` on features, in train mode (dropout, batch-norm statistics).
+
+    Full batches only (batch norm needs more than one row); lr_fn(step0 + i) sets step i's lr.
+    Returns train_loss, train_top1, lr, images_per_s and steps (for the next epoch's step0).
+    """
+    n = len(labels)
+    if n < 2:
+        raise ValueError(f"{n} feature rows: head training needs at least 2")
+    bs = min(batch_size, n)
+    steps = n // bs
+    device = next(head.parameters()).device
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    order = torch.randperm(n, generator=generator, device=gen_device).to(feats.device)
+    labels = labels.to(feats.device)
+    head.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    start = time.perf_counter()
+    for i in range(steps):
+        if lr_fn is not None:
+            set_lr(optimizer, lr_fn(step0 + i))
+        idx = order[i * bs : (i + 1) * bs]
+        x = feats[idx].to(device, non_blocking=True)
+        y = labels[idx].to(device, non_blocking=True)
+        logits = head(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * bs
+        correct += (logits.detach().argmax(1) == y).sum()
+    seen = steps * bs
+    train_loss = float(loss_sum) / seen  # the one host synchronisation
+    elapsed = time.perf_counter() - start
+    return {
+        "train_loss": train_loss,
+        "train_top1": float(correct) / seen,
+        "lr": optimizer.param_groups[0]["lr"],
+        "images_per_s": seen / max(elapsed, 1e-9),
+        "steps": steps,
+    }
+
+
+@torch.no_grad()
+def head_logits(head: nn.Module, feats: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Float32 logits on the CPU of `head` in eval mode (for classification_metrics too)."""
+    was_training = head.training
+    head.eval()
+    device = next(head.parameters()).device
+    try:
+        out = [
+            head(feats[lo : lo + batch_size].to(device)).float().cpu()
+            for lo in range(0, len(feats), batch_size)
+        ]
+    finally:
+        head.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def evaluate_head(
+    head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 of `head` on features, in eval mode."""
+    labels = labels.long().cpu()
+    if len(labels) == 0:
+        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan")}
+    logits = head_logits(head, feats, batch_size)
+    k = min(5, logits.shape[1])
+    top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1)
+    return {
+        "loss": float(F.cross_entropy(logits, labels)),
+        "top1": float((logits.argmax(1) == labels).double().mean()),
+        "top5": float(top5.double().mean()),
+    }
