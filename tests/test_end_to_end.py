@@ -239,3 +239,25 @@ def test_init_starts_from_another_runs_weights(archive, trained, tmp_path):
     a = load_checkpoint(run / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "init" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
+
+
+def test_features_mode_trains_the_head_on_cached_features(archive, tmp_path, capsys):
+    args = ["train", "--preset", "cpu", "--data", str(archive), "--epochs", "3",
+            "--set", "train.mode=features", "--set", "train.batch_size=32",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
+    first = capsys.readouterr().out
+    assert "features: train computed" in first
+    result = json.loads((tmp_path / "a" / "evaluation.json").read_text())
+    # The checkpoint is a whole model: evaluating it through the backbone gives what the
+    # cached features gave.
+    assert cli.main(["evaluate", str(tmp_path / "a"), "--json", "--no-progress",
+                     "--cache-dir", str(tmp_path / "cache")]) == 0  # fmt: skip
+    again = json.loads(capsys.readouterr().out)
+    assert again["top1"] == pytest.approx(result["top1"]) and again["images"] == 60
+    records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().split("\n")
+               if x]  # fmt: skip
+    assert [r["phase"] for r in records] == ["features"] * 3
+    # A second run reuses the cached features.
+    assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert "features: train from cache" in capsys.readouterr().out

@@ -100,10 +100,14 @@ def train(
         last = cfg.train.epochs
         if stop_after_epochs is not None:
             last = min(last, run.start_epoch + stop_after_epochs)
-        _fit(run, last, progress)
+        if cfg.train.mode == "features":
+            test = _fit_features(run, last, progress)
+        else:
+            _fit(run, last, progress)
+            test = None
         if last < cfg.train.epochs:
             return TrainResult(run_dir, {}, last, time.perf_counter() - start)
-        test = _final_test(run)
+        test = _final_test(run, test)
         wall = time.perf_counter() - start
         run.say(
             f"test top1 {test['top1']:.4f} top5 {test['top5']:.4f} "
@@ -318,11 +322,14 @@ def _train_epoch(
     }
 
 
-def _end_epoch(run: Run, epoch: int, phase: str, stats: dict, optimizer, started: float) -> None:
-    """Validate, log and checkpoint (rank 0); the other ranks wait."""
+def _end_epoch(
+    run: Run, epoch: int, phase: str, stats: dict, optimizer, started: float, val=None
+) -> None:
+    """Validate (unless `val` is given), log and checkpoint (rank 0); the other ranks wait."""
     t = run.cfg.train
     if run.dist.is_main:
-        val = evaluate_model(run.model, run.val_set, run.device, t.eval_batch_size, t.amp)
+        if val is None:
+            val = evaluate_model(run.model, run.val_set, run.device, t.eval_batch_size, t.amp)
         record = {
             "epoch": epoch + 1,
             "phase": phase,
@@ -357,12 +364,11 @@ def _end_epoch(run: Run, epoch: int, phase: str, stats: dict, optimizer, started
     distributed.barrier(run.dist)
 
 
-def _final_test(run: Run) -> dict[str, Any]:
-    """Test metrics of the final weights, written to evaluation.json (rank 0)."""
+def _final_test(run: Run, test: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Test metrics of the final weights (unless given), written to evaluation.json (rank 0)."""
     t = run.cfg.train
-    test = {}
     if run.dist.is_main:
-        test = evaluate_model(
+        test = test or evaluate_model(
             run.model,
             run.splits.test,
             run.device,
@@ -380,8 +386,67 @@ def _final_test(run: Run) -> dict[str, Any]:
                 **test,
             },
         )
-    test = distributed.broadcast_object(test, run.dist)
-    return test
+    return distributed.broadcast_object(test or {}, run.dist)
+
+
+def _fit_features(run: Run, last_epoch: int, progress: bool) -> dict[str, Any]:
+    """Frozen-feature mode: the backbone runs once (cached), then the head trains on features.
+
+    Returns the test metrics, computed from cached test features; the checkpoint is a normal
+    full-model one (the trained head inside the pretrained model).
+    """
+    from cifar100.engine import features as fx
+    from cifar100.evaluate import classification_metrics
+
+    t, model = run.cfg.train, run.model
+    if run.dist.enabled:
+        raise ConfigError("train.mode=features runs in one process: start it without torchrun")
+    model.backbone.requires_grad_(False)
+    cache = fx.FeatureCache(run.cache)
+
+    def feats(data: ImageSet, split: str, flip: bool = False) -> torch.Tensor:
+        return fx.cached_features(
+            model,
+            data,
+            split,
+            cache,
+            run.cfg.model,
+            run.device,
+            t.eval_batch_size,
+            t.amp,
+            flip,
+            progress and run.dist.is_main,
+        )
+
+    train_x = feats(run.train_set, "train", t.feature_flip).to(run.device)
+    train_y = run.train_set.labels.repeat(2 if t.feature_flip else 1).to(run.device)
+    val_x, val_y = feats(run.val_set, "val"), run.val_set.labels
+    optimizer = build_optimizer([model.head], t, "features")
+    state = run.state
+    if state is not None and state.get("phase") == "features":
+        optimizer.load_state_dict(state["optimizer"])
+    steps = len(train_y) // min(t.batch_size, len(train_y))
+    total, warmup = t.epochs * steps, int(t.warmup_epochs * steps)
+    for epoch in range(run.start_epoch, last_epoch):
+        started = time.perf_counter()
+        torch.manual_seed(t.seed * 7_919 + epoch * 31)  # dropout, as in fine-tuning
+        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+        stats = fx.train_head_epoch(
+            model.head, train_x, train_y, optimizer, t.batch_size, t.label_smoothing, gen,
+            lr_fn=lambda step: finetune_lr(step, total, warmup, t.lr), step0=epoch * steps,
+        )  # fmt: skip
+        if not math.isfinite(stats["train_loss"]):
+            raise TrainingError(f"epoch {epoch + 1}: the loss is not finite; lower train.lr")
+        stats.pop("steps", None)
+        val = fx.evaluate_head(model.head, val_x, val_y)
+        _end_epoch(run, epoch, "features", stats, optimizer, started, val)
+    if last_epoch < t.epochs:
+        return {}
+    logits = fx.head_logits(model.head, feats(run.splits.test, "test"))
+    return classification_metrics(
+        logits, run.splits.test.labels, run.splits.classes, run.meta["fine_to_coarse"],
+        run.meta["coarse_classes"],
+    )  # fmt: skip
 
 
 def _read_init(cfg: Config, classes: list[str]) -> dict[str, Any]:
