@@ -12,7 +12,7 @@ from cifar100.errors import ConfigError
 
 
 def test_presets_load_and_validate():
-    assert {"seed", "cpu"} <= set(preset_names())
+    assert {"seed", "scratch", "cpu"} <= set(preset_names())
     for name in preset_names():
         cfg = validate(load_preset(name))
         assert cfg.preset == name and cfg.description

@@ -42,7 +42,7 @@ def _args(archive, out, cache, *extra):
         "data.val_fraction=0",
         *extra,
     ]
-    return ["train", "--preset", "cpu", "--data", str(archive), "--epochs", "1",
+    return ["train", "--preset", "scratch", "--data", str(archive), "--epochs", "1",
             *[a for kv in settings for a in ("--set", kv)],
             "--out", str(out), "--cache-dir", str(cache), "--no-progress"]  # fmt: skip
 

@@ -33,7 +33,7 @@ def trained(archive, tmp_path_factory):
         [
             "train",
             "--preset",
-            "cpu",
+            "scratch",
             "--data",
             str(archive),
             "--epochs",
@@ -78,7 +78,7 @@ def test_train_writes_a_self_explaining_run_directory(trained):
 def test_resumed_run_ends_with_the_same_weights(archive, trained, tmp_path):
     run, cache = trained
     cfg = apply_overrides(
-        load_preset("cpu"),
+        load_preset("scratch"),
         [
             f"data.path={archive}",
             "train.epochs=2",
@@ -211,7 +211,7 @@ def test_an_existing_run_is_never_overwritten(trained, capsys):
     run, cache = trained
     before = (run / "last.pt").read_bytes()
     rc = cli.main(
-        ["train", "--preset", "cpu", "--out", str(run), "--cache-dir", str(cache), "--no-progress"]
+        ["train", "--preset", "scratch", "--out", str(run), "--cache-dir", str(cache), "--no-progress"]
     )
     assert rc == 2 and "--resume" in capsys.readouterr().err
     assert (run / "last.pt").read_bytes() == before
@@ -242,7 +242,7 @@ def test_init_starts_from_another_runs_weights(archive, trained, tmp_path):
 
 
 def test_features_mode_trains_the_head_on_cached_features(archive, tmp_path, capsys):
-    args = ["train", "--preset", "cpu", "--data", str(archive), "--epochs", "3",
+    args = ["train", "--preset", "scratch", "--data", str(archive), "--epochs", "3",
             "--set", "train.mode=features", "--set", "train.batch_size=32",
             "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0

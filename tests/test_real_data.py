@@ -30,7 +30,7 @@ def test_short_cpu_run_on_real_cifar10_learns(tmp_path, capsys):
         [
             "train",
             "--preset",
-            "cpu",
+            "scratch",
             "--dataset",
             "folder",
             "--data",

@@ -12,7 +12,7 @@ from cifar100.errors import CifarError
 
 EPILOG = """examples:
   cifar100 train --preset seed                      the report's model and recipe on CIFAR-100
-  cifar100 train --preset cpu --dataset folder --data images.tar.gz
+  cifar100 train --preset cpu --dataset folder --data images.tar.gz   (no GPU)
   cifar100 evaluate runs/20261125-120000-seed       test top-1/top-5, per class and superclass
   cifar100 predict runs/20261125-120000-seed cat.jpg dog.png
   cifar100 summary --preset seed                    the report's parameter table
