@@ -211,7 +211,16 @@ def test_an_existing_run_is_never_overwritten(trained, capsys):
     run, cache = trained
     before = (run / "last.pt").read_bytes()
     rc = cli.main(
-        ["train", "--preset", "scratch", "--out", str(run), "--cache-dir", str(cache), "--no-progress"]
+        [
+            "train",
+            "--preset",
+            "scratch",
+            "--out",
+            str(run),
+            "--cache-dir",
+            str(cache),
+            "--no-progress",
+        ]
     )
     assert rc == 2 and "--resume" in capsys.readouterr().err
     assert (run / "last.pt").read_bytes() == before

@@ -17,6 +17,7 @@ from PIL import Image
 import cifar100.data.folders as folders
 from cifar100.data.folders import load_image_folder
 from cifar100.errors import ConfigError, DataError
+from synthetic_cifar import CIFAR10_CLASSES
 from synthetic_folders import (
     class_colour,
     class_image,
@@ -331,18 +332,7 @@ def test_real_cifar10_jpeg_tarball(tmp_path):
     warm_s = time.perf_counter() - start
     print(f"\ncifar10-jpeg.tar.gz: cold {cold_s:.2f}s, cached {warm_s:.2f}s")
     assert cold.info["cache"] == "miss" and warm.info["cache"] == "hit"
-    assert cold.classes == [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ]
+    assert cold.classes == CIFAR10_CLASSES
     for splits in (cold, warm):
         assert splits.train.images.shape == (50_000, 32, 32, 3)
         assert splits.test.images.shape == (10_000, 32, 32, 3)
