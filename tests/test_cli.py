@@ -8,8 +8,8 @@ import pytest
 
 from cifar100 import cli
 
-COMMANDS = ["train", "evaluate", "predict", "summary", "import-keras", "backbones", "presets",
-            "data"]  # fmt: skip
+COMMANDS = ["train", "evaluate", "predict", "summary", "import-keras", "backbones", "bench",
+            "presets", "data"]  # fmt: skip
 
 
 def test_summary_prints_the_reports_table(capsys):
@@ -50,3 +50,16 @@ def test_no_command_prints_help_and_fails(capsys):
     assert cli.main([]) == 2
     out = capsys.readouterr().out
     assert all(c in out for c in COMMANDS)
+
+
+def test_bench_measures_both_variants_and_their_ratio(capsys):
+    args = ["bench", "--backbone", "efficientnet_lite0", "--size", "32", "--batch-size", "4",
+            "--steps", "2", "--warmup", "1", "--device", "cpu"]  # fmt: skip
+    assert cli.main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in result["rows"]] == ["eager fp32", "tuned"]
+    assert result["rows"][0]["train_ratio"] == 1.0
+    assert all(r["train_img_s"] > 0 and r["infer_img_s"] > 0 for r in result["rows"])
+    assert "CPU" in result["device"]
+    assert cli.main(args) == 0
+    assert "ratio" in capsys.readouterr().out

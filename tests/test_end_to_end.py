@@ -15,7 +15,8 @@ from cifar100.engine.checkpoint import load_checkpoint
 from cifar100.engine.train import train
 from synthetic_cifar import make_cifar100_archive
 
-FAST = ["--set", "train.batch_size=32", "--set", "train.eval_batch_size=64"]
+FAST = ["--set", "train.batch_size=32", "--set", "train.eval_batch_size=64",
+        "--set", "train.ema_decay=0.9"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +63,15 @@ def test_train_writes_a_self_explaining_run_directory(trained):
     ):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
-    assert config["preset"] == "cpu" and config["train"]["epochs"] == 2
+    assert config["preset"] == "scratch" and config["train"]["epochs"] == 2
     env = json.loads((run / "environment.json").read_text())
     assert env["device"] == "cpu" and env["torch"] == torch.__version__
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert {"train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"} <= set(records[0])
+    assert "val_top1_ema" in records[0]
     evaluation = json.loads((run / "evaluation.json").read_text())
+    assert 0.0 <= evaluation["ema"]["top1"] <= 1.0
     assert evaluation["images"] == 60 and 0.0 <= evaluation["top1"] <= evaluation["top5"] <= 1.0
     state = load_checkpoint(run / "last.pt")
     assert state["epoch"] == 2 and len(state["classes"]) == 100
@@ -84,6 +87,7 @@ def test_resumed_run_ends_with_the_same_weights(archive, trained, tmp_path):
             "train.epochs=2",
             "train.batch_size=32",
             "train.eval_batch_size=64",
+            "train.ema_decay=0.9",
         ],
     )
     partial = tmp_path / "partial"
@@ -97,6 +101,10 @@ def test_resumed_run_ends_with_the_same_weights(archive, trained, tmp_path):
     b = load_checkpoint(partial / "last.pt")["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    ema_a = load_checkpoint(run / "last.pt")["ema"]
+    ema_b = load_checkpoint(partial / "last.pt")["ema"]
+    assert ema_a["updates"] == ema_b["updates"] > 0
+    assert all(torch.equal(ema_a["model"][k], ema_b["model"][k]) for k in ema_a["model"])
     lines = (partial / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 

@@ -129,6 +129,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    n = sub.add_parser(
+        "bench",
+        parents=[debug],
+        help="measure training and inference images/s against an eager fp32 baseline",
+        description="Time a training step and an inference batch of a backbone on random data, "
+        "as a plain eager fp32 model and as this tool runs it (channels-last, fused optimizer; "
+        "bf16 autocast on CUDA; torch.compile with --compile), in the same process, and print "
+        "the ratios. Absolute numbers on a shared machine are noisy; the ratio is not.",
+    )
+    n.add_argument("--backbone", default="resnet50v2", metavar="NAME")
+    n.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="input side (default: the backbone's native size, 224 for resnet50v2)",
+    )
+    n.add_argument("--batch-size", type=int, default=64, metavar="N")
+    n.add_argument("--steps", type=int, default=10, metavar="N", help="timed steps (median)")
+    n.add_argument("--warmup", type=int, default=3, metavar="N")
+    n.add_argument("--compile", action="store_true", help="torch.compile the tuned variant")
+    n.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
+    n.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     sub.add_parser(
         "presets",
         parents=[debug],
@@ -417,6 +441,19 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cifar100.bench import format_bench, run_bench
+    from cifar100.models.registry import get_backbone
+
+    if min(args.batch_size, args.steps) < 1 or args.warmup < 0:
+        raise CifarError("--batch-size and --steps must be >= 1, --warmup >= 0")
+    size = args.size or get_backbone(args.backbone).native_size
+    result = run_bench(args.backbone, size, args.batch_size, args.device, args.compile,
+                       args.warmup, args.steps)  # fmt: skip
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from cifar100.config import load_preset, preset_names
 
@@ -480,6 +517,7 @@ COMMANDS = {
     "summary": cmd_summary,
     "presets": cmd_presets,
     "backbones": cmd_backbones,
+    "bench": cmd_bench,
     "data": cmd_data,
     "import-keras": cmd_import_keras,
 }

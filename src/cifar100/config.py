@@ -64,6 +64,7 @@ class TrainConfig:
     mix_prob: float = 1.0  # probability that a batch is mixed at all (when either alpha > 0)
     backbone_lr_scale: float = 1.0  # the backbone's rate relative to the head's when fine-tuning
     accumulate: int = 1  # micro-batches per step (gradient accumulation) on each process
+    ema_decay: float = 0.0  # an EMA of the weights, evaluated beside them (e.g. 0.9998); 0: off
     clip_grad_norm: float = 0.0  # clip the global gradient norm to this; 0 disables
     sync_bn: bool = False  # distributed on CUDA: batch-norm statistics over the whole batch
     compile: bool = False  # torch.compile the model (CUDA; the first steps are slow)
@@ -237,6 +238,8 @@ def validate(cfg: Config) -> Config:
     for name in ("random_erasing", "mix_prob"):
         if not 0.0 <= getattr(t, name) <= 1.0:
             raise ConfigError(f"train.{name}={getattr(t, name)}: must be in [0, 1]")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay={t.ema_decay}: must be in [0, 1)")
     if t.accumulate < 1 or t.batch_size % t.accumulate:
         raise ConfigError(
             f"train.accumulate={t.accumulate}: must be >= 1 and divide train.batch_size"

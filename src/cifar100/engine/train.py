@@ -29,6 +29,7 @@ from cifar100.data.tensors import DataSplits, ImageSet, fine_to_coarse
 from cifar100.engine import distributed, runs
 from cifar100.engine.checkpoint import load_checkpoint, save_checkpoint
 from cifar100.engine.distributed import DistInfo
+from cifar100.engine.ema import ModelEMA
 from cifar100.engine.optim import build_optimizer, finetune_lr, set_lr
 from cifar100.engine.runtime import autocast, environment_info, seed_everything
 from cifar100.errors import CheckpointError, CifarError, ConfigError
@@ -69,6 +70,7 @@ class Run:
     start_epoch: int = 0
     best: float = -1.0
     log: runs.MetricsLog | None = field(default=None, repr=False)
+    ema: ModelEMA | None = field(default=None, repr=False)
 
 
 def train(
@@ -186,6 +188,10 @@ def _fit(run: Run, last_epoch: int, progress: bool) -> None:
         (t.epochs - t.freeze_epochs) * steps,  # fine-tuning steps in all
         int(t.warmup_epochs * steps),
     )
+    if t.ema_decay > 0:
+        run.ema = ModelEMA(model, t.ema_decay)
+        if run.state is not None and run.state.get("ema"):
+            run.ema.load_state_dict(run.state["ema"])
     phase, optimizer, step_model = None, None, model
     for epoch in range(run.start_epoch, last_epoch):
         new_phase = "frozen" if epoch < t.freeze_epochs else "finetune"
@@ -294,6 +300,8 @@ def _train_epoch(
         if t.clip_grad_norm > 0:
             nn.utils.clip_grad_norm_(model.parameters(), t.clip_grad_norm)
         optimizer.step()
+        if run.ema is not None:
+            run.ema.update(model)
         seen += len(labels)
         bar.update(1)
         if (i + 1) % t.log_every == 0 or i + 1 == steps:
@@ -339,6 +347,9 @@ def _end_epoch(
             "val_top5": val["top5"],
             "epoch_s": round(time.perf_counter() - started, 2),
         }
+        if run.ema is not None:
+            ema = evaluate_model(run.ema.module, run.val_set, run.device, t.eval_batch_size, t.amp)
+            record.update(val_loss_ema=ema["loss"], val_top1_ema=ema["top1"])
         run.log.append(record)
         run.say(
             f"epoch {epoch + 1}/{t.epochs} [{phase}] loss {stats['train_loss']:.4f} "
@@ -358,6 +369,8 @@ def _end_epoch(
             "best_val_top1": run.best,
             "val_top1": val["top1"],
         }
+        if run.ema is not None:
+            ckpt["ema"] = run.ema.state_dict()
         save_checkpoint(ckpt, run.run_dir / "last.pt")
         if improved:
             save_checkpoint(ckpt, run.run_dir / "best.pt")
@@ -377,6 +390,11 @@ def _final_test(run: Run, test: dict[str, Any] | None = None) -> dict[str, Any]:
             run.meta["fine_to_coarse"],
             run.meta["coarse_classes"],
         )
+        if run.ema is not None:
+            ema = evaluate_model(
+                run.ema.module, run.splits.test, run.device, t.eval_batch_size, t.amp
+            )
+            test["ema"] = {k: ema[k] for k in ("loss", "top1", "top5")}
         write_json_atomic(
             run.run_dir / runs.EVALUATION,
             {
