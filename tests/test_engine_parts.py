@@ -112,3 +112,29 @@ def test_checkpoint_loading_never_runs_code(tmp_path):
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_deterministic_mode_switches_torch_to_deterministic_kernels():
+    from cifar100.engine.runtime import seed_everything
+
+    try:
+        seed_everything(3, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        a = torch.rand(3)
+        seed_everything(3, deterministic=True)
+        assert torch.equal(a, torch.rand(3))
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_ema_trails_the_weights_and_ramps_its_decay():
+    from cifar100.engine.ema import ModelEMA
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = ModelEMA(model, decay=0.99)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # decay ramps: min(0.99, 2/11)
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), 1 - 2 / 11))
+    assert not ema.module.weight.requires_grad

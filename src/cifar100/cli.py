@@ -254,6 +254,12 @@ def _config_args(p: argparse.ArgumentParser, data: bool = True) -> None:
             "--lr", type=float, metavar="LR", help="fine-tuning peak learning rate (train.lr)"
         )
         p.add_argument("--seed", type=int, metavar="N", help="random seed (train.seed)")
+        p.add_argument(
+            "--deterministic",
+            action="store_const",
+            const="true",
+            help="deterministic kernels only (train.deterministic)",
+        )
 
 
 def _common_args(p: argparse.ArgumentParser, device: bool = True) -> None:
@@ -285,6 +291,7 @@ def resolve_config(args: argparse.Namespace):
         "train.batch_size": getattr(args, "batch_size", None),
         "train.lr": getattr(args, "lr", None),
         "train.seed": getattr(args, "seed", None),
+        "train.deterministic": getattr(args, "deterministic", None),
         "train.device": getattr(args, "device", None),
         "model.init": getattr(args, "init", None),
     }
@@ -312,6 +319,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "lr",
                 "seed",
                 "init",
+                "deterministic",
             )
             if getattr(args, f)
         ]

@@ -73,6 +73,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast where the device supports it
     channels_last: bool = True
     seed: int = 0
+    deterministic: bool = False  # deterministic kernels only (slower on GPUs; CPU runs already are)
     device: str = "auto"  # auto | cuda | mps | cpu
     eval_batch_size: int = 256
     log_every: int = 20  # steps between host synchronisations for the progress bar

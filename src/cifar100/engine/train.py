@@ -128,7 +128,7 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress) -> Run
             f"train.batch_size={t.batch_size} (the global batch) must divide evenly into "
             f"{dist_info.world} processes x {t.accumulate} micro-batches"
         )
-    seed_everything(t.seed)
+    seed_everything(t.seed, t.deterministic)
     say = _printer(progress and dist_info.is_main, dist_info.is_main)
     cache = resolve_cache_dir(cache_dir)
     splits = load_data(cfg.data, cache, seed=t.seed, progress=progress and dist_info.is_main)
