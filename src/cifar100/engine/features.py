@@ -51,7 +51,7 @@ def extract_features(
     """
     was_training = model.training
     model.eval()  # batch norm on its moving statistics, no dropout: what inference sees
-    channels_last = device.type == "cuda"
+    channels_last = device.type in ("cuda", "cpu")
     n = len(images)
     out: torch.Tensor | None = None
     bar = tqdm(

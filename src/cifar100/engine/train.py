@@ -144,7 +144,7 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress) -> Run
         say(f"note: weights=none, so the {t.freeze_epochs} frozen-backbone epochs are skipped")
         t.freeze_epochs = 0
     model.to(device)
-    if t.channels_last and device.type == "cuda":
+    if t.channels_last and device.type in ("cuda", "cpu"):  # measured faster on both
         model.to(memory_format=torch.channels_last)
     meta = {
         "classes": splits.classes,
@@ -265,7 +265,7 @@ def _train_epoch(
         file=sys.stderr,
     )
     start = time.perf_counter()
-    channels_last = t.channels_last and device.type == "cuda"
+    channels_last = t.channels_last and device.type in ("cuda", "cpu")
     mine = distributed.local_slice(t.batch_size, dist_info)
     num_classes = len(run.meta["classes"])
     for i, (images, labels) in enumerate(batches.epoch(epoch)):
