@@ -9,7 +9,7 @@ import pytest
 from cifar100 import cli
 
 COMMANDS = ["train", "evaluate", "predict", "summary", "import-keras", "backbones", "bench",
-            "presets", "data"]  # fmt: skip
+            "presets", "data", "report", "compare"]  # fmt: skip
 
 
 def test_summary_prints_the_reports_table(capsys):

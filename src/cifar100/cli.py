@@ -14,6 +14,8 @@ EPILOG = """examples:
   cifar100 train --preset seed                      the report's model and recipe on CIFAR-100
   cifar100 train --preset cpu --dataset folder --data images.tar.gz   (no GPU)
   cifar100 evaluate runs/20261125-120000-seed       test top-1/top-5, per class and superclass
+  cifar100 evaluate RUN --tta flip --ema            mirror-image TTA, the EMA weights
+  cifar100 compare runs/*                           one table of runs
   cifar100 predict runs/20261125-120000-seed cat.jpg dog.png
   cifar100 summary --preset seed                    the report's parameter table
 """
@@ -68,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         parents=[debug],
         help="test accuracy of a run or checkpoint",
-        description="Top-1 and top-5 test accuracy, per class and (CIFAR-100) "
-        "per superclass; printed, and written as JSON.",
+        description="Top-1 and top-5 test accuracy, macro-F1 and calibration (ECE), per "
+        "class and (CIFAR-100) per superclass; printed, and written as JSON, with the "
+        "predictions (logits, labels, images) beside it as predictions.npz.",
     )
     e.add_argument("target", metavar="RUN_OR_CHECKPOINT", help="a run directory or a .pt file")
     e.add_argument(
@@ -84,7 +87,38 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--output", metavar="FILE", help="write the JSON here (default: RUN_DIR/evaluation.json)"
     )
+    e.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        default="none",
+        help="test-time augmentation: flip = average the image's and its mirror's softmax",
+    )
+    e.add_argument(
+        "--ema", action="store_true", help="evaluate the checkpoint's EMA weights (train.ema_decay)"
+    )
     _common_args(e)
+
+    rp = sub.add_parser(
+        "report",
+        parents=[debug],
+        help="write a run's self-contained HTML report (plots, tables, config)",
+        description="Write RUN_DIR/report.html: the model table as in the report, the resolved "
+        "config and environment, the metrics and every plot (PNG and SVG in RUN_DIR/plots), "
+        "images embedded so it opens offline. Built from the run directory's files alone, so "
+        "an interrupted run can be reported too; run `cifar100 evaluate RUN_DIR` first for the "
+        "confusion matrices and example images.",
+    )
+    rp.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+
+    c = sub.add_parser(
+        "compare",
+        parents=[debug],
+        help="one table of several runs",
+        description="Preset, backbone, weights, mode, epochs, best validation and test "
+        "accuracy, wall time, throughput and device of each run directory.",
+    )
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories")
+    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     r = sub.add_parser(
         "predict",
@@ -345,6 +379,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cifar100.evaluate import evaluate_checkpoint
     from cifar100.fileio import write_json_atomic
 
+    target = Path(args.target)
+    out = (
+        Path(args.output)
+        if args.output
+        else (target / "evaluation.json" if target.is_dir() else target.with_suffix(".eval.json"))
+    )
     metrics = evaluate_checkpoint(
         args.target,
         which=args.checkpoint,
@@ -353,12 +393,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device or "auto",
         batch_size=args.batch_size,
         progress=not args.no_progress,
-    )
-    target = Path(args.target)
-    out = (
-        Path(args.output)
-        if args.output
-        else (target / "evaluation.json" if target.is_dir() else target.with_suffix(".eval.json"))
+        tta_flip=args.tta == "flip",
+        ema=args.ema,
+        # Beside the JSON; the default (None) is RUN_DIR/predictions.npz.
+        predictions_path=out.with_name(out.stem + ".predictions.npz") if args.output else None,
     )
     write_json_atomic(out, metrics)
     if args.json:
@@ -375,6 +413,12 @@ def format_evaluation(m: dict) -> str:
         f"(epoch {m['epoch']})",
         f"  top-1 {m['top1']:.2%}   top-5 {m['top5']:.2%}   loss {m['loss']:.4f}",
     ]
+    if "macro_f1" in m:
+        lines.append(
+            f"  macro-F1 {m['macro_f1']:.4f}   ECE {m['calibration']['ece']:.4f} (15 bins)"
+            + ("   TTA: flip" if m.get("tta") == "flip" else "")
+            + ("   EMA weights" if m.get("weights") == "ema" else "")
+        )
     if "superclass_top1" in m:
         lines.append(f"  superclass top-1 {m['superclass_top1']:.2%}")
         lines.append("  per superclass (fine top-1 / superclass top-1):")
@@ -387,6 +431,22 @@ def format_evaluation(m: dict) -> str:
         lines.append(f"  hardest classes: {worst}")
         lines.append(f"  easiest classes: {best}")
     return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cifar100.report import build_report
+
+    out = build_report(args.run_dir)
+    print(f"wrote {out} (plots in {out.parent / 'plots'})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cifar100.compare import compare_runs, format_comparison
+
+    rows = compare_runs(args.runs)
+    print(json.dumps(rows, indent=2) if args.json else format_comparison(rows))
+    return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -521,6 +581,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "compare": cmd_compare,
+    "report": cmd_report,
     "predict": cmd_predict,
     "summary": cmd_summary,
     "presets": cmd_presets,

@@ -1,4 +1,4 @@
-"""Test-set evaluation: top-1, top-5, per class and per superclass."""
+"""Test-set evaluation: top-1, top-5, F1, calibration, per class and per superclass."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,6 +14,8 @@ from torch import nn
 from cifar100.data.augment import to_float_nchw
 from cifar100.data.tensors import ImageSet, fine_to_coarse
 from cifar100.engine.runtime import autocast
+
+PREDICTIONS = "predictions.npz"  # beside evaluation.json in a run directory
 
 
 @torch.no_grad()
@@ -22,17 +25,31 @@ def predict_logits(
     device: torch.device,
     batch_size: int = 256,
     amp: bool = True,
+    tta_flip: bool = False,
 ) -> torch.Tensor:
-    """Logits (float32, on the CPU) for uint8 (N,H,W,3) images, in inference mode."""
+    """Logits (float32, on the CPU) for uint8 (N,H,W,3) images, in inference mode.
+
+    With `tta_flip`, the log of the mean softmax of each image and its mirror image.
+    """
     was_training = model.training
     model.eval()
     out = []
     channels_last = device.type in ("cuda", "cpu")  # channels-last: faster on both
     try:
         for lo in range(0, len(images), batch_size):
-            x = to_float_nchw(images[lo : lo + batch_size].to(device), channels_last)
+            batch = images[lo : lo + batch_size].to(device)
+            x = to_float_nchw(batch, channels_last)
             with autocast(device, amp):
-                out.append(model(x).float().cpu())
+                logits = model(x).float()
+            if tta_flip:
+                mirror = to_float_nchw(batch.flip(2), channels_last)  # (N,H,W,3): W is dim 2
+                with autocast(device, amp):
+                    flipped = model(mirror).float()
+                # Log of the averaged probabilities: softmax of it is the mean, and the
+                # cross-entropy loss below is the averaged prediction's.
+                probs = (logits.softmax(1) + flipped.softmax(1)) / 2
+                logits = probs.clamp_min(1e-12).log()
+            out.append(logits.cpu())
     finally:
         model.train(was_training)
     if not out:
@@ -62,6 +79,8 @@ def classification_metrics(
         "top1": float(correct.double().mean()) if n else float("nan"),
         "top5": float(top5.double().mean()) if n else float("nan"),
         "per_class": {c: round(float(a), 4) for c, a in zip(classes, per_class)},
+        **f1_scores(pred, labels, classes),
+        "calibration": calibration(logits, labels),
     }
     if fine_to_coarse is not None and coarse_classes is not None:
         mapping = torch.tensor(fine_to_coarse)
@@ -79,6 +98,68 @@ def classification_metrics(
     return result
 
 
+def f1_scores(pred: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Macro-F1 and per-class precision, recall, F1 and support.
+
+    The macro mean is over the classes that occur in the labels or the predictions (as
+    scikit-learn does), so a class absent from a small test set does not count as F1 = 0.
+    """
+    k = len(classes)
+    tp = torch.bincount(labels[pred == labels], minlength=k).double()
+    predicted = torch.bincount(pred, minlength=k).double()
+    support = torch.bincount(labels, minlength=k).double()
+    precision = tp / predicted.clamp(min=1)
+    recall = tp / support.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    present = (support + predicted) > 0
+    return {
+        "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
+        "per_class_prf": {
+            c: {
+                "precision": round(float(p), 4),
+                "recall": round(float(r), 4),
+                "f1": round(float(f), 4),
+                "support": int(n),
+            }
+            for c, p, r, f, n in zip(classes, precision, recall, f1, support)
+        },
+    }
+
+
+def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error over equal-width confidence bins, with each bin's data.
+
+    A bin i holds confidences in (i/bins, (i+1)/bins]; ECE = sum over bins of
+    count/N * |accuracy - mean confidence|. The bins are a reliability diagram's bars.
+    """
+    n = len(labels)
+    if n == 0:
+        return {"ece": float("nan"), "bins": []}
+    conf, pred = logits.double().softmax(1).max(1)
+    correct = (pred == labels).double()
+    # ceil(conf * bins) - 1 puts a confidence exactly on an edge in the lower bin.
+    index = (torch.ceil(conf * bins).long() - 1).clamp(0, bins - 1)
+    count = torch.bincount(index, minlength=bins).double()
+    conf_sum = torch.bincount(index, weights=conf, minlength=bins)
+    hit_sum = torch.bincount(index, weights=correct, minlength=bins)
+    mean_conf = conf_sum / count.clamp(min=1)
+    accuracy = hit_sum / count.clamp(min=1)
+    ece = float(((count / n) * (accuracy - mean_conf).abs()).sum())
+    return {
+        "ece": ece,
+        "bins": [
+            {
+                "lower": round(i / bins, 6),
+                "upper": round((i + 1) / bins, 6),
+                "count": int(count[i]),
+                "confidence": float(mean_conf[i]) if count[i] else None,
+                "accuracy": float(accuracy[i]) if count[i] else None,
+            }
+            for i in range(bins)
+        ],
+    }
+
+
 def evaluate_model(
     model: nn.Module,
     data: ImageSet,
@@ -87,8 +168,9 @@ def evaluate_model(
     amp: bool = True,
     fine_to_coarse: list[int] | None = None,
     coarse_classes: list[str] | None = None,
+    tta_flip: bool = False,
 ) -> dict[str, Any]:
-    logits = predict_logits(model, data.images, device, batch_size, amp)
+    logits = predict_logits(model, data.images, device, batch_size, amp, tta_flip)
     return classification_metrics(logits, data.labels, data.classes, fine_to_coarse, coarse_classes)
 
 
@@ -100,8 +182,15 @@ def evaluate_checkpoint(
     device: str = "auto",
     batch_size: int | None = None,
     progress: bool = True,
+    tta_flip: bool = False,
+    ema: bool = False,
+    predictions_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run directory's (or a file's) checkpoint on its data's test split."""
+    """Evaluate a run directory's (or a file's) checkpoint on its data's test split.
+
+    Also writes the test predictions (see `save_predictions`) to `predictions_path`, by
+    default RUN_DIR/predictions.npz or FILE.predictions.npz.
+    """
     from cifar100.data import load_data
     from cifar100.engine.checkpoint import load_checkpoint, resolve_checkpoint, restore_model
     from cifar100.engine.runtime import select_device
@@ -110,29 +199,82 @@ def evaluate_checkpoint(
     path = resolve_checkpoint(target, which)
     state = load_checkpoint(path)
     model, cfg = restore_model(state)
+    if ema:
+        _load_ema(model, state, path)
     dev = select_device(device)
     data_cfg = replace(cfg.data, path=data_path) if data_path else cfg.data
     splits = load_data(
         data_cfg, resolve_cache_dir(cache_dir), seed=cfg.train.seed, progress=progress
     )
-    _check_classes(state["classes"], splits.test.classes, data_cfg.path or data_cfg.dataset)
+    test = splits.test
+    _check_classes(state["classes"], test.classes, data_cfg.path or data_cfg.dataset)
     model.to(dev)
-    metrics = evaluate_model(
-        model,
-        splits.test,
-        dev,
-        batch_size or cfg.train.eval_batch_size,
-        cfg.train.amp,
-        state.get("fine_to_coarse") or fine_to_coarse(splits.test),
-        state.get("coarse_classes") or splits.test.coarse_classes,
+    mapping = state.get("fine_to_coarse") or fine_to_coarse(test)
+    coarse = state.get("coarse_classes") or test.coarse_classes
+    logits = predict_logits(
+        model, test.images, dev, batch_size or cfg.train.eval_batch_size, cfg.train.amp, tta_flip
     )
-    metrics = {
+    metrics = classification_metrics(logits, test.labels, test.classes, mapping, coarse)
+    if predictions_path is None:
+        target = Path(target)
+        predictions_path = (
+            target / PREDICTIONS if target.is_dir() else target.with_suffix(".predictions.npz")
+        )
+    save_predictions(predictions_path, logits, test, mapping, coarse)
+    extra: dict[str, Any] = {"tta": "flip" if tta_flip else "none"}
+    if ema:
+        extra["weights"] = "ema"
+        extra["ema_updates"] = int(state["ema"].get("updates", 0))
+    return {
         "checkpoint": str(path),
         "epoch": state.get("epoch"),
         "dataset": splits.name,
+        **extra,
         **metrics,
+        "predictions": str(predictions_path),
     }
-    return metrics
+
+
+def save_predictions(
+    path: str | Path,
+    logits: torch.Tensor,
+    data: ImageSet,
+    fine_to_coarse: list[int] | None = None,
+    coarse_classes: list[str] | None = None,
+) -> None:
+    """Labels, logits, class names and test images in one .npz, written atomically (for plots)."""
+    from cifar100.fileio import atomic_path
+
+    arrays: dict[str, np.ndarray] = {
+        "labels": data.labels.cpu().numpy().astype(np.int64),
+        "logits": logits.float().cpu().numpy().astype(np.float32),
+        "classes": np.array(data.classes, dtype=str),
+        "images": data.images.cpu().numpy().astype(np.uint8),
+    }
+    if fine_to_coarse is not None and coarse_classes is not None:
+        arrays["coarse_classes"] = np.array(coarse_classes, dtype=str)
+        arrays["fine_to_coarse"] = np.array(fine_to_coarse, dtype=np.int64)
+    with atomic_path(path) as tmp:
+        # A file object: given a name, numpy would append ".npz" to the temporary one.
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+
+def _load_ema(model: nn.Module, state: dict[str, Any], path: Path) -> None:
+    from cifar100.errors import CheckpointError
+
+    ema = state.get("ema")
+    if not isinstance(ema, dict) or "model" not in ema:
+        raise CheckpointError(
+            f"{path}: no EMA weights in this checkpoint (train with --set train.ema_decay=0.999 "
+            "to keep them); evaluate without --ema"
+        )
+    try:
+        model.load_state_dict(ema["model"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{path}: its EMA weights do not fit its model: {str(e).splitlines()[0][:200]}"
+        ) from e
 
 
 def _check_classes(trained: list[str], found: list[str], source: str) -> None:

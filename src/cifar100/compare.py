@@ -1,0 +1,102 @@
+"""Side-by-side summary of run directories: `cifar100 compare runs/*`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cifar100.engine import runs
+from cifar100.errors import CheckpointError
+
+
+def summarize_run(path: str | Path) -> dict[str, Any]:
+    """One run's settings and results, from its config, metrics log, evaluation and environment."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory; give cifar100 run directories")
+    cfg = runs.read_run_config(path)  # raises CheckpointError when it is not a run
+    records = runs.read_metrics(path / runs.METRICS)
+    evaluation = _read_json(path / runs.EVALUATION)
+    environment = _read_json(path / runs.ENVIRONMENT)
+    val = [r["val_top1"] for r in records if "val_top1" in r]
+    rates = [r["images_per_s"] for r in records if "images_per_s" in r]
+    return {
+        "run": path.name,
+        "path": str(path),
+        "preset": cfg.preset,
+        "backbone": cfg.model.backbone,
+        "weights": cfg.model.weights,
+        "mode": cfg.train.mode,
+        "epochs_done": max((r.get("epoch", 0) for r in records), default=0),
+        "epochs": cfg.train.epochs,
+        "best_val_top1": max(val) if val else None,
+        "test_top1": evaluation.get("top1"),
+        "test_top5": evaluation.get("top5"),
+        "wall_s": round(sum(r.get("epoch_s", 0.0) for r in records), 2),
+        "train_images_per_s": sum(rates) / len(rates) if rates else None,
+        "device": environment.get("gpu") or environment.get("device"),
+    }
+
+
+def compare_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
+    """A summary row per run directory, in the order given."""
+    return [summarize_run(p) for p in paths]
+
+
+COLUMNS = [
+    ("run", "run", "s"),
+    ("preset", "preset", "s"),
+    ("backbone", "backbone", "s"),
+    ("weights", "weights", "s"),
+    ("mode", "mode", "s"),
+    ("epochs", None, "s"),
+    ("best val", "best_val_top1", "%"),
+    ("test top-1", "test_top1", "%"),
+    ("test top-5", "test_top5", "%"),
+    ("wall", "wall_s", "t"),
+    ("img/s", "train_images_per_s", "d"),
+    ("device", "device", "s"),
+]
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table; a value a run lacks (no evaluation yet) is left blank."""
+    table = [[name for name, _, _ in COLUMNS]]
+    for row in rows:
+        table.append([_cell(row, key, kind) for _, key, kind in COLUMNS])
+    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+    lines = []
+    for r in table:
+        cells = [
+            c.ljust(w) if kind == "s" else c.rjust(w)
+            for c, w, (_, _, kind) in zip(r, widths, COLUMNS)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(row: dict[str, Any], key: str | None, kind: str) -> str:
+    if key is None:
+        return f"{row['epochs_done']}/{row['epochs']}"
+    value = row.get(key)
+    if value is None:
+        return ""
+    if kind == "%":
+        return f"{value:.2%}"
+    if kind == "t":
+        return f"{value / 60:.1f} min" if value >= 60 else f"{value:.1f} s"
+    if kind == "d":
+        return f"{value:.0f}"
+    return str(value)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    # Optional files: a run still training has no evaluation.json yet.
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable ({e})") from None
+    return data if isinstance(data, dict) else {}

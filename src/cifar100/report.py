@@ -1,0 +1,162 @@
+"""One self-contained HTML page for a run: the model table, config, environment, metrics, plots.
+
+    cifar100 report runs/<run>          # writes runs/<run>/report.html; opens offline
+
+Everything comes from the run directory's files, so an interrupted run can be reported too.
+Images are embedded as data URIs: the page needs no network and no other file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from cifar100.engine import runs
+from cifar100.errors import CheckpointError
+from cifar100.fileio import write_text_atomic
+
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 70rem;
+       padding: 0 1rem; color: #222; }
+h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5rem 0; }
+td, th { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: right; }
+th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+pre { background: #f7f7f7; padding: 0.8rem; overflow-x: auto; font-size: 13px; }
+figure { margin: 1rem 0; } figcaption { color: #555; font-size: 13px; }
+img { max-width: 100%; border: 1px solid #eee; }
+.headline { font-size: 1.3rem; margin: 0.6rem 0 1rem; }
+"""
+
+
+def build_report(run_dir: str | Path, plots: bool = True) -> Path:
+    """Write RUN_DIR/report.html and return its path."""
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.CONFIG).is_file():
+        raise CheckpointError(f"{run_dir}: no {runs.CONFIG}; not a cifar100 run directory")
+    config = _read_json(run_dir / runs.CONFIG)
+    environment = _read_json(run_dir / runs.ENVIRONMENT) or {}
+    evaluation = _read_json(run_dir / runs.EVALUATION)
+    records = runs.read_metrics(run_dir / runs.METRICS)
+    figures = _make_plots(run_dir) if plots else {}
+
+    parts = [f"<h1>cifar100 run: {_e(run_dir.name)}</h1>", _headline(config, evaluation, records)]
+    parts += ["<h2>Model</h2>", f"<pre>{_e(_model_table(config))}</pre>"]
+    parts += ["<h2>Training</h2>", _metrics_table(records)]
+    parts += [_figure(figures, name, caption) for name, caption in CAPTIONS if name in figures]
+    if evaluation:
+        parts += ["<h2>Test set</h2>", _evaluation_table(evaluation)]
+    parts += ["<h2>Configuration</h2>", f"<pre>{_e(json.dumps(config, indent=2))}</pre>"]
+    parts += ["<h2>Environment</h2>", f"<pre>{_e(json.dumps(environment, indent=2))}</pre>"]
+    page = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>cifar100 run {_e(run_dir.name)}</title><style>{STYLE}</style></head>"
+        f"<body>{''.join(parts)}</body></html>\n"
+    )
+    out = run_dir / "report.html"
+    write_text_atomic(out, page)
+    return out
+
+
+CAPTIONS = [
+    ("curves", "Loss and accuracy per epoch, training and validation (the report's figures)."),
+    ("lr", "Learning rate per epoch."),
+    ("confusion", "Confusion matrix of the test set, rows normalised."),
+    ("superclass_confusion", "Confusion between the 20 superclasses."),
+    ("confused_pairs", "The most frequent confusions (true -> predicted)."),
+    ("per_class", "Test accuracy per class."),
+    ("examples", "Test images with true and predicted labels (green right, red wrong)."),
+]
+
+
+def _make_plots(run_dir: Path) -> dict[str, Path]:
+    """PNG of every plot the run's files allow (plots.py decides which)."""
+    from cifar100.plots import plot_run
+
+    made = plot_run(run_dir)
+    return {name: next(p for p in files if p.suffix == ".png") for name, files in made.items()}
+
+
+def _figure(figures: dict[str, Path], name: str, caption: str) -> str:
+    data = base64.b64encode(figures[name].read_bytes()).decode("ascii")
+    return (
+        f"<figure id='{name}'><img alt='{_e(caption)}' src='data:image/png;base64,{data}'>"
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
+
+
+def _headline(config: dict, evaluation: dict | None, records: list[dict]) -> str:
+    m, d = config.get("model", {}), config.get("data", {})
+    words = [
+        f"preset <b>{_e(config.get('preset', '?'))}</b>",
+        f"{_e(m.get('backbone', '?'))} ({_e(m.get('weights', '?'))})",
+        f"data {_e(d.get('dataset', '?'))}",
+        f"{len(records)} of {config.get('train', {}).get('epochs', '?')} epochs",
+    ]
+    if evaluation:
+        words.append(f"test top-1 <b>{evaluation['top1']:.2%}</b>, top-5 {evaluation['top5']:.2%}")
+    return f"<p class='headline'>{' &middot; '.join(words)}</p>"
+
+
+def _model_table(config: dict) -> str:
+    """The report's layer table for this run's model, without loading any weights."""
+    from cifar100.config import from_dict
+    from cifar100.models.registry import build_model
+    from cifar100.models.summary import format_summary
+
+    cfg = from_dict(config, preset=config.get("preset", "custom"))
+    cfg.model.weights, cfg.model.init = "none", None
+    n = {"cifar100": 100 if cfg.data.label == "fine" else 20, "cifar10": 10}.get(cfg.data.dataset)
+    if n is None:
+        return "(image-folder run: the table needs its class count; see `cifar100 summary`)"
+    size = 32 if cfg.data.dataset != "folder" else cfg.data.image_size
+    return format_summary(build_model(cfg.model, num_classes=n), size)
+
+
+def _metrics_table(records: list[dict]) -> str:
+    if not records:
+        return "<p>No epoch has finished yet.</p>"
+    cols = [("epoch", "{}"), ("phase", "{}"), ("train_loss", "{:.4f}"), ("train_top1", "{:.2%}"),
+            ("val_loss", "{:.4f}"), ("val_top1", "{:.2%}"), ("val_top5", "{:.2%}"),
+            ("lr", "{:.2e}"), ("images_per_s", "{:.0f}"), ("epoch_s", "{:.1f}")]  # fmt: skip
+    head = "".join(f"<th>{c}</th>" for c, _ in cols)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{_fmt(r.get(c), f)}</td>" for c, f in cols) + "</tr>"
+        for r in records
+    )
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def _evaluation_table(e: dict) -> str:
+    rows = [("images", e.get("images")), ("top-1", f"{e['top1']:.2%}"),
+            ("top-5", f"{e['top5']:.2%}"), ("loss", f"{e['loss']:.4f}")]  # fmt: skip
+    for key, label in (("macro_f1", "macro-F1"), ("superclass_top1", "superclass top-1")):
+        if key in e:
+            rows.append((label, f"{e[key]:.2%}" if key != "macro_f1" else f"{e[key]:.4f}"))
+    if "ema" in e:
+        rows.append(("EMA weights top-1", f"{e['ema']['top1']:.2%}"))
+    body = "".join(f"<tr><td>{_e(k)}</td><td>{_e(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def _fmt(value: Any, spec: str) -> str:
+    if value is None:
+        return ""
+    try:
+        return _e(spec.format(value))
+    except (ValueError, TypeError):
+        return _e(str(value))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _e(text: str) -> str:
+    return html.escape(str(text), quote=True)

@@ -1,0 +1,172 @@
+"""Evaluation metrics (F1, calibration), flip TTA, EMA weights, predictions.npz and `compare`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cifar100 import cli
+from cifar100.data.tensors import ImageSet
+from cifar100.evaluate import classification_metrics, predict_logits, save_predictions
+from synthetic_cifar import make_cifar100_archive
+
+TINY = ["--preset", "scratch", "--epochs", "1", "--no-progress",
+        "--set", "train.batch_size=32", "--set", "train.eval_batch_size=64",
+        "--set", "data.val_fraction=0.2"]  # fmt: skip
+
+
+def test_f1_and_calibration_match_a_hand_computed_case():
+    # Predictions 0, 1, 1, 1 for labels 0, 0, 1, 2; confidences 0.9, 0.62, 0.64, 0.5.
+    probs = torch.tensor(
+        [[0.9, 0.05, 0.05], [0.28, 0.62, 0.1], [0.26, 0.64, 0.1], [0.1, 0.5, 0.4]],
+        dtype=torch.float64,
+    )
+    labels = torch.tensor([0, 0, 1, 2])
+    m = classification_metrics(probs.log().float(), labels, ["a", "b", "c"])
+    # a: P 1/1, R 1/2, F1 2/3; b: P 1/3, R 1/1, F1 1/2; c: never predicted, F1 0.
+    assert m["per_class_prf"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "support": 2}
+    assert m["per_class_prf"]["b"]["precision"] == pytest.approx(0.3333)
+    assert m["per_class_prf"]["b"]["f1"] == 0.5 and m["per_class_prf"]["c"]["f1"] == 0.0
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3, abs=1e-6)
+    # Bins of width 1/15: 0.9 -> bin 13 (right), 0.62 and 0.64 -> bin 9 (one right, mean 0.63),
+    # 0.5 -> bin 7 (wrong). ECE = (0.1 + 2 * |0.5 - 0.63| + 0.5) / 4.
+    cal = m["calibration"]
+    assert cal["ece"] == pytest.approx((0.1 + 2 * 0.13 + 0.5) / 4, abs=1e-5)
+    assert len(cal["bins"]) == 15 and sum(b["count"] for b in cal["bins"]) == 4
+    nine = cal["bins"][9]
+    assert nine["count"] == 2 and nine["accuracy"] == 0.5
+    assert nine["confidence"] == pytest.approx(0.63, abs=1e-5)
+    assert cal["bins"][0]["count"] == 0 and cal["bins"][0]["accuracy"] is None
+
+
+def test_perfect_confident_predictions_have_f1_one_and_no_calibration_error():
+    labels = torch.tensor([0, 1, 2, 1])
+    logits = torch.nn.functional.one_hot(labels, 3).float() * 100
+    m = classification_metrics(logits, labels, ["a", "b", "c"])
+    assert m["macro_f1"] == 1.0 and m["calibration"]["ece"] == pytest.approx(0.0, abs=1e-9)
+
+
+def _images(n: int = 6) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 8, 8, 3), dtype=torch.uint8, generator=torch.Generator())
+
+
+def test_flip_tta_changes_nothing_for_a_mirror_invariant_model():
+    torch.manual_seed(0)
+    # Global average pooling first: a mirror image gives exactly the same output.
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 5))
+    images = _images()
+    plain = predict_logits(model, images, torch.device("cpu"), amp=False)
+    tta = predict_logits(model, images, torch.device("cpu"), amp=False, tta_flip=True)
+    torch.testing.assert_close(tta.softmax(1), plain.softmax(1), atol=1e-6, rtol=1e-5)
+
+
+def test_flip_tta_averages_the_mirror_images_softmax():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 5))  # position-dependent
+    images = _images()
+    cpu = torch.device("cpu")
+    plain = predict_logits(model, images, cpu, amp=False)
+    mirror = predict_logits(model, images.flip(2), cpu, amp=False)
+    tta = predict_logits(model, images, cpu, amp=False, tta_flip=True)
+    assert not torch.allclose(tta.softmax(1), plain.softmax(1), atol=1e-4)
+    expected = (plain.softmax(1) + mirror.softmax(1)) / 2
+    torch.testing.assert_close(tta.softmax(1), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_predictions_npz_round_trips(tmp_path):
+    data = ImageSet(
+        images=_images(4),
+        labels=torch.tensor([0, 1, 1, 0]),
+        classes=["apple", "bee"],
+        coarse_labels=torch.tensor([0, 0, 0, 0]),
+        coarse_classes=["things"],
+    )
+    logits = torch.randn(4, 2)
+    save_predictions(tmp_path / "p.npz", logits, data, [0, 0], ["things"])
+    assert [p.name for p in tmp_path.iterdir()] == ["p.npz"]  # no temporary file left
+    with np.load(tmp_path / "p.npz") as z:
+        assert z["labels"].dtype == np.int64 and z["labels"].tolist() == [0, 1, 1, 0]
+        assert z["logits"].dtype == np.float32 and np.allclose(z["logits"], logits.numpy())
+        assert z["classes"].tolist() == ["apple", "bee"]
+        assert z["coarse_classes"].tolist() == ["things"] and z["fine_to_coarse"].tolist() == [0, 0]
+        assert z["images"].dtype == np.uint8 and np.array_equal(z["images"], data.images.numpy())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two one-epoch runs on a tiny synthetic CIFAR-100: one keeps an EMA, one does not."""
+    root = tmp_path_factory.mktemp("eval")
+    archive = make_cifar100_archive(root / "c100.tar.gz", n_train=64, n_test=40)
+    cache = root / "cache"
+    for name, extra in (("ema", ["--set", "train.ema_decay=0.9"]), ("plain", [])):
+        argv = ["train", *TINY, "--data", str(archive), "--cache-dir", str(cache)]
+        assert cli.main([*argv, "--out", str(root / name), *extra]) == 0
+    # What training recorded, before `evaluate` rewrites evaluation.json.
+    trained = json.loads((root / "ema" / "evaluation.json").read_text())
+    return root / "ema", root / "plain", cache, trained
+
+
+def _evaluate(run, cache, *flags, capsys) -> dict:
+    argv = ["evaluate", str(run), "--json", "--no-progress", "--cache-dir", str(cache), *flags]
+    assert cli.main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_evaluate_writes_predictions_and_new_metrics(runs, capsys):
+    run, _, cache, _ = runs
+    result = _evaluate(run, cache, capsys=capsys)
+    assert result["tta"] == "none" and "weights" not in result
+    assert 0.0 <= result["macro_f1"] <= 1.0 and 0.0 <= result["calibration"]["ece"] <= 1.0
+    assert result["predictions"] == str(run / "predictions.npz")
+    with np.load(run / "predictions.npz") as z:
+        assert z["logits"].shape == (40, 100) and z["images"].shape == (40, 32, 32, 3)
+        assert len(z["classes"]) == 100 and len(z["fine_to_coarse"]) == 100
+        top1 = float((z["logits"].argmax(1) == z["labels"]).mean())
+    assert top1 == pytest.approx(result["top1"])
+    assert cli.main(["evaluate", str(run), "--no-progress", "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "macro-F1" in out and "ECE" in out
+
+
+def test_tta_and_ema_flags(runs, capsys):
+    run, _, cache, trained = runs
+    plain = _evaluate(run, cache, capsys=capsys)
+    plain_logits = np.load(run / "predictions.npz")["logits"]
+    ema = _evaluate(run, cache, "--ema", capsys=capsys)
+    ema_logits = np.load(run / "predictions.npz")["logits"]
+    assert ema["weights"] == "ema" and ema["ema_updates"] > 0
+    assert not np.allclose(ema_logits, plain_logits)  # other weights, other outputs
+    # Training's own test evaluation of its EMA agrees with --ema.
+    assert ema["top1"] == pytest.approx(trained["ema"]["top1"])
+    assert ema["loss"] == pytest.approx(trained["ema"]["loss"], rel=1e-4)
+    tta = _evaluate(run, cache, "--tta", "flip", capsys=capsys)
+    assert tta["tta"] == "flip" and tta["images"] == plain["images"]
+    assert tta["loss"] != pytest.approx(plain["loss"])
+
+
+def test_ema_on_a_run_without_one_is_one_clear_line(runs, capsys):
+    _, run, cache, _ = runs
+    argv = ["evaluate", str(run), "--ema", "--no-progress", "--cache-dir", str(cache)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no EMA weights" in err and "\n" not in err
+
+
+def test_compare_lists_runs_and_rejects_other_directories(runs, tmp_path, capsys):
+    ema, plain, _, _ = runs
+    assert cli.main(["compare", str(ema), str(plain)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("run")
+    assert lines[1].startswith("ema ") and lines[2].startswith("plain ")
+    assert "scratch" in lines[1] and "resnet50v2" in lines[1] and "1/1" in lines[1]
+    assert cli.main(["compare", str(ema), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["epochs_done"] == row["epochs"] == 1 and row["device"] == "cpu"
+    assert row["wall_s"] > 0 and row["train_images_per_s"] > 0 and row["test_top1"] is not None
+    assert cli.main(["compare", str(ema), str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(tmp_path) in err and "not a cifar100 run" in err and "\n" not in err

@@ -1,0 +1,168 @@
+"""Plots: every figure renders to a real PNG and a well-formed SVG, from small synthetic inputs."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib", reason="matplotlib is not installed")
+
+from cifar100 import plots  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _records(n: int = 6, switch: int = 3, ema: bool = True) -> list[dict]:
+    out = []
+    for e in range(1, n + 1):
+        r = {
+            "epoch": e,
+            "phase": "frozen" if e <= switch else "finetune",
+            "train_loss": 2.0 / e,
+            "train_top1": 0.3 + 0.1 * e,
+            "lr": 0.1 * 10 ** (-e),
+            "images_per_s": 1000.0,
+            "val_loss": 2.2 / e,
+            "val_top1": 0.25 + 0.1 * e,
+            "val_top5": 0.6 + 0.05 * e,
+            "epoch_s": 1.0,
+        }
+        if ema and e > 1:
+            r |= {"val_loss_ema": 2.1 / e, "val_top1_ema": 0.27 + 0.1 * e}
+        out.append(r)
+    return out
+
+
+def _check_files(paths: list[Path]) -> None:
+    assert [p.suffix for p in paths] == [".png", ".svg"]
+    png, svg = paths
+    assert png.read_bytes().startswith(PNG_SIGNATURE)
+    assert ET.parse(svg).getroot().tag.endswith("svg")
+    assert not list(png.parent.glob("*.tmp")), "a temporary file was left behind"
+
+
+@pytest.fixture
+def predictions() -> dict:
+    """Six classes in three superclasses, 120 predictions, 80% right."""
+    rng = np.random.default_rng(0)
+    classes = ["apple", "pear", "cat", "dog", "bus", "car"]
+    f2c = [0, 2, 1, 1, 2, 0]  # deliberately interleaved, so ordering matters
+    labels = rng.integers(0, 6, 120)
+    preds = np.where(rng.random(120) < 0.8, labels, rng.integers(0, 6, 120))
+    images = rng.integers(0, 256, (120, 8, 8, 3), dtype=np.uint8)
+    return dict(labels=labels, preds=preds, classes=classes, f2c=f2c, images=images)
+
+
+def test_every_figure_writes_png_and_svg(tmp_path, predictions):
+    p = predictions
+    figures = {
+        "curves": plots.plot_curves(_records()),
+        "lr": plots.plot_lr(_records()),
+        "confusion": plots.plot_confusion(
+            p["labels"], p["preds"], p["classes"], fine_to_coarse=p["f2c"]
+        ),
+        "super": plots.superclass_confusion(p["labels"], p["preds"], p["f2c"], ["a", "b", "c"]),
+        "pairs": plots.plot_confused_pairs(
+            plots.most_confused_pairs(p["labels"], p["preds"], p["classes"])
+        ),
+        "examples": plots.plot_examples(p["images"], p["labels"], p["preds"], p["classes"], n=10),
+        "per_class": plots.plot_per_class({c: i / 6 for i, c in enumerate(p["classes"])}),
+    }
+    for name, fig in figures.items():
+        _check_files(plots.save_figure(fig, tmp_path / name))
+
+
+def test_lr_uses_log_scale_only_across_decades():
+    assert plots.plot_lr(_records()).axes[0].get_yscale() == "log"
+    flat = [r | {"lr": 0.01} for r in _records()]
+    assert plots.plot_lr(flat).axes[0].get_yscale() == "linear"
+
+
+def test_curves_mark_the_phase_change():
+    fig = plots.plot_curves(_records(switch=3))
+    for ax in fig.axes:
+        xs = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert 3.5 in xs
+
+
+def test_plot_run_with_only_a_metrics_log(tmp_path):
+    lines = [json.dumps(r) for r in _records()]
+    # A crash mid-write leaves half a record: it must be skipped, not fail the plot.
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"epoch": 7, "phase": "fin')
+    written = plots.plot_run(tmp_path)
+    assert set(written) == {"curves", "lr"}
+    for paths in written.values():
+        _check_files(paths)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "curves.png",
+        "curves.svg",
+        "lr.png",
+        "lr.svg",
+    ]
+
+
+def test_plot_run_with_predictions(tmp_path, predictions):
+    # 30 images keep the two example grids (the slowest figures) small.
+    p = {k: v[:30] if isinstance(v, np.ndarray) else v for k, v in predictions.items()}
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _records()))
+    logits = np.eye(6, dtype=np.float32)[p["preds"]]
+    np.savez(
+        tmp_path / "predictions.npz",
+        labels=p["labels"],
+        logits=logits,
+        classes=np.array(p["classes"]),
+        coarse_classes=np.array(["fruit", "pet", "vehicle"]),
+        fine_to_coarse=np.array(p["f2c"]),
+        images=p["images"],
+    )
+    written = plots.plot_run(tmp_path)
+    assert set(written) == {
+        "curves",
+        "lr",
+        "confusion",
+        "superclass_confusion",
+        "confused_pairs",
+        "examples",
+        "mistakes",
+        "per_class",
+    }
+    for paths in written.values():
+        _check_files(paths)
+
+
+def test_most_confused_pairs_hand_made():
+    classes = ["a", "b", "c"]
+    # true -> predicted: b->c three times, a->b twice, c->a twice, a->c once; plus correct ones.
+    pairs = [(1, 2)] * 3 + [(0, 1)] * 2 + [(2, 0)] * 2 + [(0, 2)] + [(0, 0)] * 5 + [(1, 1)] * 4
+    labels, preds = np.array(pairs).T
+    assert plots.most_confused_pairs(labels, preds, classes) == [
+        ("b", "c", 3),
+        ("a", "b", 2),  # ties: by true class, then predicted class
+        ("c", "a", 2),
+        ("a", "c", 1),
+    ]
+    assert plots.most_confused_pairs(labels, preds, classes, k=2) == [("b", "c", 3), ("a", "b", 2)]
+    assert plots.most_confused_pairs(labels, labels, classes) == []
+
+
+def test_superclass_order_groups_classes():
+    f2c = [3, 0, 1, 0, 3, 1, 2, 2]
+    order = plots.superclass_order(f2c)
+    assert sorted(order) == list(range(8))
+    groups = [f2c[i] for i in order]
+    assert groups == sorted(groups)
+    assert order == [1, 3, 2, 5, 6, 7, 0, 4]  # stable within a group
+
+
+def test_confusion_is_row_normalised_and_reordered():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2])
+    preds = np.array([0, 0, 0, 1, 1, 1, 0])
+    fig = plots.plot_confusion(labels, preds, ["x", "y", "z"], order=[2, 1, 0])
+    matrix = fig.axes[0].get_images()[0].get_array()
+    np.testing.assert_allclose(matrix.sum(axis=1), 1)
+    np.testing.assert_allclose(matrix[2], [0, 0.25, 0.75])  # row for "x", columns z, y, x
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["z", "y", "x"]
