@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -80,6 +81,10 @@ def test_lr_uses_log_scale_only_across_decades():
     assert plots.plot_lr(_records()).axes[0].get_yscale() == "log"
     flat = [r | {"lr": 0.01} for r in _records()]
     assert plots.plot_lr(flat).axes[0].get_yscale() == "linear"
+    # A cosine to ~0: linear, or its last tiny value would squash the rest.
+    cosine = [r | {"lr": 1e-3 * (1 + math.cos(math.pi * i / len(_records()))) / 2 + 1e-12}
+              for i, r in enumerate(_records(), start=1)]  # fmt: skip
+    assert plots.plot_lr(cosine).axes[0].get_yscale() == "linear"
 
 
 def test_curves_mark_the_phase_change():

@@ -122,8 +122,10 @@ def plot_lr(records: Sequence[dict[str, Any]]) -> Figure:
     ax = fig.subplots()
     x, y = _series(records, "lr")
     ax.plot(x, y, "-o", markersize=3)
-    positive = [v for v in y if v > 0]
-    if positive and max(positive) / min(positive) >= 100:
+    # Log scale only where most epochs run decades below the peak (steady exponential decay);
+    # a cosine's tail near zero would otherwise squash the whole schedule into one corner.
+    positive = sorted(v for v in y if v > 0)
+    if positive and positive[len(positive) // 2] <= positive[-1] / 100:
         ax.set_yscale("log")
     ax.set_title("Learning rate")
     ax.set_ylabel("learning rate (at epoch end)")

@@ -44,7 +44,7 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
     figures = _make_plots(run_dir) if plots else {}
 
     parts = [f"<h1>cifar100 run: {_e(run_dir.name)}</h1>", _headline(config, evaluation, records)]
-    parts += ["<h2>Model</h2>", f"<pre>{_e(_model_table(config))}</pre>"]
+    parts += ["<h2>Model</h2>", f"<pre>{_e(_model_table(config, evaluation))}</pre>"]
     parts += ["<h2>Training</h2>", _metrics_table(records)]
     parts += [_figure(figures, name, caption) for name, caption in CAPTIONS if name in figures]
     if evaluation:
@@ -101,7 +101,7 @@ def _headline(config: dict, evaluation: dict | None, records: list[dict]) -> str
     return f"<p class='headline'>{' &middot; '.join(words)}</p>"
 
 
-def _model_table(config: dict) -> str:
+def _model_table(config: dict, evaluation: dict | None) -> str:
     """The report's layer table for this run's model, without loading any weights."""
     from cifar100.config import from_dict
     from cifar100.models.registry import build_model
@@ -110,8 +110,10 @@ def _model_table(config: dict) -> str:
     cfg = from_dict(config, preset=config.get("preset", "custom"))
     cfg.model.weights, cfg.model.init = "none", None
     n = {"cifar100": 100 if cfg.data.label == "fine" else 20, "cifar10": 10}.get(cfg.data.dataset)
+    if n is None and evaluation and evaluation.get("per_class"):
+        n = len(evaluation["per_class"])  # an image-folder run: its classes, as evaluated
     if n is None:
-        return "(image-folder run: the table needs its class count; see `cifar100 summary`)"
+        return "(image-folder run not yet evaluated: `cifar100 evaluate` gives its class count)"
     size = 32 if cfg.data.dataset != "folder" else cfg.data.image_size
     return format_summary(build_model(cfg.model, num_classes=n), size)
 
