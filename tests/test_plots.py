@@ -171,3 +171,14 @@ def test_confusion_is_row_normalised_and_reordered():
     np.testing.assert_allclose(matrix.sum(axis=1), 1)
     np.testing.assert_allclose(matrix[2], [0, 0.25, 0.75])  # row for "x", columns z, y, x
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["z", "y", "x"]
+
+
+def test_reliability_diagram_from_calibration_bins(tmp_path):
+    calibration = {"ece": 0.05, "bins": [
+        {"lower": i / 15, "upper": (i + 1) / 15, "count": c,
+         "confidence": (i + 0.5) / 15 if c else None, "accuracy": 0.5 if c else None}
+        for i, c in enumerate([0] * 10 + [5, 0, 7, 9, 20])]}  # fmt: skip
+    fig = plots.plot_reliability(calibration)
+    assert "0.050" in fig.axes[0].get_title()
+    files = plots.save_figure(fig, tmp_path / "reliability")
+    assert [f.suffix for f in files] == [".png", ".svg"] and all(f.stat().st_size for f in files)

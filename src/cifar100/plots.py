@@ -331,6 +331,29 @@ def _per_class_from(labels: np.ndarray, preds: np.ndarray, classes: Sequence[str
     return {c: float(counts[i, i] / totals[i]) for i, c in enumerate(classes) if totals[i]}
 
 
+def plot_reliability(calibration: dict[str, Any]) -> Figure:
+    """Reliability diagram: accuracy against confidence per bin, with the ECE in the title."""
+    fig = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = fig.subplots()
+    bins = [b for b in calibration["bins"] if b["count"]]
+    width = calibration["bins"][0]["upper"] - calibration["bins"][0]["lower"]
+    centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    ax.bar(centres, [b["accuracy"] for b in bins], width=width * 0.9, color="#3a7bd5",
+           label="accuracy in the bin")  # fmt: skip
+    # The gap between a bar's top and its marker is that bin's miscalibration.
+    ax.plot(centres, [b["confidence"] for b in bins], "_", color="#d62728", markersize=14,
+            markeredgewidth=2, label="mean confidence in the bin")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "--", color="#555", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability — ECE {calibration['ece']:.3f}")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
 def plot_run(run_dir: str | Path) -> dict[str, list[Path]]:
     """Write every plot the run directory's files allow into run_dir/plots; name -> files.
 
@@ -350,7 +373,10 @@ def plot_run(run_dir: str | Path) -> dict[str, list[Path]]:
 
     per_class = None
     if (run_dir / EVALUATION).is_file():
-        per_class = json.loads((run_dir / EVALUATION).read_text()).get("per_class")
+        evaluation = json.loads((run_dir / EVALUATION).read_text())
+        per_class = evaluation.get("per_class")
+        if evaluation.get("calibration", {}).get("bins"):
+            save("reliability", plot_reliability(evaluation["calibration"]))
 
     if (run_dir / PREDICTIONS).is_file():
         with np.load(run_dir / PREDICTIONS, allow_pickle=False) as z:
