@@ -35,6 +35,7 @@ import PIL
 import torch
 from tqdm import tqdm
 
+from cifar100.data.download import file_digest
 from cifar100.data.images import IMAGE_EXTENSIONS, decode_image
 from cifar100.data.tensors import DataSplits, ImageSet, split_holdout
 from cifar100.errors import ConfigError, DataError
@@ -71,7 +72,7 @@ def load_image_folder(
         material = {"kind": "dir", "files": sorted([k, *v] for k, v in listing.files.items())}
         name = src.resolve().name
     elif src.is_file() and tarfile.is_tarfile(src):
-        listing, material = None, {"kind": "tar", "sha256": _file_sha256(src)}
+        listing, material = None, {"kind": "tar", "sha256": file_digest(src, "sha256")}
         name = re.sub(r"(\.tar(\.\w+)?|\.tgz)$", "", src.name)
     elif src.exists():
         raise DataError(
@@ -471,14 +472,6 @@ def _pool(workers: int) -> Executor:
 
 
 # --- cache ------------------------------------------------------------------------------------
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _cache_key(material: dict, image_size: int, test_fraction: float, seed: int) -> str:
