@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,8 +34,8 @@ def test_rank_slices_tile_the_global_batch():
     assert torch.equal(seen, labels) and len(set(seen.tolist())) == 12
 
 
-def _args(archive, out, cache, *extra):
-    settings = [
+def _settings(*extra):
+    return [
         "train.batch_size=32",
         "model.dropout=0",
         "train.lr=0.01",
@@ -42,6 +43,10 @@ def _args(archive, out, cache, *extra):
         "data.val_fraction=0",
         *extra,
     ]
+
+
+def _args(archive, out, cache, *extra):
+    settings = _settings(*extra)
     return ["train", "--preset", "scratch", "--data", str(archive), "--epochs", "1",
             *[a for kv in settings for a in ("--set", kv)],
             "--out", str(out), "--cache-dir", str(cache), "--no-progress"]  # fmt: skip
@@ -93,3 +98,32 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     worst = max(float((ddp[k] - one[k]).abs().max()) for k in params)
     print(f"DDP (2 processes) vs 1 process with 2 micro-batches: max |difference| {worst:.2e}")
     assert all(torch.allclose(ddp[k], one[k], rtol=1e-4, atol=1e-5) for k in params)
+
+
+def _torchrun(*args, timeout=600):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_ddp_run_stopped_mid_epoch_resumes_exactly(tmp_path):
+    archive = make_cifar100_archive(tmp_path / "c100.tar.gz", n_train=160, n_test=40)
+    cache = tmp_path / "cache"
+    # 96 images in global batches of 32: 3 steps an epoch; the ranks agree at every step.
+    settings = ["data.limit_train=96", "train.epochs=2", "train.log_every=1", "train.ema_decay=0.9"]
+    _torchrun("-m", "cifar100", *_args(archive, tmp_path / "whole", cache, *settings))
+    ddp_stop = str(Path(__file__).with_name("ddp_stop_after.py"))
+    part = str(tmp_path / "part")
+    out = _torchrun(ddp_stop, part, str(cache), "4", f"data.path={archive}", *_settings(*settings))
+    assert out.count("stopped: max_steps at epoch 2, step 1 of 3") == 2  # both ranks
+    state = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert state["position"]["step"] == 1 and len(state["position"]["rng"]) == 2
+    _torchrun("-m", "cifar100", "train", "--resume", str(tmp_path / "part"),
+              "--cache-dir", str(cache), "--no-progress")  # fmt: skip
+    whole = load_checkpoint(tmp_path / "whole" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert whole["epoch"] == resumed["epoch"] == 2
+    assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
+    assert all(torch.equal(whole["ema"]["model"][k], v) for k, v in resumed["ema"]["model"].items())

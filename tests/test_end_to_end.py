@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,6 +112,75 @@ def test_resumed_run_ends_with_the_same_weights(archive, trained, tmp_path):
     assert all(torch.equal(ema_a["model"][k], ema_b["model"][k]) for k in ema_a["model"])
     lines = (partial / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def _same_run(a_dir, b_dir):
+    """Two run directories hold the same final weights, EMA and per-epoch training metrics."""
+    a, b = load_checkpoint(a_dir / "last.pt"), load_checkpoint(b_dir / "last.pt")
+    assert a["epoch"] == b["epoch"] and "position" not in b
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["ema"]["updates"] == b["ema"]["updates"]
+    assert all(torch.equal(a["ema"]["model"][k], b["ema"]["model"][k]) for k in a["ema"]["model"])
+    ra = [json.loads(line) for line in (a_dir / "metrics.jsonl").read_text().splitlines()]
+    rb = [json.loads(line) for line in (b_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "lr")
+    assert [[r[k] for k in keys] for r in ra] == [[r[k] for k in keys] for r in rb]
+
+
+def test_a_run_stopped_mid_epoch_resumes_exactly(archive, trained, tmp_path):
+    run, cache = trained
+    cfg = apply_overrides(
+        load_preset("scratch"),
+        [f"data.path={archive}", "train.epochs=2", *FAST[1::2]],
+    )
+    partial = tmp_path / "partial"
+    # 110 training images in batches of 32: 3 steps an epoch, so step 5 is epoch 2's second.
+    result = train(cfg, out=partial, cache_dir=cache, progress=False, stop_after_steps=5)
+    assert result.stopped == "max_steps" and result.epochs == 1 and result.test == {}
+    assert result.saved_at == "epoch 2, step 2 of 3"
+    state = load_checkpoint(partial / "last.pt")
+    assert state["epoch"] == 1 and state["position"]["step"] == 2
+    assert not (partial / "evaluation.json").exists()
+    assert len((partial / "metrics.jsonl").read_text().splitlines()) == 1
+    rc = cli.main(["train", "--resume", str(partial), "--cache-dir", str(cache), "--no-progress"])
+    assert rc == 0
+    _same_run(run, partial)
+
+
+def test_sigterm_saves_the_position_and_resume_finishes_the_same_run(archive, trained, tmp_path):
+    run, cache = trained
+    stopped = tmp_path / "stopped"
+    args = ["train", "--preset", "scratch", "--data", str(archive), "--epochs", "2",
+            "--out", str(stopped), "--cache-dir", str(cache), "--no-progress", *FAST,
+            "--set", "train.checkpoint_minutes=0.0001"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifar100", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        # last.pt appears once the step loop (and its signal handler) runs.
+        while not (stopped / "last.pt").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "training never wrote a checkpoint"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert proc.returncode == 143, err[-2000:]
+    last_line = err.strip().splitlines()[-1]
+    assert last_line.startswith("stopped by SIGTERM: saved at ")
+    assert f"cifar100 train --resume {stopped}" in last_line and "Traceback" not in err
+    assert not (stopped / "evaluation.json").exists()
+    rc = cli.main(["train", "--resume", str(stopped), "--cache-dir", str(cache), "--no-progress"])
+    assert rc == 0
+    _same_run(run, stopped)
 
 
 def test_evaluate_prints_and_writes_json(trained, capsys):

@@ -1,4 +1,4 @@
-"""Frozen-feature mode: extraction, the on-disk feature cache, and head training on features."""
+"""Frozen-feature mode: extraction and the on-disk feature cache (and a head trained on it)."""
 
 import copy
 import math
@@ -13,14 +13,12 @@ from cifar100.data.tensors import ImageSet
 from cifar100.engine.features import (
     FeatureCache,
     cached_features,
-    evaluate_head,
     extract_features,
-    head_logits,
     state_digest,
-    train_head_epoch,
 )
+from cifar100.engine.head_training import head_logits, train_head_epoch
 from cifar100.engine.optim import build_optimizer
-from cifar100.models.head import Classifier, make_head
+from cifar100.models.head import Classifier
 
 CPU = torch.device("cpu")
 
@@ -221,47 +219,6 @@ def test_cache_writes_atomically(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "features").iterdir()] == ["k.pt"]  # no temp files
     assert torch.equal(cache.load("k"), good)
     assert cache.load("new") is None
-
-
-def _separable(n=512, dim=32, classes=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(classes, dim, generator=g) * 4
-    labels = torch.arange(n) % classes
-    return centres[labels] + torch.randn(n, dim, generator=g), labels
-
-
-def test_head_reaches_full_accuracy_on_separable_features():
-    feats, labels = _separable()
-    torch.manual_seed(0)
-    head = make_head(32, 8, units=32)
-    optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    seen_steps = []
-
-    def lr_fn(step):
-        seen_steps.append(step)
-        return 3e-3
-
-    step = 0
-    for _ in range(5):
-        stats = train_head_epoch(head, feats, labels, optimizer, 32, 0.1, gen, lr_fn, step)
-        step += stats["steps"]
-    assert stats["steps"] == 512 // 32 and seen_steps == list(range(5 * 16))
-    assert head.training
-    assert stats["train_top1"] > 0.97 and stats["images_per_s"] > 0
-    result = evaluate_head(head, feats, labels, batch_size=100)
-    assert result["top1"] == 1.0 and result["top5"] == 1.0 and result["loss"] < 0.1
-    assert head.training  # evaluation restores the caller's mode
-
-
-def test_head_epoch_edge_cases():
-    feats, labels = _separable(n=10)
-    head = make_head(32, 8, units=16)
-    optimizer = torch.optim.Adam(head.parameters())
-    stats = train_head_epoch(head, feats, labels, optimizer, batch_size=64)
-    assert stats["steps"] == 1  # fewer rows than a batch: one batch of all of them
-    with pytest.raises(ValueError):
-        train_head_epoch(head, feats[:1], labels[:1], optimizer, batch_size=64)
 
 
 def test_a_head_trained_on_features_is_the_full_models_head(tmp_path):

@@ -362,17 +362,29 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--resume continues a run with its saved config; drop "
                 f"{', '.join('--' + g.replace('_', '-') for g in given) or '--set'}"
             )
-        train(resume=args.resume, cache_dir=args.cache_dir, progress=not args.no_progress)
-        return 0
+        result = train(resume=args.resume, cache_dir=args.cache_dir, progress=not args.no_progress)
+        return _train_exit(result)
     cfg = resolve_config(args)
-    train(
+    result = train(
         cfg,
         out=args.out,
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
         runs_root=args.runs_root,
     )
-    return 0
+    return _train_exit(result)
+
+
+def _train_exit(result) -> int:
+    """0 for a finished run; for one a signal stopped, where it stands and how to go on."""
+    if result.stopped is None or not result.stopped.startswith(("SIG", "a signal")):
+        return 0
+    print(
+        f"stopped by {result.stopped}: saved at {result.saved_at} in "
+        f"{result.run_dir / 'last.pt'}; continue with: cifar100 train --resume {result.run_dir}",
+        file=sys.stderr,
+    )
+    return 143 if result.stopped == "SIGTERM" else 130
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -77,6 +77,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cuda | mps | cpu
     eval_batch_size: int = 256
     log_every: int = 20  # steps between host synchronisations for the progress bar
+    # Also save the exact position this often within an epoch (resume is exact from any
+    # step; Ctrl-C / SIGTERM save it too); 0: at epoch ends only.
+    checkpoint_minutes: float = 10.0
 
 
 @dataclass
@@ -249,6 +252,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.policy_magnitude must be in 0..30 and train.policy_ops >= 0")
     if t.mixup_alpha < 0 or t.cutmix_alpha < 0:
         raise ConfigError("train.mixup_alpha and train.cutmix_alpha must be >= 0")
+    if t.checkpoint_minutes < 0 or t.log_every < 1:
+        raise ConfigError("train.checkpoint_minutes must be >= 0 and train.log_every >= 1")
     if t.optimizer not in ("sgd", "adam", "adamw"):
         raise ConfigError(f"train.optimizer={t.optimizer!r}: choose sgd, adam or adamw")
     if t.device not in ("auto", "cuda", "mps", "cpu") and not t.device.startswith("cuda:"):

@@ -27,3 +27,7 @@ class ModelError(CifarError):
 
 class CheckpointError(CifarError):
     """A checkpoint or run directory is missing, corrupt or of another kind."""
+
+
+class TrainingError(CifarError):
+    """Training cannot go on (e.g. the loss became NaN)."""

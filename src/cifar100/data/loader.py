@@ -41,15 +41,15 @@ class DeviceBatches:
     def num_images(self) -> int:
         return len(self.labels)
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (uint8 NHWC images, int64 labels) batches for one epoch."""
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (uint8 NHWC images, int64 labels) batches for one epoch, from batch `start`."""
         n = len(self.labels)
         if self.shuffle:
             g = torch.Generator(device="cpu").manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(n, generator=g).to(self.device)
         else:
             order = None
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
             if order is None:
                 yield self.images[lo:hi], self.labels[lo:hi]

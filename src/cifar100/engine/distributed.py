@@ -78,6 +78,15 @@ def broadcast_object(obj, info: DistInfo):
     return box[0]
 
 
+def gather_object(obj, info: DistInfo) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not info.enabled:
+        return [obj]
+    box = [None] * info.world
+    dist.all_gather_object(box, obj)
+    return box
+
+
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

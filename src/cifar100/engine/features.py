@@ -1,9 +1,8 @@
-"""Frozen-feature mode: pooled backbone features computed once, cached, and the head trained alone.
+"""Frozen-feature mode's first half: pooled backbone features, computed once and cached.
 
     feats = cached_features(model, train_set, "train", FeatureCache(cache_dir), cfg.model, device)
-    stats = train_head_epoch(model.head, feats, labels, optimizer, 128, 0.0, generator)
 
-The head trained here is `model.head` itself, so a features-mode checkpoint is a full model.
+engine/head_training.py trains the head on them.
 Cache files: <root>/features/<key>.pt, one float32 (N, C) tensor each, digest-checked on load.
 """
 
@@ -14,18 +13,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from cifar100.config import ModelConfig
 from cifar100.data.augment import to_float_nchw
 from cifar100.data.tensors import ImageSet
-from cifar100.engine.optim import set_lr
 from cifar100.engine.runtime import autocast
 from cifar100.fileio import torch_save_atomic
 from cifar100.models.head import Classifier
@@ -250,90 +246,3 @@ def cached_features(
         how = f"computed in {time.perf_counter() - start:.1f} s" if computed else "from cache"
         tqdm.write(f"features: {split} {how}", file=sys.stdout)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
-def train_head_epoch(
-    head: nn.Module,
-    feats: torch.Tensor,
-    labels: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    batch_size: int,
-    label_smoothing: float = 0.0,
-    generator: torch.Generator | None = None,
-    lr_fn: Callable[[int], float] | None = None,
-    step0: int = 0,
-) -> dict[str, float]:
-    """One shuffled epoch of `head` on features, in train mode (dropout, batch-norm statistics).
-
-    Full batches only (batch norm needs more than one row); lr_fn(step0 + i) sets step i's lr.
-    Returns train_loss, train_top1, lr, images_per_s and steps (for the next epoch's step0).
-    """
-    n = len(labels)
-    if n < 2:
-        raise ValueError(f"{n} feature rows: head training needs at least 2")
-    bs = min(batch_size, n)
-    steps = n // bs
-    device = next(head.parameters()).device
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    order = torch.randperm(n, generator=generator, device=gen_device).to(feats.device)
-    labels = labels.to(feats.device)
-    head.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    start = time.perf_counter()
-    for i in range(steps):
-        if lr_fn is not None:
-            set_lr(optimizer, lr_fn(step0 + i))
-        idx = order[i * bs : (i + 1) * bs]
-        x = feats[idx].to(device, non_blocking=True)
-        y = labels[idx].to(device, non_blocking=True)
-        logits = head(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach() * bs
-        correct += (logits.detach().argmax(1) == y).sum()
-    seen = steps * bs
-    train_loss = float(loss_sum) / seen  # the one host synchronisation
-    elapsed = time.perf_counter() - start
-    return {
-        "train_loss": train_loss,
-        "train_top1": float(correct) / seen,
-        "lr": optimizer.param_groups[0]["lr"],
-        "images_per_s": seen / max(elapsed, 1e-9),
-        "steps": steps,
-    }
-
-
-@torch.no_grad()
-def head_logits(head: nn.Module, feats: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Float32 logits on the CPU of `head` in eval mode (for classification_metrics too)."""
-    was_training = head.training
-    head.eval()
-    device = next(head.parameters()).device
-    try:
-        out = [
-            head(feats[lo : lo + batch_size].to(device)).float().cpu()
-            for lo in range(0, len(feats), batch_size)
-        ]
-    finally:
-        head.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, 0)
-
-
-def evaluate_head(
-    head: nn.Module, feats: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024
-) -> dict[str, float]:
-    """Loss, top-1 and top-5 of `head` on features, in eval mode."""
-    labels = labels.long().cpu()
-    if len(labels) == 0:
-        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan")}
-    logits = head_logits(head, feats, batch_size)
-    k = min(5, logits.shape[1])
-    top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1)
-    return {
-        "loss": float(F.cross_entropy(logits, labels)),
-        "top1": float((logits.argmax(1) == labels).double().mean()),
-        "top5": float(top5.double().mean()),
-    }

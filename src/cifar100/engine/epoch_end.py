@@ -1,0 +1,137 @@
+"""What happens between steps and after them: validation, the metrics log and checkpoints.
+
+Rank 0 alone writes; the other ranks wait at a barrier. A mid-epoch checkpoint also holds
+the position (step, the epoch's generator, every rank's RNG, the running sums), so a resumed
+run takes exactly the steps an unbroken one would have.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from cifar100.engine import distributed, runs
+from cifar100.engine.checkpoint import save_checkpoint
+from cifar100.engine.run import Run
+from cifar100.evaluate import evaluate_model
+from cifar100.fileio import write_json_atomic
+
+
+def checkpoint_state(run: Run, optimizer, phase: str, epochs_done: int) -> dict[str, Any]:
+    """The run's resumable state after `epochs_done` whole epochs (plus any position)."""
+    state = {
+        "config": run.cfg.to_dict(),
+        **run.meta,
+        "model": run.model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "phase": phase,
+        "epoch": epochs_done,
+        "best_val_top1": run.best,
+    }
+    if run.ema is not None:
+        state["ema"] = run.ema.state_dict()
+    return state
+
+
+def end_epoch(
+    run: Run, epoch: int, phase: str, stats: dict, optimizer, started: float, val=None
+) -> None:
+    """Validate (unless `val` is given), log and checkpoint (rank 0); the other ranks wait."""
+    t = run.cfg.train
+    if run.dist.is_main:
+        if val is None:
+            val = evaluate_model(run.model, run.val_set, run.device, t.eval_batch_size, t.amp)
+        record = {
+            "epoch": epoch + 1,
+            "phase": phase,
+            **stats,
+            "val_loss": val["loss"],
+            "val_top1": val["top1"],
+            "val_top5": val["top5"],
+            "epoch_s": round(time.perf_counter() - started, 2),
+        }
+        if run.ema is not None:
+            ema = evaluate_model(run.ema.module, run.val_set, run.device, t.eval_batch_size, t.amp)
+            record.update(val_loss_ema=ema["loss"], val_top1_ema=ema["top1"])
+        run.log.append(record)
+        run.say(
+            f"epoch {epoch + 1}/{t.epochs} [{phase}] loss {stats['train_loss']:.4f} "
+            f"acc {stats['train_top1']:.4f} | val loss {val['loss']:.4f} "
+            f"top1 {val['top1']:.4f} top5 {val['top5']:.4f} | {record['epoch_s']:.1f}s "
+            f"{stats['images_per_s']:.0f} img/s"
+        )
+        improved = val["top1"] > run.best
+        run.best = max(run.best, val["top1"])
+        state = {**checkpoint_state(run, optimizer, phase, epoch + 1), "val_top1": val["top1"]}
+        save_checkpoint(state, run.run_dir / "last.pt")
+        if improved:
+            save_checkpoint(state, run.run_dir / "best.pt")
+    run.epochs_done, run.saved_at = epoch + 1, f"the end of epoch {epoch + 1}"
+    distributed.barrier(run.dist)
+
+
+def save_position(
+    run: Run,
+    optimizer,
+    phase: str,
+    epoch: int,
+    step: int,
+    steps: int,
+    generator: torch.Generator,
+    sums: torch.Tensor,
+    elapsed: float,
+) -> None:
+    """Checkpoint the run `step` steps into `epoch` (every rank calls this; rank 0 writes).
+
+    `sums` is this rank's (loss sum, correct, images seen); rank 0 keeps all ranks' total.
+    """
+    rng = distributed.gather_object(torch.get_rng_state(), run.dist)  # dropout, per rank
+    cuda_rng = None
+    if run.device.type == "cuda":
+        cuda_rng = distributed.gather_object(torch.cuda.get_rng_state(run.device), run.dist)
+    total = distributed.all_reduce_sum(sums.detach().clone(), run.dist).cpu()
+    if run.dist.is_main:
+        state = checkpoint_state(run, optimizer, phase, epoch)
+        state["position"] = {
+            "step": step,
+            "generator": generator.get_state(),
+            "rng": rng,
+            "cuda_rng": cuda_rng,
+            "sums": total,
+            "elapsed": elapsed,
+        }
+        save_checkpoint(state, run.run_dir / "last.pt")
+    run.saved_at = f"epoch {epoch + 1}, step {step} of {steps}"
+    distributed.barrier(run.dist)
+
+
+def final_test(run: Run, test: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Test metrics of the final weights (unless given), written to evaluation.json (rank 0)."""
+    t = run.cfg.train
+    if run.dist.is_main:
+        test = test or evaluate_model(
+            run.model,
+            run.splits.test,
+            run.device,
+            t.eval_batch_size,
+            t.amp,
+            run.meta["fine_to_coarse"],
+            run.meta["coarse_classes"],
+        )
+        if run.ema is not None:
+            ema = evaluate_model(
+                run.ema.module, run.splits.test, run.device, t.eval_batch_size, t.amp
+            )
+            test["ema"] = {k: ema[k] for k in ("loss", "top1", "top5")}
+        write_json_atomic(
+            run.run_dir / runs.EVALUATION,
+            {
+                "checkpoint": str(run.run_dir / "last.pt"),
+                "epoch": t.epochs,
+                "dataset": run.splits.name,
+                **test,
+            },
+        )
+    return distributed.broadcast_object(test or {}, run.dist)

@@ -1,0 +1,56 @@
+"""One training run's state, shared by the fine-tuning and frozen-feature loops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cifar100.config import Config
+from cifar100.data.tensors import DataSplits, ImageSet
+from cifar100.engine.distributed import DistInfo
+from cifar100.engine.ema import ModelEMA
+from cifar100.engine.runs import MetricsLog
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    test: dict[str, Any]  # empty unless every epoch was trained
+    epochs: int  # epochs completed
+    wall_s: float
+    stopped: str | None = None  # why it stopped early: "SIGINT", "SIGTERM" or a limit's name
+    saved_at: str = ""  # where last.pt stands, e.g. "epoch 3, step 120 of 390"
+
+
+@dataclass
+class Run:
+    """Everything one training run holds, set up once by `train._prepare`."""
+
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    dist: DistInfo
+    splits: DataSplits
+    train_set: ImageSet
+    val_set: ImageSet
+    model: nn.Module
+    meta: dict[str, Any]  # classes and their names, saved in every checkpoint
+    cache: Path
+    say: Any
+    state: dict[str, Any] | None = None  # the checkpoint resumed from
+    start_epoch: int = 0
+    best: float = -1.0
+    log: MetricsLog | None = field(default=None, repr=False)
+    ema: ModelEMA | None = field(default=None, repr=False)
+    epochs_done: int = 0
+    saved_at: str = ""  # where last.pt stands, for messages
+
+    def resume_position(self, epoch: int) -> dict[str, Any] | None:
+        """The saved mid-epoch position when `epoch` is the one the run was stopped in."""
+        if self.state is None or epoch != self.start_epoch:
+            return None
+        return self.state.get("position")
