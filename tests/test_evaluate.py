@@ -135,17 +135,29 @@ def test_evaluate_writes_predictions_and_new_metrics(runs, capsys):
 def test_tta_and_ema_flags(runs, capsys):
     run, _, cache, trained = runs
     plain = _evaluate(run, cache, capsys=capsys)
+    record = (run / "evaluation.json").read_bytes()
     plain_logits = np.load(run / "predictions.npz")["logits"]
     ema = _evaluate(run, cache, "--ema", capsys=capsys)
-    ema_logits = np.load(run / "predictions.npz")["logits"]
+    ema_logits = np.load(run / "predictions-ema.npz")["logits"]
     assert ema["weights"] == "ema" and ema["ema_updates"] > 0
+    assert ema["predictions"] == str(run / "predictions-ema.npz")
     assert not np.allclose(ema_logits, plain_logits)  # other weights, other outputs
-    # Training's own test evaluation of its EMA agrees with --ema.
-    assert ema["top1"] == pytest.approx(trained["ema"]["top1"])
-    assert ema["loss"] == pytest.approx(trained["ema"]["loss"], rel=1e-4)
+    # Training's own test evaluation of its EMA agrees with --ema and with the plain
+    # evaluation's EMA summary.
+    for result in (ema, plain["ema"]):
+        assert result["top1"] == pytest.approx(trained["ema"]["top1"])
+        assert result["loss"] == pytest.approx(trained["ema"]["loss"], rel=1e-4)
     tta = _evaluate(run, cache, "--tta", "flip", capsys=capsys)
-    assert tta["tta"] == "flip" and tta["images"] == plain["images"]
+    assert tta["tta"] == "flip" and tta["images"] == plain["images"] and "ema" not in tta
     assert tta["loss"] != pytest.approx(plain["loss"])
+    best = _evaluate(run, cache, "--checkpoint", "best", "--ema", "--tta", "flip", capsys=capsys)
+    assert best["checkpoint"] == str(run / "best.pt")
+    # Each variant has its own files; the run's record (read by report, compare) is untouched.
+    for name in ("ema", "tta", "best-ema-tta"):
+        assert json.loads((run / f"evaluation-{name}.json").read_text())["images"] == 40
+        assert (run / f"predictions-{name}.npz").is_file()
+    assert (run / "evaluation.json").read_bytes() == record
+    assert np.array_equal(np.load(run / "predictions.npz")["logits"], plain_logits)
 
 
 def test_ema_on_a_run_without_one_is_one_clear_line(runs, capsys):

@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="test accuracy of a run or checkpoint",
         description="Top-1 and top-5 test accuracy, macro-F1 and calibration (ECE), per "
         "class and (CIFAR-100) per superclass; printed, and written as JSON, with the "
-        "predictions (logits, labels, images) beside it as predictions.npz.",
+        "predictions (logits, labels, images) beside it as predictions.npz. --checkpoint "
+        "best, --ema and --tta write evaluation-best.json, -ema, -tta (and predictions-...) "
+        "instead, so the run's own evaluation.json stays what report and compare read.",
     )
     e.add_argument("target", metavar="RUN_OR_CHECKPOINT", help="a run directory or a .pt file")
     e.add_argument(
@@ -85,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, metavar="N", help="images per inference batch")
     e.add_argument("--json", action="store_true", help="print the JSON result only")
     e.add_argument(
-        "--output", metavar="FILE", help="write the JSON here (default: RUN_DIR/evaluation.json)"
+        "--output",
+        metavar="FILE",
+        help="write the JSON here (default: RUN_DIR/evaluation[-VARIANT].json)",
     )
     e.add_argument(
         "--tta",
@@ -388,14 +392,19 @@ def _train_exit(result) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cifar100.evaluate import evaluate_checkpoint
+    from cifar100.evaluate import evaluate_checkpoint, variant_suffix
     from cifar100.fileio import write_json_atomic
 
     target = Path(args.target)
+    variant = variant_suffix(args.checkpoint, args.tta == "flip", args.ema)
     out = (
         Path(args.output)
         if args.output
-        else (target / "evaluation.json" if target.is_dir() else target.with_suffix(".eval.json"))
+        else (
+            target / f"evaluation{variant}.json"
+            if target.is_dir()
+            else target.with_suffix(f".eval{variant}.json")
+        )
     )
     metrics = evaluate_checkpoint(
         args.target,
@@ -407,7 +416,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         tta_flip=args.tta == "flip",
         ema=args.ema,
-        # Beside the JSON; the default (None) is RUN_DIR/predictions.npz.
+        # Beside the JSON; the default (None) is RUN_DIR/predictions{variant}.npz.
         predictions_path=out.with_name(out.stem + ".predictions.npz") if args.output else None,
     )
     write_json_atomic(out, metrics)
@@ -431,6 +440,9 @@ def format_evaluation(m: dict) -> str:
             + ("   TTA: flip" if m.get("tta") == "flip" else "")
             + ("   EMA weights" if m.get("weights") == "ema" else "")
         )
+    if "ema" in m:
+        e = m["ema"]
+        lines.append(f"  EMA weights: top-1 {e['top1']:.2%}   top-5 {e['top5']:.2%}")
     if "superclass_top1" in m:
         lines.append(f"  superclass top-1 {m['superclass_top1']:.2%}")
         lines.append("  per superclass (fine top-1 / superclass top-1):")

@@ -18,6 +18,16 @@ from cifar100.engine.runtime import autocast
 PREDICTIONS = "predictions.npz"  # beside evaluation.json in a run directory
 
 
+def variant_suffix(which: str = "last", tta_flip: bool = False, ema: bool = False) -> str:
+    """ "" for a run's own evaluation (last checkpoint, raw weights, no TTA), else e.g. "-best-tta".
+
+    Other variants go to their own files (evaluation-ema.json, predictions-ema.npz, ...), so
+    they never replace the run's record that `report` and `compare` read.
+    """
+    parts = ([which] if which != "last" else []) + (["ema"] if ema else [])
+    return "".join(f"-{p}" for p in parts + (["tta"] if tta_flip else []))
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -189,7 +199,8 @@ def evaluate_checkpoint(
     """Evaluate a run directory's (or a file's) checkpoint on its data's test split.
 
     Also writes the test predictions (see `save_predictions`) to `predictions_path`, by
-    default RUN_DIR/predictions.npz or FILE.predictions.npz.
+    default RUN_DIR/predictions{variant}.npz or FILE.predictions{variant}.npz. When the
+    checkpoint keeps an EMA, the plain evaluation also reports it (as training does).
     """
     from cifar100.data import load_data
     from cifar100.engine.checkpoint import load_checkpoint, resolve_checkpoint, restore_model
@@ -215,10 +226,17 @@ def evaluate_checkpoint(
         model, test.images, dev, batch_size or cfg.train.eval_batch_size, cfg.train.amp, tta_flip
     )
     metrics = classification_metrics(logits, test.labels, test.classes, mapping, coarse)
+    if not ema and not tta_flip and isinstance(state.get("ema"), dict):
+        ema_model, _ = restore_model(state)
+        _load_ema(ema_model, state, path)
+        summary = evaluate_model(
+            ema_model.to(dev), test, dev, batch_size or cfg.train.eval_batch_size, cfg.train.amp
+        )
+        metrics["ema"] = {k: summary[k] for k in ("loss", "top1", "top5")}
     if predictions_path is None:
-        target = Path(target)
+        target, name = Path(target), f"predictions{variant_suffix(which, tta_flip, ema)}"
         predictions_path = (
-            target / PREDICTIONS if target.is_dir() else target.with_suffix(".predictions.npz")
+            target / f"{name}.npz" if target.is_dir() else target.with_suffix(f".{name}.npz")
         )
     save_predictions(predictions_path, logits, test, mapping, coarse)
     extra: dict[str, Any] = {"tta": "flip" if tta_flip else "none"}
