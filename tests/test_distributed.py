@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,25 +53,38 @@ def _args(archive, out, cache, *extra):
             "--out", str(out), "--cache-dir", str(cache), "--no-progress"]  # fmt: skip
 
 
-def test_two_process_ddp_matches_one_process(tmp_path):
-    archive = make_cifar100_archive(tmp_path / "c100.tar.gz", n_train=160, n_test=40)
-    cache = tmp_path / "cache"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "cifar100",
-        *_args(archive, tmp_path / "ddp", cache),
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+# Built here, as module-scoped fixtures run before conftest's per-test isolation.
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",
+    "CIFAR100_MIRROR": "http://127.0.0.1:9/",
+    "CIFAR100_WEIGHTS_MIRROR": "http://127.0.0.1:9/",
+}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _torchrun(*args, timeout=600):
+    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node=2", *args]
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("test top1") == 1  # rank 0 alone reports
-    assert "x 2 processes" in done.stdout
-    ddp_dir = tmp_path / "ddp"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory):
+    """A 2-process DDP run started by torchrun --standalone: (archive, cache, run, stdout)."""
+    root = tmp_path_factory.mktemp("ddp")
+    archive = make_cifar100_archive(root / "c100.tar.gz", n_train=160, n_test=40)
+    cache = root / "cache"
+    out = _torchrun("-m", "cifar100", *_args(archive, root / "ddp", cache))
+    return archive, cache, root / "ddp", out
+
+
+def test_two_process_ddp_matches_one_process(standalone, tmp_path):
+    archive, cache, ddp_dir, stdout = standalone
+    assert stdout.count("test top1") == 1  # rank 0 alone reports
+    assert "x 2 processes" in stdout
     assert sorted(p.name for p in ddp_dir.iterdir()) == [
         "best.pt",
         "config.json",
@@ -100,14 +114,6 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     assert all(torch.allclose(ddp[k], one[k], rtol=1e-4, atol=1e-5) for k in params)
 
 
-def _torchrun(*args, timeout=600):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    done = subprocess.run([*cmd, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 def test_ddp_run_stopped_mid_epoch_resumes_exactly(tmp_path):
     archive = make_cifar100_archive(tmp_path / "c100.tar.gz", n_train=160, n_test=40)
     cache = tmp_path / "cache"
@@ -127,3 +133,37 @@ def test_ddp_run_stopped_mid_epoch_resumes_exactly(tmp_path):
     assert whole["epoch"] == resumed["epoch"] == 2
     assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
     assert all(torch.equal(whole["ema"]["model"][k], v) for k, v in resumed["ema"]["model"].items())
+
+
+def test_two_nodes_through_the_rendezvous_equal_one_node(standalone, tmp_path):
+    archive, cache, ddp_dir, _ = standalone
+    with socket.socket() as free:  # a port for the c10d rendezvous on this machine
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    nodes = [
+        subprocess.Popen(
+            [
+                *TORCHRUN,
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                "--rdzv-backend=c10d",
+                f"--rdzv-endpoint=127.0.0.1:{port}",
+                "--rdzv-id=cifar100-test",
+                "-m",
+                "cifar100",
+                *_args(archive, tmp_path / "nodes", cache),
+            ],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    results = [node.communicate(timeout=600) for node in nodes]
+    for node, (_, err) in zip(nodes, results):
+        assert node.returncode == 0, err[-3000:]
+    assert sum(out.count("x 2 processes") for out, _ in results) == 1  # global rank 0 alone
+    one = load_checkpoint(ddp_dir / "last.pt")["model"]
+    two = load_checkpoint(tmp_path / "nodes" / "last.pt")["model"]
+    assert all(torch.equal(one[k], two[k]) for k in one)
