@@ -2,10 +2,10 @@
 
 from cifar100.weights.keras import (
     KerasReportModel,
-    ReportArchitecture,
     load_keras_report_model,
     load_keras_resnet50v2_h5,
 )
+from cifar100.weights.keras_report_config import ReportArchitecture
 from cifar100.weights.sources import MIRROR_ENV, PUBLISHED, WeightFile, resolve_weights
 
 __all__ = [
