@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import synthetic_cifar as sc
-from cifar100.data import cifar
+from cifar100.data import cifar, cifar_sources
 from cifar100.errors import ChecksumError, DataError
 from http_server import serve_directory
 
@@ -34,8 +34,10 @@ def genuine(monkeypatch, archives):
     """Make the synthetic archives the 'published' ones, so downloads verify against them."""
     for name, path in archives.items():
         md5 = hashlib.md5(path.read_bytes()).hexdigest()
-        monkeypatch.setitem(cifar.SOURCES, name, dataclasses.replace(cifar.SOURCES[name], md5=md5))
-    monkeypatch.delenv(cifar.MIRROR_ENV, raising=False)
+        monkeypatch.setitem(
+            cifar_sources.SOURCES, name, dataclasses.replace(cifar_sources.SOURCES[name], md5=md5)
+        )
+    monkeypatch.delenv(cifar_sources.MIRROR_ENV, raising=False)
 
 
 def assert_matches(splits, data: sc.SyntheticCifar) -> None:
@@ -116,7 +118,7 @@ def test_download_through_mirror(archives, genuine, tmp_path, monkeypatch, via):
         if via == "base_url":
             base = server.base_url
         else:
-            monkeypatch.setenv(cifar.MIRROR_ENV, server.base_url + "/")
+            monkeypatch.setenv(cifar_sources.MIRROR_ENV, server.base_url + "/")
         cache = tmp_path / "cache"
         splits = cifar.load_cifar("cifar100", None, cache, progress=False, base_url=base)
         assert_matches(splits, sc.cifar100_data())
@@ -129,19 +131,19 @@ def test_download_through_mirror(archives, genuine, tmp_path, monkeypatch, via):
 
 
 def test_mirror_must_serve_the_published_file(archives, tmp_path, monkeypatch):
-    monkeypatch.delenv(cifar.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(cifar_sources.MIRROR_ENV, raising=False)
     with serve_directory(archives["cifar100"].parent) as server:
-        with pytest.raises(ChecksumError, match=cifar.SOURCES["cifar100"].md5):
+        with pytest.raises(ChecksumError, match=cifar_sources.SOURCES["cifar100"].md5):
             cifar.load_cifar("cifar100", None, tmp_path, progress=False, base_url=server.base_url)
     assert not (tmp_path / C100).exists()
 
 
 def test_source_url(monkeypatch):
-    monkeypatch.delenv(cifar.MIRROR_ENV, raising=False)
-    assert cifar.source_url("cifar100") == "https://www.cs.toronto.edu/~kriz/" + C100
-    monkeypatch.setenv(cifar.MIRROR_ENV, "http://m/x/")
-    assert cifar.source_url("cifar10") == "http://m/x/" + C10
-    assert cifar.source_url("cifar10", "http://b") == "http://b/" + C10
+    monkeypatch.delenv(cifar_sources.MIRROR_ENV, raising=False)
+    assert cifar_sources.source_url("cifar100") == "https://www.cs.toronto.edu/~kriz/" + C100
+    monkeypatch.setenv(cifar_sources.MIRROR_ENV, "http://m/x/")
+    assert cifar_sources.source_url("cifar10") == "http://m/x/" + C10
+    assert cifar_sources.source_url("cifar10", "http://b") == "http://b/" + C10
 
 
 @pytest.mark.parametrize("protocol", [2, 5])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cifar100.data.decode_pool as decode_pool
 import cifar100.data.folders as folders
 from cifar100.data.folders import load_image_folder
 from cifar100.errors import ConfigError, DataError
@@ -131,7 +132,7 @@ def test_cache_hit_does_not_decode(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("decoded despite the cache")
 
-    monkeypatch.setattr(folders, "decode_image", fail)
+    monkeypatch.setattr(decode_pool, "decode_image", fail)
     second = _load(tarball, tmp_path / "cache")
     assert second.info["cache"] == "hit" and second.classes == first.classes
     assert (second.train.images == first.train.images).all()
@@ -191,7 +192,7 @@ def test_unwritable_cache_warns_and_still_loads(tmp_path, capsys, monkeypatch):
 
 def test_process_pool_path(tmp_path, monkeypatch):
     # Small limits push a small folder through the worker pool, errors included.
-    monkeypatch.setattr(folders, "SERIAL_LIMIT", 4)
+    monkeypatch.setattr(decode_pool, "SERIAL_LIMIT", 4)
     monkeypatch.setattr(folders, "CHUNK", 3)
     root = tmp_path / "tree"
     write_classes(root, {"a": 12, "b": 12, "c": 12})

@@ -10,76 +10,29 @@ unpickler that only rebuilds numpy arrays. A decoded copy is kept as an .npz in 
 from __future__ import annotations
 
 import os
-import pickle
-import sys
 import tarfile
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from cifar100.data.cifar_cache import DECODED_VERSION, load_decoded, save_decoded
+from cifar100.data.cifar_sources import (
+    COARSE_KEY,
+    COARSE_NAMES_KEY,
+    MIRROR_ENV,
+    NUM_COARSE,
+    CifarSource,
+    cifar_source,
+    source_url,
+)
+from cifar100.data.cifar_unpickler import unpickle_arrays
 from cifar100.data.download import fetch_cached, file_digest
 from cifar100.data.tensors import DataSplits, ImageSet
 from cifar100.errors import DataError
-from cifar100.fileio import atomic_path
 
-CANONICAL_BASE_URL = "https://www.cs.toronto.edu/~kriz"
-MIRROR_ENV = "CIFAR100_MIRROR"
-# Bump when the layout of the decoded .npz changes, so old caches are ignored, not misread.
-DECODED_VERSION = 1
 IMAGE_BYTES = 3 * 32 * 32
-
-
-@dataclass(frozen=True)
-class CifarSource:
-    """Where one CIFAR variant is published and how its archive is laid out."""
-
-    name: str
-    title: str
-    filename: str
-    md5: str
-    folder: str
-    train_members: tuple[str, ...]
-    test_member: str
-    meta_member: str
-    label_key: bytes
-    names_key: bytes
-    num_classes: int
-    has_coarse: bool  # CIFAR-100's 20 superclasses
-
-    @property
-    def members(self) -> tuple[str, ...]:
-        return (*self.train_members, self.test_member, self.meta_member)
-
-
-# fmt: off
-SOURCES: dict[str, CifarSource] = {
-    "cifar100": CifarSource(
-        name="cifar100", title="CIFAR-100", filename="cifar-100-python.tar.gz",
-        md5="eb9058c3a382ffc7106e4002c42a8d85", folder="cifar-100-python",
-        train_members=("train",), test_member="test", meta_member="meta",
-        label_key=b"fine_labels", names_key=b"fine_label_names", num_classes=100,
-        has_coarse=True,
-    ),
-    "cifar10": CifarSource(
-        name="cifar10", title="CIFAR-10", filename="cifar-10-python.tar.gz",
-        md5="c58f30108f718f92721af3b95e74349a", folder="cifar-10-batches-py",
-        train_members=tuple(f"data_batch_{i}" for i in range(1, 6)), test_member="test_batch",
-        meta_member="batches.meta", label_key=b"labels", names_key=b"label_names",
-        num_classes=10, has_coarse=False,
-    ),
-}
-# fmt: on
-COARSE_KEY, COARSE_NAMES_KEY, NUM_COARSE = b"coarse_labels", b"coarse_label_names", 20
-
-
-def source_url(name: str, base_url: str | None = None) -> str:
-    """The archive's URL: `base_url`, else $CIFAR100_MIRROR, else the canonical site."""
-    base = base_url or os.environ.get(MIRROR_ENV) or CANONICAL_BASE_URL
-    return f"{base.rstrip('/')}/{_source(name).filename}"
 
 
 def load_cifar(
@@ -90,7 +43,7 @@ def load_cifar(
     base_url: str | None = None,
 ) -> DataSplits:
     """Load CIFAR-100 or CIFAR-10 ("cifar100" | "cifar10") into memory as uint8 NHWC tensors."""
-    source = _source(name)
+    source = cifar_source(name)
     cache_dir = Path(cache_dir)
     if path is None:
         url = source_url(name, base_url)
@@ -118,85 +71,20 @@ def load_cifar(
     return _from_archive(source, path, file_digest(path), str(path), cache_dir)
 
 
-def _source(name: str) -> CifarSource:
-    try:
-        return SOURCES[name]
-    except KeyError:
-        raise DataError(
-            f"unknown CIFAR dataset {name!r}; expected one of {sorted(SOURCES)}"
-        ) from None
-
-
 def _from_archive(
     source: CifarSource, archive: Path, md5: str, origin: str, cache_dir: Path
 ) -> DataSplits:
     decoded = cache_dir / "decoded" / f"{source.name}-{md5}-v{DECODED_VERSION}.npz"
     info = {"archive_md5": md5, "canonical": md5 == source.md5, "decoded_cache": str(decoded)}
-    arrays = _load_decoded(source, decoded)
+    arrays = load_decoded(source, decoded)
     if arrays is None:
         parts = _read_archive(source, archive)
         arrays = _decode(source, parts, f"{archive}:{source.folder}/")
-        _save_decoded(decoded, arrays)
+        save_decoded(decoded, arrays)
     return _to_splits(source, arrays, origin, info)
 
 
 # --- reading the pickles ---------------------------------------------------------------------
-
-
-def _safe_latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, "latin1"), so a
-    # re-packed archive needs this; any other codec is refused.
-    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
-        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r}")
-    return text.encode("latin1")
-
-
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    try:  # numpy >= 2 (1.26 has the alias too); importing numpy.core would warn there
-        from numpy._core import multiarray, numeric
-    except ImportError:
-        from numpy.core import multiarray, numeric
-    allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _safe_latin1_encode,
-    }
-    # The canonical files (Python 2, numpy 1) name numpy.core; numpy 2 pickles name numpy._core.
-    for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5
-    return allowed
-
-
-_ALLOWED = _allowed_globals()
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Rebuilds dicts, lists and numpy arrays; refuses every other global before it is called."""
-
-    def __init__(self, file: IO[bytes], label: str) -> None:
-        super().__init__(file, encoding="bytes")  # Python 2 str -> bytes, as published
-        self.label = label
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise DataError(
-                f"{self.label}: refusing to unpickle {module}.{name} "
-                "(CIFAR files hold only arrays and lists)"
-            ) from None
-
-
-def _unpickle(file: IO[bytes], label: str) -> Any:
-    try:
-        return _ArrayUnpickler(file, label).load()
-    except DataError:
-        raise
-    except Exception as e:  # truncated gzip/tar, bad opcodes, bad numpy state: all one story
-        raise DataError(
-            f"{label}: truncated or corrupt ({type(e).__name__}: {e}); download or extract it again"
-        ) from e
 
 
 def _read_archive(source: CifarSource, archive: Path) -> dict[str, Any]:
@@ -209,7 +97,9 @@ def _read_archive(source: CifarSource, archive: Path) -> dict[str, Any]:
             for member in tar:
                 key = wanted.get(member.name.removeprefix("./"))
                 if key is not None and member.isfile():
-                    found[key] = _unpickle(tar.extractfile(member), f"{archive}:{member.name}")
+                    found[key] = unpickle_arrays(
+                        tar.extractfile(member), f"{archive}:{member.name}"
+                    )
     except DataError:
         raise
     except Exception as e:  # tarfile.ReadError, EOFError, gzip.BadGzipFile, zlib.error, OSError
@@ -240,7 +130,7 @@ def _read_folder(source: CifarSource, folder: Path) -> dict[str, Any]:
     found = {}
     for m in source.members:
         with open(folder / m, "rb") as f:
-            found[m] = _unpickle(f, str(folder / m))
+            found[m] = unpickle_arrays(f, str(folder / m))
     return found
 
 
@@ -348,51 +238,3 @@ def _to_splits(
     return DataSplits(
         train=split("train"), test=split("test"), name=source.name, source=origin, info=info
     )
-
-
-# --- the decoded cache -----------------------------------------------------------------------
-
-
-def _save_decoded(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, **arrays)  # a file object: np.savez would append .npz to a name
-    except OSError as e:
-        print(f"warning: could not cache decoded data at {path} ({e})", file=sys.stderr)
-
-
-def _load_decoded(source: CifarSource, path: Path) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None when absent or damaged (then rebuilt from the archive).
-
-    Integrity: zipfile checks each member's stored CRC-32 as numpy reads it to the end, and the
-    arrays are re-validated (shapes, dtypes, label ranges), which is cheap next to decoding.
-    """
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        _check_decoded(source, arrays)
-        return arrays
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DataError) as e:
-        print(f"warning: decoded cache {path} is damaged ({e}); rebuilding it", file=sys.stderr)
-        return None
-
-
-def _check_decoded(source: CifarSource, arrays: dict[str, np.ndarray]) -> None:
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            raise DataError(what)
-
-    need(len(arrays["classes"]) == source.num_classes, "wrong number of classes")
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        need(images.dtype == np.uint8 and images.shape[1:] == (32, 32, 3), f"{split} images")
-        need(labels.dtype == np.int64 and labels.shape == (len(images),), f"{split} labels")
-        need(0 <= labels.min() and labels.max() < source.num_classes, f"{split} label range")
-        if source.has_coarse:
-            coarse = arrays[f"{split}_coarse"]
-            need(coarse.dtype == np.int64 and coarse.shape == labels.shape, f"{split} coarse")
-            need(0 <= coarse.min() and coarse.max() < NUM_COARSE, f"{split} coarse range")
-    if source.has_coarse:
-        need(len(arrays["coarse_classes"]) == NUM_COARSE, "wrong number of coarse classes")

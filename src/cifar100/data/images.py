@@ -1,6 +1,6 @@
 """Decode any image file into a square uint8 RGB array: the one path for training and predict.
 
-Image folders (folders.py) and `predict` both call `decode_image`, so a user's photo is prepared
+Image folders (decode_pool.py) and `predict` both call `decode_image`, so a user's photo is prepared
 exactly as the training images were.
 """
 
@@ -16,7 +16,7 @@ from cifar100.errors import DataError
 
 __all__ = ["BACKGROUND", "IMAGE_EXTENSIONS", "decode_image"]
 
-# Lower-case suffixes of the formats Pillow decodes here; folders.py rejects anything else.
+# Lower-case suffixes of the formats Pillow decodes here; folder_layout.py skips anything else.
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm".split()
 )
