@@ -245,6 +245,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="image folders are decoded to N x N (default: 32)",
     )
     _common_args(d, device=False)
+
+    ca = sub.add_parser(
+        "cache",
+        parents=[debug],
+        help="list or clear downloads, decoded data and feature caches",
+        description="List what the cache holds (kind, size, last use), or clear it. `clear` "
+        "removes by default only what is rebuilt without the network (decoded data, image "
+        "folders, features, partial files); name kinds, or `all`, to remove downloads too.",
+    )
+    ca.add_argument("action", nargs="?", choices=["list", "clear"], default="list")
+    ca.add_argument(
+        "kinds", nargs="*", metavar="KIND", help="downloads weights decoded folders features "
+        "partial all (clear's default: decoded folders features partial)",
+    )  # fmt: skip
+    ca.add_argument(
+        "--older-than", type=float, metavar="DAYS", help="only entries unused for DAYS days"
+    )
+    ca.add_argument(
+        "--max-gb", type=float, metavar="N", help="least recently used first, until N GB remain"
+    )
+    ca.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    ca.add_argument("--cache-dir", metavar="DIR", help="default: $CIFAR100_CACHE or the user cache")
     return p
 
 
@@ -602,6 +624,35 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from cifar100.cache import (
+        cache_entries,
+        format_cache,
+        human_size,
+        remove_entries,
+        select_for_clearing,
+    )
+    from cifar100.paths import default_cache_dir
+
+    root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    entries = cache_entries(root) if root.is_dir() else []
+    if args.action == "list":
+        if args.kinds or args.older_than is not None or args.max_gb is not None:
+            raise CifarError("kinds, --older-than and --max-gb go with `cifar100 cache clear`")
+        print(format_cache(root, entries))
+        return 0
+    chosen = select_for_clearing(entries, args.kinds, args.older_than, args.max_gb)
+    size = human_size(sum(e.size for e in chosen))
+    if args.dry_run:
+        for entry in chosen:
+            print(f"would remove {entry.path} ({human_size(entry.size)})")
+        print(f"would free {size} ({len(chosen)} of {len(entries)} entries) in {root}")
+        return 0
+    freed = remove_entries(chosen)
+    print(f"removed {len(chosen)} of {len(entries)} entries ({human_size(freed)}) from {root}")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -614,6 +665,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "data": cmd_data,
     "import-keras": cmd_import_keras,
+    "cache": cmd_cache,
 }
 
 

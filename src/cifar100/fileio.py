@@ -48,3 +48,12 @@ def torch_save_atomic(obj: Any, target: str | os.PathLike) -> None:
 
     with atomic_path(target) as tmp:
         torch.save(obj, tmp)
+
+
+def mark_used(path: str | os.PathLike) -> None:
+    """Set a cache entry's mtime to now, so that clearing by age or size spares it.
+
+    A read-only cache is fine: the entry just keeps its old time.
+    """
+    with contextlib.suppress(OSError):
+        os.utime(path)

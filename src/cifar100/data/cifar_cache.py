@@ -11,7 +11,7 @@ import numpy as np
 
 from cifar100.data.cifar_sources import NUM_COARSE, CifarSource
 from cifar100.errors import DataError
-from cifar100.fileio import atomic_path
+from cifar100.fileio import atomic_path, mark_used
 
 __all__ = ["DECODED_VERSION", "load_decoded", "save_decoded"]
 
@@ -39,6 +39,7 @@ def load_decoded(source: CifarSource, path: Path) -> dict[str, np.ndarray] | Non
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         _check_decoded(source, arrays)
+        mark_used(path)
         return arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, DataError) as e:
         print(f"warning: decoded cache {path} is damaged ({e}); rebuilding it", file=sys.stderr)

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cifar100.errors import ChecksumError, DownloadError
-from cifar100.fileio import atomic_path, write_json_atomic
+from cifar100.fileio import atomic_path, mark_used, write_json_atomic
 
 CHUNK = 1 << 20
 # Sidecar beside a verified cache file: its size, mtime and digests. While size and mtime are
@@ -111,6 +111,7 @@ def fetch_cached(
     if path.is_file():
         problem = _verify(path, expected)
         if problem is None:
+            mark_used(path)
             return path
         print(
             f"warning: cached {path} is corrupt ({problem}); downloading it again", file=sys.stderr

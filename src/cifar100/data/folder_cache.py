@@ -13,7 +13,7 @@ import PIL
 
 from cifar100.data.folder_layout import image_set
 from cifar100.data.tensors import ImageSet
-from cifar100.fileio import atomic_path
+from cifar100.fileio import atomic_path, mark_used
 
 __all__ = ["cache_key", "read_cache", "write_cache"]
 
@@ -75,7 +75,9 @@ def read_cache(path: Path) -> tuple[ImageSet, ImageSet, dict] | None:
         classes = [str(c) for c in arrays["classes"]]
         train = image_set(arrays["train_images"], arrays["train_labels"], classes)
         test = image_set(arrays["test_images"], arrays["test_labels"], classes)
-        return train, test, json.loads(str(arrays["meta"]))
+        meta = json.loads(str(arrays["meta"]))
+        mark_used(path)
+        return train, test, meta
     except Exception as e:
         # Every failure (truncated zip, bad header, missing array, digest mismatch) means the
         # same thing: rebuild. It is reported so that a cache that keeps breaking is noticed.

@@ -23,7 +23,7 @@ from cifar100.config import ModelConfig
 from cifar100.data.augment import to_float_nchw
 from cifar100.data.tensors import ImageSet
 from cifar100.engine.runtime import autocast
-from cifar100.fileio import torch_save_atomic
+from cifar100.fileio import mark_used, torch_save_atomic
 from cifar100.models.head import Classifier
 
 FORMAT = "cifar100-features"
@@ -151,8 +151,9 @@ class FeatureCache:
         if not path.is_file():
             return None
         try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-            return _checked(entry, key)
+            entry = _checked(torch.load(path, map_location="cpu", weights_only=True), key)
+            mark_used(path)
+            return entry
         # Any failure at all means "rebuild it": a cache must never break (or feed) a run.
         except Exception as e:
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
