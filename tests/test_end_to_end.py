@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from PIL import Image
 
 from cifar100 import cli
 from cifar100.config import apply_overrides, load_preset
-from cifar100.engine.checkpoint import load_checkpoint
+from cifar100.engine.checkpoint import load_checkpoint, save_checkpoint
 from cifar100.engine.train import train
 from synthetic_cifar import make_cifar100_archive
 
@@ -127,7 +128,7 @@ def _same_run(a_dir, b_dir):
     assert [[r[k] for k in keys] for r in ra] == [[r[k] for k in keys] for r in rb]
 
 
-def test_a_run_stopped_mid_epoch_resumes_exactly(archive, trained, tmp_path):
+def test_a_run_stopped_mid_epoch_resumes_exactly(archive, trained, tmp_path, capsys):
     run, cache = trained
     cfg = apply_overrides(
         load_preset("scratch"),
@@ -142,9 +143,18 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(archive, trained, tmp_path):
     assert state["epoch"] == 1 and state["position"]["step"] == 2
     assert not (partial / "evaluation.json").exists()
     assert len((partial / "metrics.jsonl").read_text().splitlines()) == 1
+    # A copy as if stopped under 2-process DDP: one process resumes it, not bit for bit.
+    other = tmp_path / "other"
+    shutil.copytree(partial, other)
+    state["position"]["rng"].append(state["position"]["rng"][0])
+    save_checkpoint(state, other / "last.pt")
     rc = cli.main(["train", "--resume", str(partial), "--cache-dir", str(cache), "--no-progress"])
     assert rc == 0
     _same_run(run, partial)
+    capsys.readouterr()
+    rc = cli.main(["train", "--resume", str(other), "--cache-dir", str(cache), "--no-progress"])
+    assert rc == 0 and "stopped with 2 processes and resumed with 1" in capsys.readouterr().out
+    assert load_checkpoint(other / "last.pt")["epoch"] == 2
 
 
 def test_sigterm_saves_the_position_and_resume_finishes_the_same_run(archive, trained, tmp_path):

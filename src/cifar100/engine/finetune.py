@@ -117,10 +117,17 @@ def train_epoch(
     seen, first, before = 0, 0, 0.0
     if position is not None:
         first, before = int(position["step"]), float(position["elapsed"])
-        gen.set_state(position["generator"])
-        torch.set_rng_state(position["rng"][dist_info.rank])
-        if device.type == "cuda" and position.get("cuda_rng"):
-            torch.cuda.set_rng_state(position["cuda_rng"][dist_info.rank], device)
+        gen.set_state(position["generator"])  # the global batch's draws: the same on any world
+        if len(position["rng"]) == dist_info.world:
+            torch.set_rng_state(position["rng"][dist_info.rank])
+            if device.type == "cuda" and position.get("cuda_rng"):
+                torch.cuda.set_rng_state(position["cuda_rng"][dist_info.rank], device)
+        else:
+            run.say(
+                f"note: stopped with {len(position['rng'])} processes and resumed with "
+                f"{dist_info.world}, so dropout draws differ from an unbroken run's until the "
+                "epoch ends"
+            )
         if dist_info.is_main:
             sums += position["sums"][:2].to(device)
             seen = int(position["sums"][2])
