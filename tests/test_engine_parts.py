@@ -92,6 +92,13 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt"):
         load_checkpoint(tmp_path / "junk.pt")
+    path.write_bytes(path.read_bytes()[:1000])  # cut short, as a full disk might
+    with pytest.raises(CheckpointError) as cut:
+        load_checkpoint(path)
+    message = str(cut.value)
+    assert message.startswith(f"{path}: damaged")
+    assert message.endswith("best.pt may still be intact")
+    assert len(message) < 400 and "\n" not in message
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a cifar100 checkpoint"):
         load_checkpoint(tmp_path / "other.pt")

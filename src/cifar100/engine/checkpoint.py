@@ -30,7 +30,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable cifar100 checkpoint ({detail[:200]})") from e
+        detail = detail.split(". ")[0][:160]  # torch's messages run on for several sentences
+        sibling = {"last.pt": "best.pt", "best.pt": "last.pt"}.get(path.name)
+        advice = f"; {path.with_name(sibling)} may still be intact" if sibling else ""
+        raise CheckpointError(
+            f"{path}: damaged or not a cifar100 checkpoint ({detail}){advice}"
+        ) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cifar100 checkpoint (no '{FORMAT}' marker)")
     if state.get("version", 0) > VERSION:
