@@ -1,0 +1,71 @@
+"""The `cifar100` command: a thin layer that parses arguments and calls the Python API.
+
+parser.py declares the arguments, commands.py holds one function per subcommand.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from cifar100.cli.commands import (
+    cmd_backbones,
+    cmd_bench,
+    cmd_cache,
+    cmd_compare,
+    cmd_data,
+    cmd_evaluate,
+    cmd_import_keras,
+    cmd_predict,
+    cmd_presets,
+    cmd_report,
+    cmd_summary,
+    cmd_train,
+)
+from cifar100.cli.parser import build_parser
+from cifar100.errors import CifarError
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "compare": cmd_compare,
+    "report": cmd_report,
+    "predict": cmd_predict,
+    "summary": cmd_summary,
+    "presets": cmd_presets,
+    "backbones": cmd_backbones,
+    "bench": cmd_bench,
+    "data": cmd_data,
+    "import-keras": cmd_import_keras,
+    "cache": cmd_cache,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except CifarError as e:
+        if args.debug:
+            raise
+        print(f"cifar100 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted (checkpoints already written are intact; `cifar100 train --resume "
+            "RUN_DIR` continues a run)",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if args.debug:
+            raise
+        print(
+            f"cifar100 {args.command}: unexpected error: {type(e).__name__}: {e} "
+            "(run with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return 1

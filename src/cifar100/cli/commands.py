@@ -1,0 +1,330 @@
+"""The subcommands: each turns parsed arguments into calls of the Python API and prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cifar100.errors import CifarError
+
+
+def resolve_config(args: argparse.Namespace):
+    """Preset or file, then the named flags, then --set overrides."""
+    from cifar100.config import apply_overrides, load_config_file, load_preset, set_value
+
+    if args.config and args.preset:
+        raise CifarError(
+            'give --preset or --config, not both (a config file can `extends = "PRESET"`)'
+        )
+    cfg = load_config_file(args.config) if args.config else load_preset(args.preset or "seed")
+    flags = {
+        "model.backbone": args.backbone,
+        "model.weights": getattr(args, "weights", None),
+        "data.dataset": args.dataset,
+        "data.path": getattr(args, "data", None),
+        "train.epochs": getattr(args, "epochs", None),
+        "train.batch_size": getattr(args, "batch_size", None),
+        "train.lr": getattr(args, "lr", None),
+        "train.seed": getattr(args, "seed", None),
+        "train.deterministic": getattr(args, "deterministic", None),
+        "train.device": getattr(args, "device", None),
+        "model.init": getattr(args, "init", None),
+    }
+    for key, value in flags.items():
+        if value is not None:
+            set_value(cfg, key, value, origin="--" + key.split(".")[1].replace("_", "-"))
+    return apply_overrides(cfg, args.set)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cifar100.engine.train import train
+
+    if args.resume:
+        given = [
+            f
+            for f in (
+                "preset",
+                "config",
+                "backbone",
+                "weights",
+                "dataset",
+                "data",
+                "epochs",
+                "batch_size",
+                "lr",
+                "seed",
+                "init",
+                "deterministic",
+            )
+            if getattr(args, f)
+        ]
+        if given or args.set:
+            raise CifarError(
+                "--resume continues a run with its saved config; drop "
+                f"{', '.join('--' + g.replace('_', '-') for g in given) or '--set'}"
+            )
+        result = train(resume=args.resume, cache_dir=args.cache_dir, progress=not args.no_progress)
+        return _train_exit(result)
+    cfg = resolve_config(args)
+    result = train(
+        cfg,
+        out=args.out,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+        runs_root=args.runs_root,
+    )
+    return _train_exit(result)
+
+
+def _train_exit(result) -> int:
+    """0 for a finished run; for one a signal stopped, where it stands and how to go on."""
+    if result.stopped is None or not result.stopped.startswith(("SIG", "a signal")):
+        return 0
+    print(
+        f"stopped by {result.stopped}: saved at {result.saved_at} in "
+        f"{result.run_dir / 'last.pt'}; continue with: cifar100 train --resume {result.run_dir}",
+        file=sys.stderr,
+    )
+    return 143 if result.stopped == "SIGTERM" else 130
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cifar100.evaluate import evaluate_checkpoint, variant_suffix
+    from cifar100.fileio import write_json_atomic
+
+    target = Path(args.target)
+    variant = variant_suffix(args.checkpoint, args.tta == "flip", args.ema)
+    out = (
+        Path(args.output)
+        if args.output
+        else (
+            target / f"evaluation{variant}.json"
+            if target.is_dir()
+            else target.with_suffix(f".eval{variant}.json")
+        )
+    )
+    metrics = evaluate_checkpoint(
+        args.target,
+        which=args.checkpoint,
+        data_path=args.data,
+        cache_dir=args.cache_dir,
+        device=args.device or "auto",
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        tta_flip=args.tta == "flip",
+        ema=args.ema,
+        # Beside the JSON; the default (None) is RUN_DIR/predictions{variant}.npz.
+        predictions_path=out.with_name(out.stem + ".predictions.npz") if args.output else None,
+    )
+    write_json_atomic(out, metrics)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    print(format_evaluation(metrics))
+    print(f"written to {out}")
+    return 0
+
+
+def format_evaluation(m: dict) -> str:
+    lines = [
+        f"{m['dataset']}: {m['images']} test images, checkpoint {m['checkpoint']} "
+        f"(epoch {m['epoch']})",
+        f"  top-1 {m['top1']:.2%}   top-5 {m['top5']:.2%}   loss {m['loss']:.4f}",
+    ]
+    if "macro_f1" in m:
+        lines.append(
+            f"  macro-F1 {m['macro_f1']:.4f}   ECE {m['calibration']['ece']:.4f} (15 bins)"
+            + ("   TTA: flip" if m.get("tta") == "flip" else "")
+            + ("   EMA weights" if m.get("weights") == "ema" else "")
+        )
+    if "ema" in m:
+        e = m["ema"]
+        lines.append(f"  EMA weights: top-1 {e['top1']:.2%}   top-5 {e['top5']:.2%}")
+    if "superclass_top1" in m:
+        lines.append(f"  superclass top-1 {m['superclass_top1']:.2%}")
+        lines.append("  per superclass (fine top-1 / superclass top-1):")
+        for name, v in m["per_superclass"].items():
+            lines.append(f"    {name:<32} {v['fine_top1']:7.2%}  {v['superclass_top1']:7.2%}")
+    per_class = sorted(m["per_class"].items(), key=lambda kv: kv[1])
+    if per_class:
+        worst = ", ".join(f"{c} {a:.0%}" for c, a in per_class[:5])
+        best = ", ".join(f"{c} {a:.0%}" for c, a in per_class[::-1][:5])
+        lines.append(f"  hardest classes: {worst}")
+        lines.append(f"  easiest classes: {best}")
+    return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cifar100.report import build_report
+
+    out = build_report(args.run_dir)
+    print(f"wrote {out} (plots in {out.parent / 'plots'})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cifar100.compare import compare_runs, format_comparison
+
+    rows = compare_runs(args.runs)
+    print(json.dumps(rows, indent=2) if args.json else format_comparison(rows))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cifar100.predict import Predictor
+
+    if args.top < 1:
+        raise CifarError("-k/--top must be at least 1")
+    predictor = Predictor(args.checkpoint, device=args.device)
+    results = predictor.predict_files(args.images, k=args.top)
+    for r in results:
+        if args.json:
+            print(json.dumps(r.to_dict()))
+        elif r.error:
+            print(f"{r.path}: error: {r.error}", file=sys.stderr)
+        else:
+            print(f"{r.path}: " + ", ".join(f"{c} {p:.1%}" for c, p in r.top))
+    return 1 if any(r.error for r in results) else 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from cifar100.models.registry import build_model
+    from cifar100.models.summary import format_summary
+
+    cfg = resolve_config(args)
+    cfg.model.weights = "none"  # the table needs shapes and counts, not trained values
+    n = args.classes or {"cifar100": 100 if cfg.data.label == "fine" else 20, "cifar10": 10}.get(
+        cfg.data.dataset
+    )
+    if n is None:
+        raise CifarError("an image folder's class count comes from its data: pass --classes N")
+    model = build_model(cfg.model, num_classes=n)
+    size = 32 if cfg.data.dataset != "folder" else cfg.data.image_size
+    print(format_summary(model, size))
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from cifar100.models.registry import describe_backbones
+
+    rows = describe_backbones()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'backbone':<20} {'params':>12} {'features':>8} {'native':>7}  input scaling")
+    scaling = {
+        "tf": "x/127.5 - 1",
+        "torch": "ImageNet mean/std",
+        "none": "x/255",
+        "raw": "0..255",
+        "lite": "(x - 127)/128",
+    }
+    for r in rows:
+        print(
+            f"{r['name']:<20} {r['params']:>12,} {r['out_features']:>8} "
+            f"{r['native_size']:>7}  {scaling.get(r['preprocessing'], r['preprocessing'])}"
+        )
+        for source, origin in r["weights"].items():
+            print(f"{'':<22}--weights {source}: {origin}")
+    print("any timm model: --backbone timm:NAME (needs `pip install timm`)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cifar100.bench import format_bench, run_bench
+    from cifar100.models.registry import get_backbone
+
+    if min(args.batch_size, args.steps) < 1 or args.warmup < 0:
+        raise CifarError("--batch-size and --steps must be >= 1, --warmup >= 0")
+    size = args.size or get_backbone(args.backbone).native_size
+    result = run_bench(args.backbone, size, args.batch_size, args.device, args.compile,
+                       args.warmup, args.steps)  # fmt: skip
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from cifar100.config import load_preset, preset_names
+
+    for name in preset_names():
+        cfg = load_preset(name)
+        print(f"{name:<8} {cfg.description}")
+    return 0
+
+
+def cmd_import_keras(args: argparse.Namespace) -> int:
+    from cifar100.config import DataConfig
+    from cifar100.keras_import import import_keras_model
+    from cifar100.paths import resolve_cache_dir
+
+    names = None
+    if args.class_names:
+        try:
+            text = Path(args.class_names).read_text(encoding="utf-8")
+        except OSError as e:
+            raise CifarError(
+                f"{args.class_names}: cannot read class names ({e.strerror})"
+            ) from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    out = import_keras_model(
+        args.file,
+        args.out,
+        DataConfig(dataset=args.dataset, path=args.data),
+        resolve_cache_dir(args.cache_dir),
+        class_names=names,
+        preprocess=args.preprocess,
+        progress=not args.no_progress,
+    )
+    print(f"imported {args.file} into {out}; next: cifar100 evaluate {out}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from cifar100.config import DataConfig
+    from cifar100.data import load_data
+    from cifar100.paths import resolve_cache_dir
+
+    if args.dataset == "folder" and not args.data:
+        raise CifarError("--dataset folder needs --data PATH (a folder or tarball)")
+    cfg = DataConfig(dataset=args.dataset, path=args.data, image_size=args.image_size)
+    splits = load_data(cfg, resolve_cache_dir(args.cache_dir), progress=not args.no_progress)
+    print(
+        f"{splits.name}: {len(splits.train)} train / {len(splits.test)} test images, "
+        f"{splits.train.image_size}x{splits.train.image_size}, {len(splits.classes)} classes"
+    )
+    print(f"  source: {splits.source}")
+    print(f"  classes: {', '.join(splits.classes)}")
+    if splits.train.coarse_classes:
+        print(f"  superclasses: {', '.join(splits.train.coarse_classes)}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from cifar100.cache import (
+        cache_entries,
+        format_cache,
+        human_size,
+        remove_entries,
+        select_for_clearing,
+    )
+    from cifar100.paths import default_cache_dir
+
+    root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    entries = cache_entries(root) if root.is_dir() else []
+    if args.action == "list":
+        if args.kinds or args.older_than is not None or args.max_gb is not None:
+            raise CifarError("kinds, --older-than and --max-gb go with `cifar100 cache clear`")
+        print(format_cache(root, entries))
+        return 0
+    chosen = select_for_clearing(entries, args.kinds, args.older_than, args.max_gb)
+    size = human_size(sum(e.size for e in chosen))
+    if args.dry_run:
+        for entry in chosen:
+            print(f"would remove {entry.path} ({human_size(entry.size)})")
+        print(f"would free {size} ({len(chosen)} of {len(entries)} entries) in {root}")
+        return 0
+    freed = remove_entries(chosen)
+    print(f"removed {len(chosen)} of {len(entries)} entries ({human_size(freed)}) from {root}")
+    return 0
