@@ -77,7 +77,7 @@ def standalone(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     archive = make_cifar100_archive(root / "c100.tar.gz", n_train=160, n_test=40)
     cache = root / "cache"
-    out = _torchrun("-m", "cifar100", *_args(archive, root / "ddp", cache))
+    out = _torchrun("-m", "cifar100", *_args(archive, root / "ddp", cache, "train.sync_bn=true"))
     return archive, cache, root / "ddp", out
 
 
@@ -85,6 +85,7 @@ def test_two_process_ddp_matches_one_process(standalone, tmp_path):
     archive, cache, ddp_dir, stdout = standalone
     assert stdout.count("test top1") == 1  # rank 0 alone reports
     assert "x 2 processes" in stdout
+    assert stdout.count("train.sync_bn needs CUDA") == 1  # said once, and ignored on CPU
     assert sorted(p.name for p in ddp_dir.iterdir()) == [
         "best.pt",
         "config.json",

@@ -115,6 +115,10 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress) -> Run
     elif cfg.model.weights == "none" and t.freeze_epochs:
         say(f"note: weights=none, so the {t.freeze_epochs} frozen-backbone epochs are skipped")
         t.freeze_epochs = 0
+    if t.sync_bn and dist_info.enabled and device.type != "cuda":
+        say(
+            "note: train.sync_bn needs CUDA (PyTorch's SyncBatchNorm); batch norm stays per process"
+        )
     model.to(device)
     if t.channels_last and device.type in ("cuda", "cpu"):  # measured faster on both
         model.to(memory_format=torch.channels_last)
