@@ -76,7 +76,10 @@ def test_train_writes_a_self_explaining_run_directory(trained):
     assert [r["epoch"] for r in records] == [1, 2]
     assert {"train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr"} <= set(records[0])
     assert "val_top1_ema" in records[0]
+    # The run's whole time, set-up and evaluation included, grows from epoch to epoch.
+    assert records[0]["epoch_s"] < records[0]["wall_s"] < records[1]["wall_s"]
     evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["train_wall_s"] > records[1]["wall_s"]
     assert 0.0 <= evaluation["ema"]["top1"] <= 1.0
     assert evaluation["images"] == 60 and 0.0 <= evaluation["top1"] <= evaluation["top5"] <= 1.0
     state = load_checkpoint(run / "last.pt")
@@ -141,6 +144,7 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(archive, trained, tmp_path, cap
     assert result.saved_at == "epoch 2, step 2 of 3"
     state = load_checkpoint(partial / "last.pt")
     assert state["epoch"] == 1 and state["position"]["step"] == 2
+    stopped_wall = state["wall_s"]
     assert not (partial / "evaluation.json").exists()
     assert len((partial / "metrics.jsonl").read_text().splitlines()) == 1
     # A copy as if stopped under 2-process DDP: one process resumes it, not bit for bit.
@@ -151,6 +155,8 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(archive, trained, tmp_path, cap
     rc = cli.main(["train", "--resume", str(partial), "--cache-dir", str(cache), "--no-progress"])
     assert rc == 0
     _same_run(run, partial)
+    # The resumed session's time adds to the first session's.
+    assert json.loads((partial / "evaluation.json").read_text())["train_wall_s"] > stopped_wall
     capsys.readouterr()
     rc = cli.main(["train", "--resume", str(other), "--cache-dir", str(cache), "--no-progress"])
     assert rc == 0 and "stopped with 2 processes and resumed with 1" in capsys.readouterr().out

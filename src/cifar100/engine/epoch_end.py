@@ -29,6 +29,7 @@ def checkpoint_state(run: Run, optimizer, phase: str, epochs_done: int) -> dict[
         "phase": phase,
         "epoch": epochs_done,
         "best_val_top1": run.best,
+        "wall_s": run.wall_s(),
     }
     if run.ema is not None:
         state["ema"] = run.ema.state_dict()
@@ -51,6 +52,7 @@ def end_epoch(
             "val_top1": val["top1"],
             "val_top5": val["top5"],
             "epoch_s": round(time.perf_counter() - started, 2),
+            "wall_s": round(run.wall_s(), 2),  # since the run began, all sessions
         }
         if run.ema is not None:
             ema = evaluate_model(run.ema.module, run.val_set, run.device, t.eval_batch_size, t.amp)
@@ -131,6 +133,7 @@ def final_test(run: Run, test: dict[str, Any] | None = None) -> dict[str, Any]:
                 "checkpoint": str(run.run_dir / "last.pt"),
                 "epoch": t.epochs,
                 "dataset": run.splits.name,
+                "train_wall_s": round(run.wall_s(), 2),
                 **test,
             },
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,12 @@ class Run:
     ema: ModelEMA | None = field(default=None, repr=False)
     epochs_done: int = 0
     saved_at: str = ""  # where last.pt stands, for messages
+    wall_before: float = 0.0  # seconds the run took in earlier sessions (before a resume)
+    session_start: float = field(default_factory=time.perf_counter)
+
+    def wall_s(self) -> float:
+        """Seconds the run has taken in all, every session's set-up and evaluation included."""
+        return self.wall_before + time.perf_counter() - self.session_start
 
     def resume_position(self, epoch: int) -> dict[str, Any] | None:
         """The saved mid-epoch position when `epoch` is the one the run was stopped in."""

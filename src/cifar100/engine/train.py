@@ -65,6 +65,7 @@ def train(
             runs.check_new_run_dir(run_dir)
         start = time.perf_counter()
         run = _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress)
+        run.session_start = start  # data loading and model set-up count too
         last = cfg.train.epochs
         if stop_after_epochs is not None:
             last = min(last, run.start_epoch + stop_after_epochs)
@@ -140,6 +141,7 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress) -> Run
         model.load_state_dict(state["model"])
         run.start_epoch, run.best = int(state["epoch"]), float(state["best_val_top1"])
         run.epochs_done = run.start_epoch
+        run.wall_before = float(state.get("wall_s", 0.0))
         if state.get("position"):
             say(f"resuming epoch {run.start_epoch + 1} at step {state['position']['step']}")
         if dist_info.is_main:
