@@ -145,3 +145,20 @@ def test_ema_trails_the_weights_and_ramps_its_decay():
     ema.update(model)  # decay ramps: min(0.99, 2/11)
     assert torch.allclose(ema.module.weight, torch.full((1, 2), 1 - 2 / 11))
     assert not ema.module.weight.requires_grad
+
+
+def test_cuda_backends_are_tuned_unless_deterministic(monkeypatch):
+    from cifar100.engine.runtime import tune_backends
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    before = torch.get_float32_matmul_precision()
+    try:
+        tune_backends(torch.device("cpu"))  # CPU numerics stay exactly as they were
+        tune_backends(torch.device("cuda"), deterministic=True)
+        assert not torch.backends.cudnn.benchmark
+        assert torch.get_float32_matmul_precision() == before
+        tune_backends(torch.device("cuda"))
+        assert torch.backends.cudnn.benchmark
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -204,7 +204,7 @@ def evaluate_checkpoint(
     """
     from cifar100.data import load_data
     from cifar100.engine.checkpoint import load_checkpoint, resolve_checkpoint, restore_model
-    from cifar100.engine.runtime import select_device
+    from cifar100.engine.runtime import select_device, tune_backends
     from cifar100.paths import resolve_cache_dir
 
     path = resolve_checkpoint(target, which)
@@ -213,6 +213,7 @@ def evaluate_checkpoint(
     if ema:
         _load_ema(model, state, path)
     dev = select_device(device)
+    tune_backends(dev)
     data_cfg = replace(cfg.data, path=data_path) if data_path else cfg.data
     splits = load_data(
         data_cfg, resolve_cache_dir(cache_dir), seed=cfg.train.seed, progress=progress

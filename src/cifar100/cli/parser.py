@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure training and inference images/s against an eager fp32 baseline",
         description="Time a training step and an inference batch of a backbone on random data, "
         "as a plain eager fp32 model and as this tool runs it (channels-last, fused optimizer; "
-        "bf16 autocast on CUDA; torch.compile with --compile), in the same process, and print "
+        "bf16 autocast and cuDNN autotuning on CUDA; torch.compile with --compile), in the "
+        "same process, and print "
         "the ratios. Absolute numbers on a shared machine are noisy; the ratio is not.",
     )
     n.add_argument("--backbone", default="resnet50v2", metavar="NAME")

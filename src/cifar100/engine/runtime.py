@@ -43,6 +43,16 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
     return contextlib.nullcontext()
 
 
+def tune_backends(device: torch.device, deterministic: bool = False) -> None:
+    """On CUDA, the fast settings for fixed-shape convnets: cuDNN's autotuner picks each
+    convolution's fastest kernel, and float32 matmuls may use TF32. Left alone on other
+    devices, and with `deterministic` (the autotuner's choice can vary between runs)."""
+    if device.type != "cuda" or deterministic:
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed every generator; with `deterministic`, refuse nondeterministic kernels too."""
     random.seed(seed)

@@ -28,7 +28,7 @@ from cifar100.engine.finetune import fit
 from cifar100.engine.head_training import fit_features
 from cifar100.engine.interrupt import SignalStop, StepWatch
 from cifar100.engine.run import Run, TrainResult
-from cifar100.engine.runtime import environment_info, seed_everything
+from cifar100.engine.runtime import environment_info, seed_everything, tune_backends
 from cifar100.errors import CheckpointError, ConfigError
 from cifar100.models.registry import build_model
 from cifar100.paths import resolve_cache_dir
@@ -102,6 +102,7 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress) -> Run
             f"{dist_info.world} processes x {t.accumulate} micro-batches"
         )
     seed_everything(t.seed, t.deterministic)
+    tune_backends(device, t.deterministic)
     say = _printer(progress and dist_info.is_main, dist_info.is_main)
     cache = resolve_cache_dir(cache_dir)
     splits = load_data(cfg.data, cache, seed=t.seed, progress=progress and dist_info.is_main)
