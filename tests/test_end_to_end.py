@@ -305,6 +305,20 @@ def test_unavailable_weights_are_one_clear_line(archive, tmp_path, capsys):
     assert rc == 2 and "--weights none" in err and "\n" not in err
 
 
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(trained, tmp_path, capsys):
+    run, cache = trained
+    early = tmp_path / "early"
+    early.mkdir()
+    for name in ("config.json", "environment.json"):  # all an interrupted first epoch leaves
+        shutil.copy(run / name, early / name)
+    rc = cli.main(["train", "--resume", str(early), "--cache-dir", str(cache), "--no-progress"])
+    assert rc == 0 and "stopped before its first checkpoint" in capsys.readouterr().out
+    _same_run(run, early)  # the saved config, from the start: the same run
+    (early / "last.pt").unlink()  # trained epochs but no last.pt: not silently redone
+    rc = cli.main(["train", "--resume", str(early), "--cache-dir", str(cache), "--no-progress"])
+    assert rc == 2 and "last.pt" in capsys.readouterr().err
+
+
 def test_an_existing_run_is_never_overwritten(trained, capsys):
     run, cache = trained
     before = (run / "last.pt").read_bytes()

@@ -37,12 +37,20 @@ def check_new_run_dir(path: Path) -> None:
         )
 
 
-def prepare_run_dir(path: Path, cfg: Config, environment: dict) -> None:
-    """Create a new run directory with its resolved config and environment."""
-    check_new_run_dir(path)
+def prepare_run_dir(path: Path, cfg: Config, environment: dict, replace: bool = False) -> None:
+    """Create a new run directory with its resolved config and environment (`replace`: those
+    of a run that never reached a checkpoint, started again)."""
+    if not replace:
+        check_new_run_dir(path)
     path.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path / CONFIG, cfg.to_dict())
     write_json_atomic(path / ENVIRONMENT, environment)
+
+
+def never_checkpointed(path: Path) -> bool:
+    """A run directory that holds its config but no checkpoint and no trained epoch."""
+    has = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    return CONFIG in has and not has & {"last.pt", "best.pt"} and not read_metrics(path / METRICS)
 
 
 def read_run_config(path: Path) -> Config:

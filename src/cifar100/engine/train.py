@@ -49,11 +49,13 @@ def train(
     A run stopped early (a signal, or stop_after_*) returns with `stopped` set and its
     position in last.pt; test metrics come only when every epoch is done.
     """
-    state = None
+    state, restart = None, False
     if resume is not None:
         run_dir = Path(resume)
         cfg = runs.read_run_config(run_dir)
-        state = load_checkpoint(run_dir / "last.pt")
+        # Stopped before its first checkpoint (nothing trained yet): start it again in place.
+        restart = runs.never_checkpointed(run_dir)
+        state = None if restart else load_checkpoint(run_dir / "last.pt")
     elif cfg is None:
         raise ConfigError("train() needs a config or a run directory to resume")
     validate(cfg)
@@ -64,7 +66,7 @@ def train(
             run_dir = distributed.broadcast_object(run_dir, dist_info)  # one name for all ranks
             runs.check_new_run_dir(run_dir)
         start = time.perf_counter()
-        run = _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress)
+        run = _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart)
         run.session_start = start  # data loading and model set-up count too
         last = cfg.train.epochs
         if stop_after_epochs is not None:
@@ -93,7 +95,7 @@ def train(
         distributed.shutdown(dist_info)
 
 
-def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress) -> Run:
+def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart) -> Run:
     """Data, model and run directory; rank 0 alone writes."""
     t = cfg.train
     if t.batch_size % (dist_info.world * t.accumulate):
@@ -136,7 +138,9 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress) -> Run
         if dist_info.is_main:
             env = environment_info(device)
             env.update(data=splits.info, data_source=splits.source, world_size=dist_info.world)
-            runs.prepare_run_dir(run_dir, cfg, env)
+            runs.prepare_run_dir(run_dir, cfg, env, replace=restart)
+        if restart:
+            say(f"{run_dir} stopped before its first checkpoint: starting it again")
     else:
         run.state = state
         model.load_state_dict(state["model"])
