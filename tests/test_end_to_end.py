@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from cifar100 import cli
-from cifar100.config import apply_overrides, load_preset
+from cifar100.config import apply_overrides, load_preset, preset_names
 from cifar100.engine.checkpoint import load_checkpoint, save_checkpoint
 from cifar100.engine.train import train
 from synthetic_cifar import make_cifar100_archive
@@ -197,6 +197,33 @@ def test_sigterm_saves_the_position_and_resume_finishes_the_same_run(archive, tr
     rc = cli.main(["train", "--resume", str(stopped), "--cache-dir", str(cache), "--no-progress"])
     assert rc == 0
     _same_run(run, stopped)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_trains(preset, archive, tmp_path, monkeypatch):
+    # Each preset's whole recipe (policies, mixing, EMA, frozen phase, features mode) for a
+    # couple of steps at 32x32; random weights stand in for the pretrained ones.
+    from cifar100.models import registry
+
+    monkeypatch.setattr(registry, "load_backbone_weights", lambda *a, **k: None)
+    cfg = apply_overrides(
+        load_preset(preset),
+        [f"data.path={archive}", "model.resize=1", "train.epochs=2", "train.batch_size=32",
+         "train.eval_batch_size=64", "train.warmup_epochs=0.5", "data.limit_test=20"],
+    )  # fmt: skip
+    cfg.train.freeze_epochs = min(cfg.train.freeze_epochs, 1)
+    result = train(cfg, out=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False,
+                   stop_after_steps=5)  # fmt: skip
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["config"]["preset"] == preset
+    if cfg.train.mode == "features":  # head epochs are seconds: it stops at epoch ends only
+        assert result.stopped is None and result.test["images"] == 20
+    else:
+        # 3 steps an epoch: stopped in epoch 2, fine-tuning, after a frozen epoch 1 if any.
+        assert result.stopped == "max_steps" and state["position"]["step"] == 2
+        first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+        assert first["phase"] == ("frozen" if cfg.train.freeze_epochs else "finetune")
+        assert state["phase"] == "finetune"
 
 
 def test_evaluate_prints_and_writes_json(trained, capsys):
