@@ -75,7 +75,7 @@ CAPTIONS = [
 
 
 def _make_plots(run_dir: Path) -> dict[str, Path]:
-    """PNG of every plot the run's files allow (plots.py decides which)."""
+    """PNG of every plot the run's files allow (cifar100.plots.plot_run decides which)."""
     from cifar100.plots import plot_run
 
     made = plot_run(run_dir)

@@ -1,0 +1,105 @@
+"""Figures for a run: training curves, learning rate, confusion matrices, examples, per class.
+
+    from cifar100.plots import plot_run
+    plot_run(Path("runs/20240101-120000-seed"))  # writes runs/.../plots/*.png and *.svg
+
+Figures are built on `matplotlib.figure.Figure` directly (Agg), never through pyplot, so no
+global figure state leaks between calls or threads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from cifar100.engine.runs import EVALUATION, METRICS, read_metrics
+from cifar100.plots.confusion import (
+    confusion_matrix,
+    most_confused_pairs,
+    plot_confused_pairs,
+    plot_confusion,
+    superclass_confusion,
+    superclass_order,
+)
+from cifar100.plots.figure import save_figure
+from cifar100.plots.predictions import (
+    per_class_from,
+    plot_examples,
+    plot_per_class,
+    plot_reliability,
+)
+from cifar100.plots.training import plot_curves, plot_lr
+
+__all__ = [
+    "confusion_matrix",
+    "most_confused_pairs",
+    "plot_confused_pairs",
+    "plot_confusion",
+    "plot_curves",
+    "plot_examples",
+    "plot_lr",
+    "plot_per_class",
+    "plot_reliability",
+    "plot_run",
+    "save_figure",
+    "superclass_confusion",
+    "superclass_order",
+]
+
+PREDICTIONS = "predictions.npz"
+PLOTS_DIR = "plots"
+
+
+def plot_run(run_dir: str | Path) -> dict[str, list[Path]]:
+    """Write every plot the run directory's files allow into run_dir/plots; name -> files.
+
+    Curves need only metrics.jsonl (an interrupted run can be plotted); per-class accuracy uses
+    evaluation.json; confusion, mistakes and examples need predictions.npz."""
+    run_dir = Path(run_dir)
+    out = run_dir / PLOTS_DIR
+    written: dict[str, list[Path]] = {}
+
+    def save(name: str, fig: Figure) -> None:
+        written[name] = save_figure(fig, out / name)
+
+    records = read_metrics(run_dir / METRICS)
+    if records:
+        save("curves", plot_curves(records))
+        save("lr", plot_lr(records))
+
+    per_class = None
+    if (run_dir / EVALUATION).is_file():
+        evaluation = json.loads((run_dir / EVALUATION).read_text())
+        per_class = evaluation.get("per_class")
+        if evaluation.get("calibration", {}).get("bins"):
+            save("reliability", plot_reliability(evaluation["calibration"]))
+
+    if (run_dir / PREDICTIONS).is_file():
+        with np.load(run_dir / PREDICTIONS, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+        labels = arrays["labels"]
+        preds = arrays["logits"].argmax(axis=1)
+        classes = [str(c) for c in arrays["classes"]]
+        f2c = arrays.get("fine_to_coarse")
+        save("confusion", plot_confusion(labels, preds, classes, fine_to_coarse=f2c))
+        if f2c is not None and "coarse_classes" in arrays:
+            coarse = [str(c) for c in arrays["coarse_classes"]]
+            save("superclass_confusion", superclass_confusion(labels, preds, f2c, coarse))
+        pairs = most_confused_pairs(labels, preds, classes)
+        if pairs:
+            save("confused_pairs", plot_confused_pairs(pairs))
+        if "images" in arrays:
+            save("examples", plot_examples(arrays["images"], labels, preds, classes))
+            if pairs:  # at least one mistake to show
+                save(
+                    "mistakes",
+                    plot_examples(arrays["images"], labels, preds, classes, only_wrong=True),
+                )
+        per_class = per_class or per_class_from(labels, preds, classes)
+
+    if per_class:
+        save("per_class", plot_per_class(per_class))
+    return written

@@ -1,0 +1,99 @@
+"""Training-curve figures from metrics.jsonl: loss and accuracy per epoch, the learning rate."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+
+def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """(epochs, values) for the records that carry `key` (EMA keys appear only in some runs)."""
+    pairs = [(r["epoch"], r[key]) for r in records if r.get(key) is not None and "epoch" in r]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _mark_phases(ax: Any, records: Sequence[dict[str, Any]]) -> None:
+    """A dashed vertical line where the phase changes (frozen backbone -> fine-tuning)."""
+    for prev, cur in zip(records, records[1:]):
+        if prev.get("phase") != cur.get("phase"):
+            x = (prev["epoch"] + cur["epoch"]) / 2
+            ax.axvline(x, color="0.4", linestyle="--", linewidth=1)
+            ax.annotate(
+                f"{cur.get('phase')} \u2192",
+                xy=(x, 1),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                fontsize=8,
+                color="0.3",
+            )
+
+
+def _epoch_axis(ax: Any, records: Sequence[dict[str, Any]]) -> None:
+    ax.set_xlabel("epoch")
+    ax.grid(True, alpha=0.3)
+    # Whole epochs only: matplotlib would otherwise label 2.5, 7.5, ...
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+
+
+def plot_curves(records: Sequence[dict[str, Any]]) -> Figure:
+    """Loss and top-1 accuracy per epoch (train, val, EMA val where logged), side by side."""
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for key, label, style in [
+        ("train_loss", "train", "-o"),
+        ("val_loss", "validation", "-s"),
+        ("val_loss_ema", "validation (EMA)", "--^"),
+    ]:
+        x, y = _series(records, key)
+        if x:
+            ax_loss.plot(x, y, style, markersize=3, label=label)
+    for key, label, style in [
+        ("train_top1", "train top-1", "-o"),
+        ("val_top1", "validation top-1", "-s"),
+        ("val_top1_ema", "validation top-1 (EMA)", "--^"),
+        ("val_top5", "validation top-5", ":s"),
+    ]:
+        x, y = _series(records, key)
+        if x:
+            ax_acc.plot(x, [100 * v for v in y], style, markersize=3, label=label)
+    losses = [v for line in ax_loss.get_lines() for v in line.get_ydata() if v > 0]
+    if losses and max(losses) / min(losses) >= 100:  # a diverging early epoch flattens the rest
+        ax_loss.set_yscale("log")
+    ax_loss.set_title("Loss")
+    ax_loss.set_ylabel("cross-entropy loss")
+    ax_acc.set_title("Accuracy")
+    ax_acc.set_ylabel("accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        _epoch_axis(ax, records)
+        _mark_phases(ax, records)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    best = _series(records, "val_top1")[1]
+    suffix = f" \u2014 best validation top-1 {100 * max(best):.2f}%" if best else ""
+    fig.suptitle(f"Performance{suffix}")
+    return fig
+
+
+def plot_lr(records: Sequence[dict[str, Any]]) -> Figure:
+    """Learning rate per epoch; log scale when it spans two decades or more."""
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    x, y = _series(records, "lr")
+    ax.plot(x, y, "-o", markersize=3)
+    # Log scale only where most epochs run decades below the peak (steady exponential decay);
+    # a cosine's tail near zero would otherwise squash the whole schedule into one corner.
+    positive = sorted(v for v in y if v > 0)
+    if positive and positive[len(positive) // 2] <= positive[-1] / 100:
+        ax.set_yscale("log")
+    ax.set_title("Learning rate")
+    ax.set_ylabel("learning rate (at epoch end)")
+    _epoch_axis(ax, records)
+    _mark_phases(ax, records)
+    return fig
+
+
+# --- confusion ----------------------------------------------------------------------------------
