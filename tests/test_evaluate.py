@@ -155,7 +155,8 @@ def test_tta_and_ema_flags(runs, capsys):
     # Each variant has its own files; the run's record (read by report, compare) is untouched.
     for name in ("ema", "tta", "best-ema-tta"):
         assert json.loads((run / f"evaluation-{name}.json").read_text())["images"] == 40
-        assert (run / f"predictions-{name}.npz").is_file()
+        with np.load(run / f"predictions-{name}.npz") as z:  # logits, not the images again
+            assert z["logits"].shape == (40, 100) and "images" not in z.files
     assert (run / "evaluation.json").read_bytes() == record
     assert np.array_equal(np.load(run / "predictions.npz")["logits"], plain_logits)
 

@@ -239,7 +239,9 @@ def evaluate_checkpoint(
         predictions_path = (
             target / f"{name}.npz" if target.is_dir() else target.with_suffix(f".{name}.npz")
         )
-    save_predictions(predictions_path, logits, test, mapping, coarse)
+    # Variants keep their logits only: the images (30 MB for CIFAR-100) are the plain one's.
+    plain = variant_suffix(which, tta_flip, ema) == ""
+    save_predictions(predictions_path, logits, test, mapping, coarse, images=plain)
     extra: dict[str, Any] = {"tta": "flip" if tta_flip else "none"}
     if ema:
         extra["weights"] = "ema"
@@ -260,16 +262,19 @@ def save_predictions(
     data: ImageSet,
     fine_to_coarse: list[int] | None = None,
     coarse_classes: list[str] | None = None,
+    images: bool = True,
 ) -> None:
-    """Labels, logits, class names and test images in one .npz, written atomically (for plots)."""
+    """Labels, logits, class names and (unless `images` is False) the test images in one .npz,
+    written atomically, for the plots."""
     from cifar100.fileio import atomic_path
 
     arrays: dict[str, np.ndarray] = {
         "labels": data.labels.cpu().numpy().astype(np.int64),
         "logits": logits.float().cpu().numpy().astype(np.float32),
         "classes": np.array(data.classes, dtype=str),
-        "images": data.images.cpu().numpy().astype(np.uint8),
     }
+    if images:
+        arrays["images"] = data.images.cpu().numpy().astype(np.uint8)
     if fine_to_coarse is not None and coarse_classes is not None:
         arrays["coarse_classes"] = np.array(coarse_classes, dtype=str)
         arrays["fine_to_coarse"] = np.array(fine_to_coarse, dtype=np.int64)
