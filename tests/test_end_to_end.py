@@ -147,10 +147,12 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(archive, trained, tmp_path, cap
     stopped_wall = state["wall_s"]
     assert not (partial / "evaluation.json").exists()
     assert len((partial / "metrics.jsonl").read_text().splitlines()) == 1
-    # A copy as if stopped under 2-process DDP: one process resumes it, not bit for bit.
+    # A copy as if stopped under 2-process DDP on a GPU (a CUDA generator's 16-byte state):
+    # one CPU process resumes it from the same step, not bit for bit, and says so.
     other = tmp_path / "other"
     shutil.copytree(partial, other)
     state["position"]["rng"].append(state["position"]["rng"][0])
+    state["position"]["generator"] = torch.zeros(16, dtype=torch.uint8)
     save_checkpoint(state, other / "last.pt")
     rc = cli.main(["train", "--resume", str(partial), "--cache-dir", str(cache), "--no-progress"])
     assert rc == 0
@@ -159,7 +161,9 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(archive, trained, tmp_path, cap
     assert json.loads((partial / "evaluation.json").read_text())["train_wall_s"] > stopped_wall
     capsys.readouterr()
     rc = cli.main(["train", "--resume", str(other), "--cache-dir", str(cache), "--no-progress"])
-    assert rc == 0 and "stopped with 2 processes and resumed with 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert rc == 0 and "stopped with 2 processes and resumed with 1" in out
+    assert "resumed on another kind of device" in out
     assert load_checkpoint(other / "last.pt")["epoch"] == 2
 
 

@@ -117,17 +117,7 @@ def train_epoch(
     seen, first, before = 0, 0, 0.0
     if position is not None:
         first, before = int(position["step"]), float(position["elapsed"])
-        gen.set_state(position["generator"])  # the global batch's draws: the same on any world
-        if len(position["rng"]) == dist_info.world:
-            torch.set_rng_state(position["rng"][dist_info.rank])
-            if device.type == "cuda" and position.get("cuda_rng"):
-                torch.cuda.set_rng_state(position["cuda_rng"][dist_info.rank], device)
-        else:
-            run.say(
-                f"note: stopped with {len(position['rng'])} processes and resumed with "
-                f"{dist_info.world}, so dropout draws differ from an unbroken run's until the "
-                "epoch ends"
-            )
+        _restore_draws(position, gen, run)
         if dist_info.is_main:
             sums += position["sums"][:2].to(device)
             seen = int(position["sums"][2])
@@ -205,6 +195,29 @@ def train_epoch(
         "lr": optimizer.param_groups[-1]["lr"],
         "images_per_s": (steps - first) * t.batch_size / max(elapsed, 1e-9),
     }
+
+
+def _restore_draws(position: dict, gen: torch.Generator, run: Run) -> None:
+    """The random state a stopped epoch had: its augmentation generator, this rank's RNG.
+
+    Resumed on another kind of device or process count, the run goes on from the same step
+    with fresh draws, and says so: it is then no longer bit for bit the unbroken run.
+    """
+    device, dist_info = run.device, run.dist
+    try:
+        gen.set_state(position["generator"])  # the global batch's draws, the same on every rank
+    except RuntimeError:  # a CUDA generator's state on a CPU, or the reverse
+        run.say("note: resumed on another kind of device, so augmentation draws differ from here")
+    if len(position["rng"]) != dist_info.world:
+        run.say(
+            f"note: stopped with {len(position['rng'])} processes and resumed with "
+            f"{dist_info.world}, so dropout draws differ from an unbroken run's until the "
+            "epoch ends"
+        )
+        return
+    torch.set_rng_state(position["rng"][dist_info.rank])
+    if device.type == "cuda" and position.get("cuda_rng"):
+        torch.cuda.set_rng_state(position["cuda_rng"][dist_info.rank], device)
 
 
 def _check_and_show(bar, sums, seen, optimizer, epoch, i, rate) -> None:
