@@ -6,7 +6,8 @@
 #   bf16 + channels-last + fused path, then torch.compile), and short real training runs on
 #   the GPU through the CLI: the seed model at 224 on synthetic CIFAR-100-format data (bf16,
 #   channels-last, device-resident batches and augmentation), the same with train.compile,
-#   and a SIGTERM mid-epoch then --resume (the CUDA RNG path of the exact-resume code).
+#   a SIGTERM mid-epoch then --resume (the CUDA RNG path of the exact-resume code), and a
+#   search for host synchronisations inside the step loop (benchmarks/gpu_sync_check.py).
 #   Not covered: NCCL/SyncBN with 2+ ranks (one GPU cannot hold two NCCL ranks).
 #
 # The GPU image has PyTorch but not platformdirs; carry it as a wheel. Here, once:
@@ -27,9 +28,9 @@ export PYTHONPATH=$PWD/src:$PWD/tests${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERE
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
-    N=256 BATCH=32 SIZE=64 STEPS=3 EPOCHS=1 DEVICE=cpu
+    N=256 BATCH=32 SIZE=64 STEPS=3 EPOCHS=1 DEVICE=cpu RESIZE=1
 else
-    N=20000 BATCH=256 SIZE=224 STEPS=20 EPOCHS=2 DEVICE=cuda
+    N=20000 BATCH=256 SIZE=224 STEPS=20 EPOCHS=2 DEVICE=cuda RESIZE=7
 fi
 log() { echo "== $* ($(date +%T))" | tee -a "$OUT/summary.txt"; }
 step() {  # step NAME TIMEOUT_S CMD...: run one check, keep its output, never stop the script
@@ -51,6 +52,10 @@ step bench 240 $PY -m cifar100 bench --backbone resnet50v2 --size "$SIZE" \
     --batch-size "$BATCH" --steps "$STEPS" --warmup 5 --device "$DEVICE"
 step bench_compile 300 $PY -m cifar100 bench --backbone resnet50v2 --size "$SIZE" \
     --batch-size "$BATCH" --steps "$STEPS" --warmup 5 --device "$DEVICE" --compile
+
+# Any place in the step loop that makes the host wait for the GPU (CUDA sync debug mode).
+step sync_check 300 $PY benchmarks/gpu_sync_check.py --preset best --steps 40 \
+    --resize "$RESIZE" --batch-size "$BATCH"
 
 $PY -c "from synthetic_cifar import make_cifar100_archive as m; \
 m('$WORK/c100.tar.gz', n_train=$N, n_test=2000)" || exit 1
