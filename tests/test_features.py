@@ -67,6 +67,14 @@ def _count_calls(module: nn.Module) -> list[int]:
     return calls
 
 
+def _key(model, data, split="train"):
+    """The unflipped entry's key, as cached_features makes it."""
+    return FeatureCache.key(
+        "resnet50v2", "none", 2, model.preprocess.mode, data.image_size, data.fingerprint(),
+        state_digest(model.backbone), False, split, compute="cpu/float32",
+    )  # fmt: skip
+
+
 def _cached(model, data, cache, flip=False, split="train"):
     cfg = ModelConfig(weights="none", resize=2)
     return cached_features(model, data, split, cache, cfg, CPU, batch_size=5, flip=flip)
@@ -242,3 +250,30 @@ def test_a_head_trained_on_features_is_the_full_models_head(tmp_path):
     fresh.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(x), logits)
+
+
+def test_a_stopped_extraction_resumes_from_its_finished_parts(tmp_path, monkeypatch):
+    from cifar100.engine import features
+
+    monkeypatch.setattr(features, "PART_IMAGES", 10)  # batches of 5: parts of 10, 10 and 3
+    model, data = _model(), _data(n=23)
+    reference = extract_features(model, data.images, CPU, batch_size=5)
+    cache = FeatureCache(tmp_path)
+    forward, calls = model.backbone.forward, [0]
+
+    def stops_at_the_fifth_batch(x):
+        calls[0] += 1
+        if calls[0] == 5:  # the first batch of the third part
+            raise KeyboardInterrupt
+        return forward(x)
+
+    monkeypatch.setattr(model.backbone, "forward", stops_at_the_fifth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        _cached(model, data, cache)
+    assert len(list(cache.dir.glob("*-part*of3.pt"))) == 2  # the two finished parts
+    calls[0] = -100  # no more stops
+    feats = _cached(model, data, cache)
+    assert calls[0] == -99  # one batch: only the unfinished part was computed
+    assert torch.equal(feats, reference)  # whole batches: exactly the one-go result
+    assert [p.name for p in cache.dir.iterdir()] == [cache.path(_key(model, data)).name]
+    assert torch.equal(_cached(model, data, cache), reference)

@@ -40,6 +40,7 @@ def extract_features(
     amp: bool = True,
     flip: bool = False,
     progress: bool = False,
+    desc: str | None = None,
 ) -> torch.Tensor:
     """Float32 (N, C) features on the CPU of uint8 (N, H, W, 3) images, exactly as at inference.
 
@@ -52,7 +53,7 @@ def extract_features(
     out: torch.Tensor | None = None
     bar = tqdm(
         total=n,
-        desc="features" + (" (flipped)" if flip else ""),
+        desc=desc or "features" + (" (flipped)" if flip else ""),
         unit="img",
         disable=not progress,
         leave=False,
@@ -164,6 +165,9 @@ class FeatureCache:
             path.unlink(missing_ok=True)
             return None
 
+    def discard(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
     def save(self, key: str, features: torch.Tensor) -> None:
         """Store `features` under `key` atomically; a failed write warns and is skipped."""
         features = features.detach().cpu().contiguous()
@@ -192,6 +196,53 @@ def _checked(entry: object, key: str) -> torch.Tensor:
     if tensor_digest(features) != entry["digest"]:
         raise ValueError("digest mismatch")
     return features
+
+
+# Images per saved part of an extraction (rounded down to whole batches): a stopped
+# extraction loses at most one part's work.
+PART_IMAGES = 8192
+
+
+def extract_in_parts(
+    images: torch.Tensor,
+    key: str,
+    cache: FeatureCache | None,
+    model: Classifier,
+    device: torch.device,
+    batch_size: int,
+    amp: bool,
+    flip: bool,
+    progress: bool,
+) -> torch.Tensor:
+    """Features of `images`, cached under `key`, computed in parts that are cached as they
+    finish: a stopped extraction (Ctrl-C, a crash) resumes from its last finished part.
+
+    The parts are whole batches, so the result equals one uninterrupted extraction's.
+    """
+    per = max(batch_size, PART_IMAGES // batch_size * batch_size)
+    count = -(-len(images) // per)
+    parts = []
+    for i in range(count):
+        lo, hi = i * per, min(len(images), (i + 1) * per)
+        part_key = f"{key}-part{i + 1}of{count}"
+        feats = cache.load(part_key) if cache is not None and count > 1 else None
+        if feats is None or len(feats) != hi - lo:
+            desc = "features" + (" (flipped)" if flip else "")
+            desc += f", part {i + 1}/{count}" if count > 1 else ""
+            feats = extract_features(
+                model, images[lo:hi], device, batch_size, amp, flip, progress, desc
+            )
+            if cache is not None and count > 1:
+                cache.save(part_key, feats)
+        parts.append(feats)
+    if not parts:  # no images: the (0, C) result of the extraction itself
+        parts = [extract_features(model, images, device, batch_size, amp, flip)]
+    out = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if cache is not None:
+        cache.save(key, out)  # the whole entry first, then its parts can go
+        for i in range(count if count > 1 else 0):
+            cache.discard(f"{key}-part{i + 1}of{count}")
+    return out
 
 
 def _compute_tag(device: torch.device, amp: bool) -> str:
@@ -236,12 +287,9 @@ def cached_features(
         key = FeatureCache.key(**common, flip=mirrored, compute=compute)
         feats = cache.load(key) if cache is not None else None
         if feats is None or len(feats) != len(data):
-            feats = extract_features(
-                model, data.images, device, batch_size, amp, mirrored, progress
-            )
+            extract = (model, device, batch_size, amp, mirrored, progress)
+            feats = extract_in_parts(data.images, key, cache, *extract)
             computed = True
-            if cache is not None:
-                cache.save(key, feats)
         parts.append(feats)
     if progress:
         how = f"computed in {time.perf_counter() - start:.1f} s" if computed else "from cache"
