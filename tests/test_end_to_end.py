@@ -413,3 +413,32 @@ def test_features_mode_trains_the_head_on_cached_features(archive, tmp_path, cap
     # A second run reuses the cached features.
     assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
     assert "features: train from cache" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_feature_extraction_at_once_and_head_epochs_cleanly(
+    archive, tmp_path, monkeypatch
+):
+    # Extraction resumes from its cached parts, so Ctrl-C there stops at once (Python's own
+    # handler); the head epochs, seconds each, finish the epoch and save first.
+    from cifar100.engine import head_training
+
+    handlers = {}
+    extract, head_epoch = head_training.cached_features, head_training.train_head_epoch
+
+    def watched(name, fn):
+        def call(*args, **kwargs):
+            handlers.setdefault(name, signal.getsignal(signal.SIGINT))
+            return fn(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(head_training, "cached_features", watched("extract", extract))
+    monkeypatch.setattr(head_training, "train_head_epoch", watched("epoch", head_epoch))
+    cfg = apply_overrides(
+        load_preset("scratch"),
+        [f"data.path={archive}", "train.mode=features", "train.epochs=1", "train.batch_size=32"],
+    )
+    train(cfg, out=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    assert handlers["extract"] is signal.default_int_handler
+    assert handlers["epoch"] is not signal.default_int_handler  # SignalStop's
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after

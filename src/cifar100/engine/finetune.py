@@ -46,29 +46,31 @@ def fit(run: Run, last_epoch: int, progress: bool, watch: StepWatch) -> bool:
         if run.state is not None and run.state.get("ema"):
             run.ema.load_state_dict(run.state["ema"])
     phase, optimizer, step_model = None, None, model
-    for epoch in range(run.start_epoch, last_epoch):
-        new_phase = "frozen" if epoch < t.freeze_epochs else "finetune"
-        if new_phase != phase:
-            phase = new_phase
-            model.backbone.requires_grad_(phase == "finetune")
-            optimizer = build_optimizer(
-                [model.backbone, _non_backbone(model)], t, phase, [t.backbone_lr_scale, 1.0]
-            )
-            state = run.state
-            if state is not None and state.get("phase") == phase and state["epoch"] == epoch:
-                optimizer.load_state_dict(state["optimizer"])
-            step_model = _wrap(model, run)  # DDP registers the parameters that train now
-        position = run.resume_position(epoch)
-        started = time.perf_counter() - (position["elapsed"] if position else 0.0)
-        stats = train_epoch(
-            step_model, batches, optimizer, run, epoch, phase, schedule, progress, watch, position
-        )
-        if stats is None:
-            return True
-        end_epoch(run, epoch, phase, stats, optimizer, started)
-        if watch.after_epoch():
-            return True
-    return False
+    with watch.signals:
+        for epoch in range(run.start_epoch, last_epoch):
+            new_phase = "frozen" if epoch < t.freeze_epochs else "finetune"
+            if new_phase != phase:
+                phase = new_phase
+                model.backbone.requires_grad_(phase == "finetune")
+                optimizer = build_optimizer(
+                    [model.backbone, _non_backbone(model)], t, phase, [t.backbone_lr_scale, 1.0]
+                )
+                state = run.state
+                if state is not None and state.get("phase") == phase and state["epoch"] == epoch:
+                    optimizer.load_state_dict(state["optimizer"])
+                step_model = _wrap(model, run)  # DDP registers the parameters that train now
+            position = run.resume_position(epoch)
+            started = time.perf_counter() - (position["elapsed"] if position else 0.0)
+            stats = train_epoch(
+                step_model, batches, optimizer, run, epoch, phase, schedule, progress, watch,
+                position,
+            )  # fmt: skip
+            if stats is None:
+                return True
+            end_epoch(run, epoch, phase, stats, optimizer, started)
+            if watch.after_epoch():
+                return True
+        return False
 
 
 def _wrap(model: nn.Module, run: Run) -> nn.Module:

@@ -62,21 +62,22 @@ def fit_features(
         optimizer.load_state_dict(state["optimizer"])
     steps = len(train_y) // min(t.batch_size, len(train_y))
     total, warmup = t.epochs * steps, int(t.warmup_epochs * steps)
-    for epoch in range(run.start_epoch, last_epoch):
-        started = time.perf_counter()
-        torch.manual_seed(t.seed * 7_919 + epoch * 31)  # dropout, as in fine-tuning
-        gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
-        stats = train_head_epoch(
-            model.head, train_x, train_y, optimizer, t.batch_size, t.label_smoothing, gen,
-            lr_fn=lambda step: finetune_lr(step, total, warmup, t.lr), step0=epoch * steps,
-        )  # fmt: skip
-        if not math.isfinite(stats["train_loss"]):
-            raise TrainingError(f"epoch {epoch + 1}: the loss is not finite; lower train.lr")
-        stats.pop("steps", None)
-        val = evaluate_head(model.head, val_x, val_y)
-        end_epoch(run, epoch, "features", stats, optimizer, started, val)
-        if watch.after_epoch():
-            return None
+    with watch.signals:  # head epochs only: Ctrl-C during extraction stops at once
+        for epoch in range(run.start_epoch, last_epoch):
+            started = time.perf_counter()
+            torch.manual_seed(t.seed * 7_919 + epoch * 31)  # dropout, as in fine-tuning
+            gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+            stats = train_head_epoch(
+                model.head, train_x, train_y, optimizer, t.batch_size, t.label_smoothing, gen,
+                lr_fn=lambda step: finetune_lr(step, total, warmup, t.lr), step0=epoch * steps,
+            )  # fmt: skip
+            if not math.isfinite(stats["train_loss"]):
+                raise TrainingError(f"epoch {epoch + 1}: the loss is not finite; lower train.lr")
+            stats.pop("steps", None)
+            val = evaluate_head(model.head, val_x, val_y)
+            end_epoch(run, epoch, "features", stats, optimizer, started, val)
+            if watch.after_epoch():
+                return None
     if last_epoch < t.epochs:
         return None
     logits = head_logits(model.head, feats(run.splits.test, "test"))

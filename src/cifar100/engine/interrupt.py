@@ -46,8 +46,8 @@ class SignalStop:
         self.received = signal.Signals(signum).name
         if not self.quiet:
             print(
-                f"\n{self.received}: saving the position after this step, then stopping "
-                "(send it again to stop at once)",
+                f"\n{self.received}: finishing this step (a head epoch in features mode), "
+                "saving, then stopping (send it again to stop at once)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -71,15 +71,17 @@ def train(
         last = cfg.train.epochs
         if stop_after_epochs is not None:
             last = min(last, run.start_epoch + stop_after_epochs)
-        with SignalStop(quiet=not dist_info.is_main) as signals:
-            watch = StepWatch(
-                signals, cfg.train.checkpoint_minutes, dist_info, device, stop_after_steps
-            )
-            if cfg.train.mode == "features":
-                test = fit_features(run, last, progress, watch)
-                stopped = test is None
-            else:
-                test, stopped = None, fit(run, last, progress, watch)
+        # Entered by the loops around their epochs only: Ctrl-C during data loading or feature
+        # extraction stops at once (both resume from their caches).
+        signals = SignalStop(quiet=not dist_info.is_main)
+        watch = StepWatch(
+            signals, cfg.train.checkpoint_minutes, dist_info, device, stop_after_steps
+        )
+        if cfg.train.mode == "features":
+            test = fit_features(run, last, progress, watch)
+            stopped = test is None
+        else:
+            test, stopped = None, fit(run, last, progress, watch)
         if stopped or last < cfg.train.epochs:
             reason = watch.reason or "stop_after_epochs"
             wall = time.perf_counter() - start
