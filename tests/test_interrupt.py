@@ -33,6 +33,16 @@ def test_handlers_are_restored_after_a_normal_exit():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_an_ignored_signal_stays_ignored():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell's background job has it
+    try:
+        with SignalStop():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # caught
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_step_watch_saves_on_its_timer_and_stops_on_request():
     signals = SignalStop()
     never = StepWatch(signals, 0.0, DistInfo(), CPU)
