@@ -7,7 +7,8 @@
 #   the GPU through the CLI: the seed model at 224 on synthetic CIFAR-100-format data (bf16,
 #   channels-last, device-resident batches and augmentation), the same with train.compile,
 #   a SIGTERM mid-epoch then --resume (the CUDA RNG path of the exact-resume code), and a
-#   search for host synchronisations inside the step loop (benchmarks/gpu_sync_check.py).
+#   search for host synchronisations inside the step loop (benchmarks/gpu_sync_check.py),
+#   and the timm adapter's test against the real timm the GPU image has.
 #   Not covered: NCCL/SyncBN with 2+ ranks (one GPU cannot hold two NCCL ranks).
 #
 # The GPU image has PyTorch but not platformdirs; carry it as a wheel. Here, once:
@@ -52,6 +53,9 @@ step bench 240 $PY -m cifar100 bench --backbone resnet50v2 --size "$SIZE" \
     --batch-size "$BATCH" --steps "$STEPS" --warmup 5 --device "$DEVICE"
 step bench_compile 300 $PY -m cifar100 bench --backbone resnet50v2 --size "$SIZE" \
     --batch-size "$BATCH" --steps "$STEPS" --warmup 5 --device "$DEVICE" --compile
+
+# The GPU image has timm, which cannot be installed on the CPU machines: its real test.
+step timm_adapter 180 $PY -m pytest -q -p no:cacheprovider -rs tests/test_timm_adapter.py
 
 # Any place in the step loop that makes the host wait for the GPU (CUDA sync debug mode).
 step sync_check 300 $PY benchmarks/gpu_sync_check.py --preset best --steps 40 \
