@@ -147,6 +147,10 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(archive, trained, tmp_path, cap
     stopped_wall = state["wall_s"]
     assert not (partial / "evaluation.json").exists()
     assert len((partial / "metrics.jsonl").read_text().splitlines()) == 1
+    # Evaluating the stopped run says what its weights are: 1 epoch and 2 steps.
+    argv = ["evaluate", str(partial), "--cache-dir", str(cache), "--no-progress",
+            "--output", str(tmp_path / "mid.json")]  # fmt: skip
+    assert cli.main(argv) == 0 and "(epoch 1 + 2 steps)" in capsys.readouterr().out
     # A copy as if stopped under 2-process DDP on a GPU (a CUDA generator's 16-byte state):
     # one CPU process resumes it from the same step, not bit for bit, and says so.
     other = tmp_path / "other"

@@ -248,7 +248,9 @@ def evaluate_checkpoint(
         extra["ema_updates"] = int(state["ema"].get("updates", 0))
     return {
         "checkpoint": str(path),
-        "epoch": state.get("epoch"),
+        "epoch": state.get("epoch"),  # whole epochs trained
+        # A run stopped mid-epoch: this many steps of the next epoch are in the weights too.
+        **({"steps_into_next_epoch": state["position"]["step"]} if state.get("position") else {}),
         "dataset": splits.name,
         **extra,
         **metrics,

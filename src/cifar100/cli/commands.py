@@ -130,7 +130,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def format_evaluation(m: dict) -> str:
     lines = [
         f"{m['dataset']}: {m['images']} test images, checkpoint {m['checkpoint']} "
-        f"(epoch {m['epoch']})",
+        f"(epoch {m['epoch']}"
+        + (f" + {m['steps_into_next_epoch']} steps" if m.get("steps_into_next_epoch") else "")
+        + ")",
         f"  top-1 {m['top1']:.2%}   top-5 {m['top5']:.2%}   loss {m['loss']:.4f}",
     ]
     if "macro_f1" in m:
