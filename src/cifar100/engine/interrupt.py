@@ -1,8 +1,9 @@
 """Stopping a run without losing it: Ctrl-C / SIGTERM and timed checkpoints within an epoch.
 
-While training runs, the first SIGINT or SIGTERM asks the loop to save its exact position
+While the epochs run, the first SIGINT or SIGTERM asks the loop to save its exact position
 (mid-epoch included) to last.pt and return; `cifar100 train --resume RUN` then continues as
-if nothing happened. A second signal stops at once, as usual.
+if nothing happened. A second signal stops at once, as usual, and so does the first one
+during data loading or feature extraction, which resume from their caches.
 """
 
 from __future__ import annotations

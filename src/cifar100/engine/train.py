@@ -4,8 +4,9 @@ cifar100 train --preset seed                         # the report's model, the s
 cifar100 train --resume runs/<run>                   # continue a stopped or crashed run
 torchrun --nproc_per_node=N -m cifar100 train ...    # DDP, one process per device
 
-Ctrl-C (or SIGTERM from a scheduler) saves the exact position, mid-epoch too, and stops;
-train.checkpoint_minutes also saves it on a timer. --resume continues bit for bit.
+Ctrl-C (or SIGTERM from a scheduler) during the epochs saves the exact position, mid-epoch
+too, and stops; train.checkpoint_minutes also saves it on a timer. --resume continues bit
+for bit.
 """
 
 from __future__ import annotations
