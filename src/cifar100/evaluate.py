@@ -223,25 +223,22 @@ def evaluate_checkpoint(
     model.to(dev)
     mapping = state.get("fine_to_coarse") or fine_to_coarse(test)
     coarse = state.get("coarse_classes") or test.coarse_classes
-    logits = predict_logits(
-        model, test.images, dev, batch_size or cfg.train.eval_batch_size, cfg.train.amp, tta_flip
-    )
+    batch_size = batch_size or cfg.train.eval_batch_size
+    logits = predict_logits(model, test.images, dev, batch_size, cfg.train.amp, tta_flip)
     metrics = classification_metrics(logits, test.labels, test.classes, mapping, coarse)
     if not ema and not tta_flip and isinstance(state.get("ema"), dict):
         ema_model, _ = restore_model(state)
         _load_ema(ema_model, state, path)
-        summary = evaluate_model(
-            ema_model.to(dev), test, dev, batch_size or cfg.train.eval_batch_size, cfg.train.amp
-        )
+        summary = evaluate_model(ema_model.to(dev), test, dev, batch_size, cfg.train.amp)
         metrics["ema"] = {k: summary[k] for k in ("loss", "top1", "top5")}
+    variant = variant_suffix(which, tta_flip, ema)
     if predictions_path is None:
-        target, name = Path(target), f"predictions{variant_suffix(which, tta_flip, ema)}"
+        target, name = Path(target), f"predictions{variant}"
         predictions_path = (
             target / f"{name}.npz" if target.is_dir() else target.with_suffix(f".{name}.npz")
         )
     # Variants keep their logits only: the images (30 MB for CIFAR-100) are the plain one's.
-    plain = variant_suffix(which, tta_flip, ema) == ""
-    save_predictions(predictions_path, logits, test, mapping, coarse, images=plain)
+    save_predictions(predictions_path, logits, test, mapping, coarse, images=variant == "")
     extra: dict[str, Any] = {"tta": "flip" if tta_flip else "none"}
     if ema:
         extra["weights"] = "ema"

@@ -287,8 +287,9 @@ def cached_features(
         key = FeatureCache.key(**common, flip=mirrored, compute=compute)
         feats = cache.load(key) if cache is not None else None
         if feats is None or len(feats) != len(data):
-            extract = (model, device, batch_size, amp, mirrored, progress)
-            feats = extract_in_parts(data.images, key, cache, *extract)
+            feats = extract_in_parts(
+                data.images, key, cache, model, device, batch_size, amp, mirrored, progress
+            )
             computed = True
         parts.append(feats)
     if progress:
