@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 4 as one prepared run, for a session that is lent a GPU machine.
-# It prints what it measured and copies the logs to $OUT. The steps run most important
+# It prints what it measured and leaves in $OUT a summary.txt, the metrics files and
+# logs.tar.gz with every step's log (the device tool brings back at most 8 files). The steps run most important
 # first, under one deadline (GPU_CHECK_BUDGET seconds, default 540), so a device call that
 # runs out of time still brings back what was done; a step that cannot finish is skipped.
 #
@@ -36,6 +37,7 @@ fi
 export PYTHONPATH=$PWD/src:$PWD/tests${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
+LOGS=$(mktemp -d)
 REAL=.gpudata/cifar10-jpeg.tar.gz
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
     N=256 BATCH=32 SIZE=64 STEPS=3 EPOCHS=1 DEVICE=cpu RESIZE=1 REAL_SUBSET=(--set data.limit_train=600 --set data.limit_test=300)
@@ -52,16 +54,17 @@ step() {  # step NAME TIMEOUT_S CMD...: run one check, keep its output, never st
     fi
     [ "$left" -lt "$limit" ] && limit=$left
     log "$name (limit ${limit} s)"
-    timeout -k 10 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
     local rc=$?
-    tail -n 25 "$OUT/$name.log"
+    tail -n 25 "$LOGS/$name.log"
     echo "-- $name: exit $rc" | tee -a "$OUT/summary.txt"
+    tar czf "$OUT/logs.tar.gz" -C "$LOGS" .
 }
 
 log "machine"
 { nvidia-smi -L 2>/dev/null; $PY -c "import torch, sys; print(sys.version.split()[0], \
 torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"; \
-  git rev-parse --short HEAD 2>/dev/null; } | tee -a "$OUT/summary.txt"
+  } | tee -a "$OUT/summary.txt"
 
 BENCH=(-m cifar100 bench --batch-size "$BATCH" --steps "$STEPS" --warmup 5 --device "$DEVICE")
 step bench 150 $PY "${BENCH[@]}" --backbone resnet50v2 --size "$SIZE"
@@ -82,12 +85,12 @@ step train_eager 150 $PY "${TRAIN[@]}" --epochs "$EPOCHS" --out "$WORK/eager"
 
 log "sigterm_resume"
 $PY "${TRAIN[@]}" --epochs 1 --out "$WORK/stopped" --set train.checkpoint_minutes=0.0001 \
-    >"$OUT/sigterm.log" 2>&1 &
+    >"$LOGS/sigterm.log" 2>&1 &
 pid=$!
 for _ in $(seq 600); do [ -f "$WORK/stopped/last.pt" ] && break; sleep 0.2; done
 kill -TERM "$pid"
 wait "$pid"
-echo "-- stopped: exit $? ($(tail -n 1 "$OUT/sigterm.log"))" | tee -a "$OUT/summary.txt"
+echo "-- stopped: exit $? ($(tail -n 1 "$LOGS/sigterm.log"))" | tee -a "$OUT/summary.txt"
 step resume 120 $PY -m cifar100 train --resume "$WORK/stopped" --cache-dir "$WORK/cache" \
     --no-progress
 
@@ -106,5 +109,5 @@ cat "$WORK"/eager/metrics.jsonl "$WORK"/compiled/metrics.jsonl >"$OUT/metrics.js
 
 # The GPU image has timm, which cannot be installed on the CPU machines: its real test.
 step timm_adapter 90 $PY -m pytest -q -p no:cacheprovider -rs tests/test_timm_adapter.py
-rm -rf "$WORK"
+rm -rf "$WORK" "$LOGS"
 log "done"
