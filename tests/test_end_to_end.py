@@ -446,3 +446,37 @@ def test_ctrl_c_stops_feature_extraction_at_once_and_head_epochs_cleanly(
     assert handlers["extract"] is signal.default_int_handler
     assert handlers["epoch"] is not signal.default_int_handler  # SignalStop's
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after
+
+
+@pytest.mark.parametrize("finetune_bn", ["batch", "frozen"])
+def test_finetune_bn_frozen_keeps_the_moving_statistics(archive, tmp_path, finetune_bn):
+    # Keras's fine-tuning guide keeps batch norm in inference mode (training=False) while every
+    # layer trains: its moving statistics stay, its scale and offset still learn.
+    from cifar100.models import registry
+
+    cfg = apply_overrides(
+        load_preset("scratch"),
+        [
+            f"data.path={archive}",
+            "train.epochs=1",
+            "train.freeze_epochs=0",
+            "train.batch_size=32",
+            f"train.finetune_bn={finetune_bn}",
+        ],
+    )
+    torch.manual_seed(0)
+    before = registry.build_model(cfg.model, 100).backbone.state_dict()
+    train(cfg, out=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False)
+    after = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    moved = {k for k, v in before.items() if not torch.equal(v, after["backbone." + k])}
+    stats = {k for k in before if k.endswith(("running_mean", "running_var"))}
+    scales = {
+        k
+        for k in before
+        if k.endswith(".weight") and k[: -len("weight")] + "running_mean" in before
+    }
+    assert stats and scales <= moved  # the batch-norm scales train either way
+    if finetune_bn == "frozen":
+        assert not stats & moved
+    else:
+        assert stats <= moved

@@ -63,6 +63,10 @@ class TrainConfig:
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) for cutmix; 0 disables
     mix_prob: float = 1.0  # probability that a batch is mixed at all (when either alpha > 0)
     backbone_lr_scale: float = 1.0  # the backbone's rate relative to the head's when fine-tuning
+    # Batch norm in the backbone while fine-tuning: batch (batch statistics, moving ones
+    # updated) | frozen (moving statistics, not updated; scales and offsets still train; Keras's
+    # fine-tuning guide: call the base model with training=False)
+    finetune_bn: str = "batch"
     accumulate: int = 1  # micro-batches per step (gradient accumulation) on each process
     ema_decay: float = 0.0  # an EMA of the weights, evaluated beside them (e.g. 0.9998); 0: off
     clip_grad_norm: float = 0.0  # clip the global gradient norm to this; 0 disables
@@ -237,6 +241,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("train.batch_size and train.eval_batch_size must be >= 1")
     if t.policy not in ("none", "trivial", "randaugment"):
         raise ConfigError(f"train.policy={t.policy!r}: choose none, trivial or randaugment")
+    if t.finetune_bn not in ("batch", "frozen"):
+        raise ConfigError(f"train.finetune_bn={t.finetune_bn!r}: choose batch or frozen")
     if t.mode not in ("finetune", "features"):
         raise ConfigError(f"train.mode={t.mode!r}: choose finetune or features")
     for name in ("random_erasing", "mix_prob"):

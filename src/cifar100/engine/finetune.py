@@ -110,6 +110,10 @@ def train_epoch(
     model.train()
     if phase == "frozen":
         model.backbone.eval()  # Keras training=False: batch norm uses its moving statistics
+    elif t.finetune_bn == "frozen":
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()  # moving statistics, kept; its scale and offset still train
     gen_device = device if device.type == "cuda" else torch.device("cpu")
     gen = torch.Generator(device=gen_device).manual_seed(t.seed * 1_000_003 + epoch)
     torch.manual_seed(t.seed * 7_919 + epoch * 31 + dist_info.rank)  # dropout
