@@ -4,7 +4,7 @@
     python benchmarks/vary_setting.py train.finetune_bn=batch,frozen --set train.freeze_epochs=1
 
 Trains one backbone once per value on an image-folder dataset (by default the real CIFAR-10
-JPEGs, 5,000 training images at 64x64, 3 epochs of the `scratch` preset), and prints test
+JPEGs, 5,000 training images at 64x64, ImageNet weights, 3 epochs of the `scratch` preset), and prints test
 accuracy, the validation curve and wall time of each, with the machine it ran on.
 """
 
@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         "data.dataset=folder",
         f"data.path={args.data}",
         f"model.backbone={args.backbone}",
+        "model.weights=imagenet",
         "model.resize=2",
         "data.limit_train=5000",
         "train.epochs=3",

@@ -93,7 +93,27 @@ def test_predictions_npz_round_trips(tmp_path):
         assert z["logits"].dtype == np.float32 and np.allclose(z["logits"], logits.numpy())
         assert z["classes"].tolist() == ["apple", "bee"]
         assert z["coarse_classes"].tolist() == ["things"] and z["fine_to_coarse"].tolist() == [0, 0]
+        assert z["image_index"].tolist() == [0, 1, 2, 3]  # fewer than a grid: every image
         assert z["images"].dtype == np.uint8 and np.array_equal(z["images"], data.images.numpy())
+
+
+def test_predictions_npz_holds_only_the_images_the_grids_show(tmp_path):
+    from cifar100.plots import _test_images
+    from cifar100.plots.predictions import example_indices
+
+    n = 500
+    data = ImageSet(images=_images(n), labels=torch.arange(n) % 10, classes=list("abcdefghij"))
+    logits = torch.randn(n, 10)
+    save_predictions(tmp_path / "p.npz", logits, data)
+    with np.load(tmp_path / "p.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    assert len(arrays["images"]) == len(arrays["image_index"]) <= 72
+    labels, preds = data.labels.numpy(), logits.argmax(1).numpy()
+    full = _test_images(arrays)
+    assert full.shape == tuple(data.images.shape)
+    for wrong in (False, True):
+        shown = example_indices(labels, preds, only_wrong=wrong)
+        assert len(shown) == 36 and np.array_equal(full[shown], data.images.numpy()[shown])
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +143,8 @@ def test_evaluate_writes_predictions_and_new_metrics(runs, capsys):
     assert 0.0 <= result["macro_f1"] <= 1.0 and 0.0 <= result["calibration"]["ece"] <= 1.0
     assert result["predictions"] == str(run / "predictions.npz")
     with np.load(run / "predictions.npz") as z:
-        assert z["logits"].shape == (40, 100) and z["images"].shape == (40, 32, 32, 3)
+        assert z["logits"].shape == (40, 100) and z["images"].shape[1:] == (32, 32, 3)
+        assert len(z["images"]) == len(z["image_index"]) <= 40
         assert len(z["classes"]) == 100 and len(z["fine_to_coarse"]) == 100
         top1 = float((z["logits"].argmax(1) == z["labels"]).mean())
     assert top1 == pytest.approx(result["top1"])

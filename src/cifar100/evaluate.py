@@ -263,17 +263,23 @@ def save_predictions(
     coarse_classes: list[str] | None = None,
     images: bool = True,
 ) -> None:
-    """Labels, logits, class names and (unless `images` is False) the test images in one .npz,
-    written atomically, for the plots."""
+    """Labels, logits, class names and (unless `images` is False) the test images the example
+    grids show, with their indices, in one .npz, written atomically, for the plots."""
     from cifar100.fileio import atomic_path
+    from cifar100.plots.predictions import example_indices
 
     arrays: dict[str, np.ndarray] = {
         "labels": data.labels.cpu().numpy().astype(np.int64),
         "logits": logits.float().cpu().numpy().astype(np.float32),
         "classes": np.array(data.classes, dtype=str),
     }
-    if images:
-        arrays["images"] = data.images.cpu().numpy().astype(np.uint8)
+    if images:  # 72 images at most, not the whole test set (30 MB for CIFAR-100)
+        labels, preds = arrays["labels"], arrays["logits"].argmax(axis=1)
+        shown = np.union1d(
+            example_indices(labels, preds), example_indices(labels, preds, only_wrong=True)
+        )
+        arrays["image_index"] = shown.astype(np.int64)
+        arrays["images"] = data.images[torch.from_numpy(shown)].cpu().numpy().astype(np.uint8)
     if fine_to_coarse is not None and coarse_classes is not None:
         arrays["coarse_classes"] = np.array(coarse_classes, dtype=str)
         arrays["fine_to_coarse"] = np.array(fine_to_coarse, dtype=np.int64)

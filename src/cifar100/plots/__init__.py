@@ -92,14 +92,23 @@ def plot_run(run_dir: str | Path) -> dict[str, list[Path]]:
         if pairs:
             save("confused_pairs", plot_confused_pairs(pairs))
         if "images" in arrays:
-            save("examples", plot_examples(arrays["images"], labels, preds, classes))
+            images = _test_images(arrays)
+            save("examples", plot_examples(images, labels, preds, classes))
             if pairs:  # at least one mistake to show
-                save(
-                    "mistakes",
-                    plot_examples(arrays["images"], labels, preds, classes, only_wrong=True),
-                )
+                save("mistakes", plot_examples(images, labels, preds, classes, only_wrong=True))
         per_class = per_class or per_class_from(labels, preds, classes)
 
     if per_class:
         save("per_class", plot_per_class(per_class))
     return written
+
+
+def _test_images(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The test images indexed like the labels: the file holds only the grids' images (with
+    `image_index`), or all of them (files written before it did)."""
+    images = arrays["images"]
+    if "image_index" not in arrays:
+        return images
+    full = np.zeros((len(arrays["labels"]), *images.shape[1:]), dtype=images.dtype)
+    full[arrays["image_index"]] = images
+    return full

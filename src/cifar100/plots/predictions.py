@@ -15,20 +15,37 @@ from cifar100.plots.confusion import confusion_matrix
 CORRECT, WRONG = "#1a7f37", "#cf222e"  # green / red that stay distinct on white
 
 
+EXAMPLES = 36  # images in each grid
+
+
+def example_indices(
+    labels: np.ndarray,
+    preds: np.ndarray,
+    n: int = EXAMPLES,
+    seed: int = 0,
+    only_wrong: bool = False,
+) -> np.ndarray:
+    """The test images an example grid shows: `n` drawn at random (misclassified ones only
+    with `only_wrong`), sorted; the same for the same predictions and seed."""
+    pool = np.flatnonzero(labels != preds) if only_wrong else np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+
+
 def plot_examples(
     images: np.ndarray,
     labels: np.ndarray,
     preds: np.ndarray,
     classes: Sequence[str],
-    n: int = 36,
+    n: int = EXAMPLES,
     seed: int = 0,
     only_wrong: bool = False,
 ) -> Figure:
-    """A grid of random test images titled "true / predicted": green if right, red if wrong."""
+    """A grid of random test images titled "true / predicted": green if right, red if wrong.
+
+    `images` is indexed like `labels`; only the rows `example_indices` picks are read."""
     labels, preds = np.asarray(labels), np.asarray(preds)
-    pool = np.flatnonzero(labels != preds) if only_wrong else np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    picked = np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
+    picked = example_indices(labels, preds, n, seed, only_wrong)
     cols = max(1, math.ceil(math.sqrt(len(picked))))
     rows = max(1, math.ceil(len(picked) / cols))
     fig = Figure(figsize=(1.6 * cols, 1.75 * rows + 0.4), layout="constrained")
