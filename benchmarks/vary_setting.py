@@ -4,8 +4,9 @@
     python benchmarks/vary_setting.py train.finetune_bn=batch,frozen --set train.freeze_epochs=1
 
 Trains one backbone once per value on an image-folder dataset (by default the real CIFAR-10
-JPEGs, 5,000 training images at 64x64, ImageNet weights, 3 epochs of the `scratch` preset), and prints test
-accuracy, the validation curve and wall time of each, with the machine it ran on.
+JPEGs, 5,000 training images at 64x64, ImageNet weights, 3 epochs of the `scratch` preset),
+and prints test accuracy, the validation curve and wall time of each, with the machine it
+ran on.
 """
 
 from __future__ import annotations

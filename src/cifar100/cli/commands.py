@@ -250,9 +250,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_presets(args: argparse.Namespace) -> int:
     from cifar100.config import load_preset, preset_names
 
-    for name in preset_names():
-        cfg = load_preset(name)
-        print(f"{name:<8} {cfg.description}")
+    names = preset_names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {load_preset(name).description}")
     return 0
 
 
