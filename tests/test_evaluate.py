@@ -204,3 +204,17 @@ def test_compare_lists_runs_and_rejects_other_directories(runs, tmp_path, capsys
     assert cli.main(["compare", str(ema), str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert str(tmp_path) in err and "not a cifar100 run" in err and "\n" not in err
+
+
+def test_compare_gives_no_image_rate_for_a_features_run(tmp_path):
+    # Its epochs train the head on cached features (tens of thousands a second), which would
+    # read as a backbone's images/s beside fine-tuning runs.
+    from cifar100.compare import summarize_run
+    from cifar100.config import load_preset
+
+    (tmp_path / "config.json").write_text(json.dumps(load_preset("cpu").to_dict()))
+    record = {"epoch": 1, "images_per_s": 35000.0, "val_top1": 0.7, "wall_s": 200.0}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    row = summarize_run(tmp_path)
+    assert row["mode"] == "features" and row["train_images_per_s"] is None
+    assert row["best_val_top1"] == 0.7 and row["wall_s"] == 200.0

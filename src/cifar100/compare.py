@@ -20,7 +20,11 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     evaluation = _read_json(path / runs.EVALUATION)
     environment = _read_json(path / runs.ENVIRONMENT)
     val = [r["val_top1"] for r in records if "val_top1" in r]
+    # A features-mode run's epochs time the head on cached features, not images through
+    # the backbone: no figure to set beside fine-tuning runs.
     rates = [r["images_per_s"] for r in records if "images_per_s" in r]
+    if cfg.train.mode == "features":
+        rates = []
     return {
         "run": path.name,
         "path": str(path),
