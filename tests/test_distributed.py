@@ -168,3 +168,19 @@ def test_two_nodes_through_the_rendezvous_equal_one_node(standalone, tmp_path):
     one = load_checkpoint(ddp_dir / "last.pt")["model"]
     two = load_checkpoint(tmp_path / "nodes" / "last.pt")["model"]
     assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_a_process_that_joined_a_group_ends_without_interpreter_shutdown(monkeypatch):
+    # Under torchrun the CLI ends with os._exit after flushing: a DDP model keeps its Gloo
+    # group alive past destroy_process_group, and its threads' teardown during interpreter
+    # shutdown sometimes aborted a finished run (engine.distributed.exit_process).
+    from cifar100.engine import distributed
+
+    exits, flushed = [], []
+    monkeypatch.setattr(distributed.os, "_exit", exits.append)
+    monkeypatch.setattr(distributed.sys.stdout, "flush", lambda: flushed.append("out"))
+    distributed.exit_process(0)
+    assert exits == [] and flushed == []  # an ordinary process returns normally
+    monkeypatch.setattr(distributed, "_joined", True)
+    distributed.exit_process(143)
+    assert exits == [143] and flushed == ["out"]

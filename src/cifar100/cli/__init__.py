@@ -41,6 +41,16 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    # Under torchrun, end the process here (engine.distributed.exit_process says why). Looked
+    # up, not imported: most commands never load torch.
+    distributed = sys.modules.get("cifar100.engine.distributed")
+    if distributed is not None:
+        distributed.exit_process(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
