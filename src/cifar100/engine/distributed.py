@@ -68,7 +68,7 @@ def exit_process(code: int) -> None:
 
     With PyTorch 2.13, a DistributedDataParallel model keeps its Gloo group alive after
     destroy_process_group(). The group's threads are then torn down during interpreter
-    shutdown, where about one finished 2-process run in 30 aborted (SIGABRT, "terminate
+    shutdown, where 2 of 96 finished 2-process runs aborted (SIGABRT, "terminate
     called without an active exception": a Gloo worker thread freeing a tensor could not
     take the GIL, seen in a core dump). Everything a run writes is on disk by now, atomically;
     only the standard streams need flushing. Other processes return normally.
