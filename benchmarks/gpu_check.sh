@@ -25,46 +25,14 @@
 #   mkdir -p .gpudata && cp ../shared/data/cifar10-jpeg.tar.gz .gpudata/
 # then call the device tool with carry [".whl", ".gpudata"] and `bash benchmarks/gpu_check.sh`.
 # A dry run on a CPU (tiny sizes, same steps): GPU_CHECK_QUICK=1 bash benchmarks/gpu_check.sh
-set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
-mkdir -p "$OUT"
-DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-540}))
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD/src:$PWD/tests${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-WORK=$(mktemp -d)
-LOGS=$(mktemp -d)
-REAL=.gpudata/cifar10-jpeg.tar.gz
+BUDGET=${GPU_CHECK_BUDGET:-540}
+source "$(dirname "$0")/gpu_common.sh"
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
     N=256 BATCH=32 SIZE=64 STEPS=3 EPOCHS=1 DEVICE=cpu RESIZE=1 REAL_SUBSET=(--set data.limit_train=600 --set data.limit_test=300)
 else
     N=20000 BATCH=256 SIZE=224 STEPS=30 EPOCHS=2 DEVICE=cuda RESIZE=7 REAL_SUBSET=()
 fi
-log() { echo "== $* ($(date +%T), $((DEADLINE - SECONDS)) s left)" | tee -a "$OUT/summary.txt"; }
-step() {  # step NAME TIMEOUT_S CMD...: run one check, keep its output, never stop the script
-    local name=$1 limit=$2 left=$((DEADLINE - SECONDS - 5))
-    shift 2
-    if [ "$left" -lt 30 ]; then
-        echo "-- $name: skipped, out of time" | tee -a "$OUT/summary.txt"
-        return
-    fi
-    [ "$left" -lt "$limit" ] && limit=$left
-    log "$name (limit ${limit} s)"
-    timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
-    local rc=$?
-    tail -n 25 "$LOGS/$name.log"
-    echo "-- $name: exit $rc" | tee -a "$OUT/summary.txt"
-    tar czf "$OUT/logs.tar.gz" -C "$LOGS" .
-}
-
-log "machine"
-{ nvidia-smi -L 2>/dev/null; $PY -c "import torch, sys; print(sys.version.split()[0], \
-torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"; \
-  } | tee -a "$OUT/summary.txt"
 
 BENCH=(-m cifar100 bench --batch-size "$BATCH" --steps "$STEPS" --warmup 5 --device "$DEVICE")
 step bench 150 $PY "${BENCH[@]}" --backbone resnet50v2 --size "$SIZE"
@@ -83,14 +51,7 @@ TRAIN=(-m cifar100 train --preset seed --weights none --data "$WORK/c100.tar.gz"
 [ "${GPU_CHECK_QUICK:-0}" = 1 ] && TRAIN+=(--set model.resize=2)
 step train_eager 150 $PY "${TRAIN[@]}" --epochs "$EPOCHS" --out "$WORK/eager"
 
-log "sigterm_resume"
-$PY "${TRAIN[@]}" --epochs 1 --out "$WORK/stopped" --set train.checkpoint_minutes=0.0001 \
-    >"$LOGS/sigterm.log" 2>&1 &
-pid=$!
-for _ in $(seq 600); do [ -f "$WORK/stopped/last.pt" ] && break; sleep 0.2; done
-kill -TERM "$pid"
-wait "$pid"
-echo "-- stopped: exit $? ($(tail -n 1 "$LOGS/sigterm.log"))" | tee -a "$OUT/summary.txt"
+stop_mid_epoch sigterm "$WORK/stopped" $PY "${TRAIN[@]}" --epochs 1
 step resume 120 $PY -m cifar100 train --resume "$WORK/stopped" --cache-dir "$WORK/cache" \
     --no-progress
 
@@ -109,5 +70,4 @@ cat "$WORK"/eager/metrics.jsonl "$WORK"/compiled/metrics.jsonl >"$OUT/metrics.js
 
 # The GPU image has timm, which cannot be installed on the CPU machines: its real test.
 step timm_adapter 90 $PY -m pytest -q -p no:cacheprovider -rs tests/test_timm_adapter.py
-rm -rf "$WORK" "$LOGS"
 log "done"

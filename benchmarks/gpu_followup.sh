@@ -14,46 +14,14 @@
 # Carry the wheels and data as gpu_check.sh's header says (carry [".whl", ".gpudata"]), then
 #   bash benchmarks/gpu_followup.sh
 # Dry run on a CPU (tiny sizes, same steps): GPU_CHECK_QUICK=1 bash benchmarks/gpu_followup.sh
-set -uo pipefail
 OUT=${OUT:-/tmp/gpu_followup}
-mkdir -p "$OUT"
-DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET:-420}))
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD/src:$PWD/tests${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-PY=${PYTHON:-python3}
-WORK=$(mktemp -d)
-LOGS=$(mktemp -d)
-REAL=.gpudata/cifar10-jpeg.tar.gz
+BUDGET=${GPU_CHECK_BUDGET:-420}
+source "$(dirname "$0")/gpu_common.sh"
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then
     N=256 BATCH=32 DEVICE=cpu RESIZE=1 SMALLER=1 SMALL=(--set data.limit_train=600 --set data.limit_test=300)
 else
     N=20000 BATCH=256 DEVICE=cuda RESIZE=7 SMALLER=4 SMALL=()
 fi
-log() { echo "== $* ($(date +%T), $((DEADLINE - SECONDS)) s left)" | tee -a "$OUT/summary.txt"; }
-step() {  # step NAME TIMEOUT_S CMD...: run one check, keep its output, never stop the script
-    local name=$1 limit=$2 left=$((DEADLINE - SECONDS - 5))
-    shift 2
-    if [ "$left" -lt 30 ]; then
-        echo "-- $name: skipped, out of time" | tee -a "$OUT/summary.txt"
-        return
-    fi
-    [ "$left" -lt "$limit" ] && limit=$left
-    log "$name (limit ${limit} s)"
-    timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
-    local rc=$?
-    tail -n 25 "$LOGS/$name.log"
-    echo "-- $name: exit $rc" | tee -a "$OUT/summary.txt"
-    tar czf "$OUT/logs.tar.gz" -C "$LOGS" .
-}
-
-log "machine"
-{ nvidia-smi -L 2>/dev/null; $PY -c "import torch, sys; print(sys.version.split()[0], \
-torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"; \
-  } | tee -a "$OUT/summary.txt"
 
 # 1. Exact resume on CUDA, deterministic: the seed model at 128x128 from random init. The
 #    stopped run saves its position at every step (so its last.pt shows the loop is running);
@@ -64,14 +32,7 @@ TRAIN=(-m cifar100 train --preset seed --weights none --data "$WORK/c100.tar.gz"
        --cache-dir "$WORK/cache" --batch-size "$BATCH" --device "$DEVICE" --no-progress
        --deterministic --epochs 2 --set train.freeze_epochs=0 --set model.resize="$SMALLER")
 step unbroken 120 $PY "${TRAIN[@]}" --out "$WORK/unbroken"
-log "stop_mid_epoch"
-$PY "${TRAIN[@]}" --out "$WORK/stopped" --set train.checkpoint_minutes=0.0001 \
-    >"$LOGS/stopped.log" 2>&1 &
-pid=$!
-for _ in $(seq 600); do [ -f "$WORK/stopped/last.pt" ] && break; sleep 0.2; done
-kill -TERM "$pid"
-wait "$pid"
-echo "-- stopped: exit $? ($(tail -n 1 "$LOGS/stopped.log"))" | tee -a "$OUT/summary.txt"
+stop_mid_epoch stopped "$WORK/stopped" $PY "${TRAIN[@]}"
 step resumed 120 $PY -m cifar100 train --resume "$WORK/stopped" --cache-dir "$WORK/cache" \
     --no-progress
 step same_weights 60 $PY -c "
@@ -91,5 +52,4 @@ if [ -f "$REAL" ]; then
     # 2. Compiled, through the frozen -> fine-tuning switch.
     step lite0_compiled 240 $PY "${LITE[@]}" --set train.compile=true --out "$WORK/compiled"
 fi
-rm -rf "$WORK" "$LOGS"
 log "done"
