@@ -1,8 +1,14 @@
+import dataclasses
+import json
+
 import pytest
 
 from cifar100.config import (
+    RANGES,
+    SECTIONS,
     Config,
     apply_overrides,
+    from_dict,
     load_config_file,
     load_preset,
     preset_names,
@@ -39,12 +45,14 @@ def test_overrides_convert_types():
             "train.nesterov=false",
             "data.limit_train=100",
             "model.activation=leaky_relu",
-            "data.path=none",
+            "data.path=",
+            "data.limit_test=none",
         ],
     )
     assert cfg.train.lr == 3e-4 and cfg.train.nesterov is False
     assert cfg.data.limit_train == 100 and cfg.model.activation == "leaky_relu"
-    assert cfg.data.path is None
+    # An empty value clears an optional setting; "none" does too where it cannot be a value.
+    assert cfg.data.path is None and cfg.data.limit_test is None
 
 
 @pytest.mark.parametrize(
@@ -84,3 +92,104 @@ def test_config_file_extends_a_preset(tmp_path):
         load_config_file(f)
     with pytest.raises(ConfigError, match="unknown preset"):
         load_preset("nope")
+
+
+def _fields(kinds: tuple[str, ...]) -> list[str]:
+    """section.name of every setting whose type is one of `kinds` (str, int, float, bool)."""
+    return [
+        f"{section}.{f.name}"
+        for section, cls in SECTIONS.items()
+        for f in dataclasses.fields(cls)
+        if str(f.type).split()[0].split("|")[0] in kinds
+    ]
+
+
+@pytest.mark.parametrize("dotted", _fields(("str",)))
+def test_the_word_none_round_trips_through_every_text_setting(dotted, tmp_path):
+    """`none` is a value of its own (model.preprocess=none is x/255), never "unset"."""
+    section, name = dotted.split(".")
+    cfg = apply_overrides(Config(), [f"{dotted}=none"])
+    assert getattr(getattr(cfg, section), name) == "none"
+    # config.json, as a run directory and every checkpoint keep it
+    again = from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert getattr(getattr(again, section), name) == "none"
+    # a TOML config file
+    f = tmp_path / "c.toml"
+    f.write_text(f'[{section}]\n{name} = "none"\n')
+    assert getattr(getattr(load_config_file(f), section), name) == "none"
+
+
+def test_preprocess_none_survives_config_json_into_the_rebuilt_model():
+    from cifar100.engine.checkpoint import restore_model
+    from cifar100.models.registry import build_model
+
+    cfg = apply_overrides(
+        Config(),
+        ["model.backbone=efficientnet_lite0", "model.weights=none", "model.preprocess=none"],
+    )
+    state = {
+        "config": json.loads(json.dumps(cfg.to_dict())),
+        "classes": ["a", "b"],
+        "model": build_model(cfg.model, num_classes=2).state_dict(),
+    }
+    model, restored = restore_model(state)
+    assert restored.model.preprocess == "none" and model.preprocess.mode == "none"
+
+
+NUMERIC = _fields(("int", "float"))
+
+
+def test_every_numeric_setting_has_a_range():
+    assert sorted(NUMERIC) == sorted(RANGES)
+
+
+@pytest.mark.parametrize("dotted", NUMERIC)
+def test_every_numeric_setting_refuses_values_outside_its_range(dotted):
+    lo, hi, lo_in, hi_in = RANGES[dotted]
+    bad = ["-1", "nan", "inf"] if dotted.endswith(FLOAT_NAMES) else ["-1"]
+    if hi is not None:
+        bad.append(str(hi if not hi_in else hi + 1))
+    if lo is not None and not lo_in:
+        bad.append(str(lo))
+    for value in bad:
+        cfg = apply_overrides(Config(), [f"{dotted}={value}"])
+        with pytest.raises(ConfigError, match=dotted.replace(".", r"\.")) as e:
+            validate(cfg)
+        assert "must be" in str(e.value)
+
+
+FLOAT_NAMES = tuple(d.split(".")[1] for d in _fields(("float",)))
+
+
+def test_a_bad_learning_rate_is_refused_before_a_run_directory_exists(tmp_path):
+    from cifar100.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--set", "train.lr=-0.1", "--out", str(out)]) == 2
+    assert not out.exists()
+    assert main(["train", "--set", "data.limit_train=0", "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evaluate", "RUN", "--batch-size", "0"],
+        ["evaluate", "RUN", "--batch-size", "-5"],
+        ["predict", "RUN", "x.jpg", "-k", "0"],
+        ["bench", "--steps", "0"],
+        ["bench", "--warmup", "-1"],
+        ["bench", "--size", "2"],
+        ["data", "--image-size", "0"],
+        ["cache", "clear", "--max-gb", "-1"],
+        ["cache", "clear", "--older-than", "nan"],
+        ["summary", "--classes", "0"],
+    ],
+)
+def test_numeric_flags_are_checked_by_the_parser(argv, capsys):
+    from cifar100.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "must be" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -176,90 +177,135 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
 def _coerce(value: Any, type_name: Any, dotted: str, origin: str) -> Any:
     t = str(type_name)
     optional = "None" in t
+    kind = t.split()[0].split("|")[0]
     if isinstance(value, str):
-        if optional and value.lower() in ("none", "null", ""):
+        # An empty value clears an optional setting. The words none/null do too, but only for
+        # numbers: for a text setting "none" is a value of its own (model.preprocess=none is
+        # x/255, not "as the weights expect"; a file may be called none), so it is kept as is.
+        if optional and (value == "" or (kind != "str" and value.lower() in ("none", "null"))):
             return None
         try:
-            if t.startswith("bool"):
+            if kind == "bool":
                 if value.lower() in ("1", "true", "yes", "on"):
                     return True
                 if value.lower() in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(value)
-            if t.startswith("int"):
+            if kind == "int":
                 return int(value)
-            if t.startswith("float"):
+            if kind == "float":
                 return float(value)
         except ValueError:
-            kind = t.split()[0].split("|")[0]
             raise ConfigError(f"{origin}: {dotted}={value!r}: expected {kind}") from None
         return value
     if value is None and optional:
         return None
     expected = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
-    kind = t.split()[0].split("|")[0]
     if (
         kind in expected
         and not isinstance(value, expected[kind])
-        or (kind == "int" and isinstance(value, bool))
+        or (kind in ("int", "float") and isinstance(value, bool))
     ):
         raise ConfigError(f"{origin}: {dotted} must be {kind}, got {value!r}")
     return float(value) if kind == "float" else value
 
 
+# The valid range of every numeric setting: (low, high, low included, high included); None is
+# unbounded. validate() checks them all (NaN and infinities included) before anything is created,
+# and a test checks that every numeric field of the dataclasses is listed here.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "data.image_size": (8, 1024, True, True),
+    "data.val_fraction": (0, 1, True, False),
+    "data.test_fraction": (0, 1, False, False),
+    "data.limit_train": (1, None, True, True),
+    "data.limit_test": (1, None, True, True),
+    "model.resize": (1, 32, True, True),
+    "model.head_units": (1, None, True, True),
+    "model.dropout": (0, 1, True, False),
+    "model.leaky_slope": (0, 1, True, False),
+    "model.bn_momentum": (0, 1, True, False),
+    "train.epochs": (1, None, True, True),
+    "train.freeze_epochs": (0, None, True, True),
+    "train.batch_size": (1, None, True, True),
+    "train.head_lr": (0, None, False, True),
+    "train.lr": (0, None, False, True),
+    "train.momentum": (0, 1, True, False),
+    "train.weight_decay": (0, None, True, True),
+    "train.warmup_epochs": (0, None, True, True),
+    "train.label_smoothing": (0, 1, True, False),
+    "train.crop_padding": (0, None, True, True),
+    "train.policy_magnitude": (0, 30, True, True),
+    "train.policy_ops": (0, 30, True, True),  # drawn with replacement; more only erases the image
+    "train.random_erasing": (0, 1, True, True),
+    "train.mixup_alpha": (0, None, True, True),
+    "train.cutmix_alpha": (0, None, True, True),
+    "train.mix_prob": (0, 1, True, True),
+    "train.backbone_lr_scale": (0, None, True, True),
+    "train.accumulate": (1, None, True, True),
+    "train.ema_decay": (0, 1, True, False),
+    "train.clip_grad_norm": (0, None, True, True),
+    "train.seed": (0, 2**32 - 1, True, True),  # numpy's generators take 32-bit seeds
+    "train.eval_batch_size": (1, None, True, True),
+    "train.log_every": (1, None, True, True),
+    "train.checkpoint_minutes": (0, None, True, True),
+}
+
+
+def describe_range(dotted: str) -> str:
+    """The valid range of a numeric setting in words, e.g. "a number > 0" or "in [0, 1)"."""
+    lo, hi, lo_in, hi_in = RANGES[dotted]
+    if lo is not None and hi is not None:
+        return f"in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+    if lo is not None:
+        return f"{'>=' if lo_in else '>'} {lo:g}"
+    return f"{'<=' if hi_in else '<'} {hi:g}"
+
+
+def _in_range(value: float, dotted: str) -> bool:
+    lo, hi, lo_in, hi_in = RANGES[dotted]
+    if not math.isfinite(value):
+        return False
+    if lo is not None and (value < lo or (value == lo and not lo_in)):
+        return False
+    return hi is None or not (value > hi or (value == hi and not hi_in))
+
+
+def _check_ranges(cfg: Config) -> None:
+    for dotted in RANGES:
+        section, _, name = dotted.partition(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is not None and not _in_range(value, dotted):
+            raise ConfigError(f"{dotted}={value}: must be {describe_range(dotted)}")
+
+
 def validate(cfg: Config) -> Config:
     """Check values that types alone cannot; one clear message per problem."""
     d, m, t = cfg.data, cfg.model, cfg.train
+    _check_ranges(cfg)
+    if t.freeze_epochs > t.epochs:
+        raise ConfigError(
+            f"train.freeze_epochs={t.freeze_epochs}: must not exceed train.epochs={t.epochs}"
+        )
+    if t.batch_size % t.accumulate:
+        raise ConfigError(
+            f"train.accumulate={t.accumulate}: must divide train.batch_size={t.batch_size}"
+        )
     if d.dataset not in ("cifar100", "cifar10", "folder"):
         raise ConfigError(f"data.dataset={d.dataset!r}: choose cifar100, cifar10 or folder")
     if d.dataset == "folder" and not d.path:
         raise ConfigError("data.dataset=folder needs --data PATH (a folder or tarball)")
     if d.label not in ("fine", "coarse"):
         raise ConfigError(f"data.label={d.label!r}: choose fine or coarse")
-    if not 0.0 <= d.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction={d.val_fraction}: must be in [0, 1)")
-    if not 0.0 < d.test_fraction < 1.0:
-        raise ConfigError(f"data.test_fraction={d.test_fraction}: must be in (0, 1)")
-    if d.image_size < 8:
-        raise ConfigError(f"data.image_size={d.image_size}: must be at least 8")
     if m.activation not in ("relu", "leaky_relu"):
         raise ConfigError(f"model.activation={m.activation!r}: choose relu or leaky_relu")
     if m.preprocess not in (None, "tf", "torch", "none", "raw", "lite"):
         raise ConfigError(f"model.preprocess={m.preprocess!r}: choose tf, torch, none, raw or lite")
-    if m.resize < 1:
-        raise ConfigError(f"model.resize={m.resize}: must be a whole number >= 1")
-    if not 0.0 <= m.bn_momentum < 1.0:
-        raise ConfigError(f"model.bn_momentum={m.bn_momentum}: must be in [0, 1)")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout={m.dropout}: must be in [0, 1)")
-    if t.epochs < 1 or t.freeze_epochs < 0 or t.freeze_epochs > t.epochs:
-        raise ConfigError(
-            f"train.epochs={t.epochs}, train.freeze_epochs={t.freeze_epochs}: "
-            "need epochs >= 1 and 0 <= freeze_epochs <= epochs"
-        )
-    if t.batch_size < 1 or t.eval_batch_size < 1:
-        raise ConfigError("train.batch_size and train.eval_batch_size must be >= 1")
     if t.policy not in ("none", "trivial", "randaugment"):
         raise ConfigError(f"train.policy={t.policy!r}: choose none, trivial or randaugment")
     if t.finetune_bn not in ("batch", "frozen"):
         raise ConfigError(f"train.finetune_bn={t.finetune_bn!r}: choose batch or frozen")
     if t.mode not in ("finetune", "features"):
         raise ConfigError(f"train.mode={t.mode!r}: choose finetune or features")
-    for name in ("random_erasing", "mix_prob"):
-        if not 0.0 <= getattr(t, name) <= 1.0:
-            raise ConfigError(f"train.{name}={getattr(t, name)}: must be in [0, 1]")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise ConfigError(f"train.ema_decay={t.ema_decay}: must be in [0, 1)")
-    if t.accumulate < 1 or t.batch_size % t.accumulate:
-        raise ConfigError(
-            f"train.accumulate={t.accumulate}: must be >= 1 and divide train.batch_size"
-        )
-    if not 0 <= t.policy_magnitude <= 30 or t.policy_ops < 0:
-        raise ConfigError("train.policy_magnitude must be in 0..30 and train.policy_ops >= 0")
-    if t.mixup_alpha < 0 or t.cutmix_alpha < 0:
-        raise ConfigError("train.mixup_alpha and train.cutmix_alpha must be >= 0")
-    if t.checkpoint_minutes < 0 or t.log_every < 1:
-        raise ConfigError("train.checkpoint_minutes must be >= 0 and train.log_every >= 1")
     if t.optimizer not in ("sgd", "adam", "adamw"):
         raise ConfigError(f"train.optimizer={t.optimizer!r}: choose sgd, adam or adamw")
     if t.device not in ("auto", "cuda", "mps", "cpu") and not t.device.startswith("cuda:"):

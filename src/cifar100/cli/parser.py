@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from cifar100 import __version__
 
@@ -15,6 +16,25 @@ EPILOG = """examples:
   cifar100 predict runs/20261125-120000-seed cat.jpg dog.png
   cifar100 summary --preset seed                    the report's parameter table
 """
+
+
+def at_least(low: float, kind: type = int, strict: bool = False):
+    """An argparse type: a `kind` number >= low (> low if `strict`), finite."""
+    word = "a whole number" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {word}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(
+                f"must be {word} {'>' if strict else '>='} {low:g}, got {text}"
+            )
+        return value
+
+    parse.__name__ = "int" if kind is int else "float"  # argparse names the type in messages
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="which checkpoint of a run directory (default: last)",
     )
     e.add_argument("--data", metavar="PATH", help="read the test data from here instead")
-    e.add_argument("--batch-size", type=int, metavar="N", help="images per inference batch")
+    e.add_argument("--batch-size", type=at_least(1), metavar="N", help="images per inference batch")
     e.add_argument("--json", action="store_true", help="print the JSON result only")
     e.add_argument(
         "--output",
@@ -133,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "-k",
         "--top",
-        type=int,
+        type=at_least(1),
         default=5,
         metavar="K",
         help="how many classes to show (default: 5)",
@@ -150,7 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_args(s, data=False)
     s.add_argument(
-        "--classes", type=int, metavar="N", help="number of classes (default: from the dataset)"
+        "--classes",
+        type=at_least(1),
+        metavar="N",
+        help="number of classes (default: from the dataset)",
     )
 
     b = sub.add_parser(
@@ -176,14 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--backbone", default="resnet50v2", metavar="NAME")
     n.add_argument(
         "--size",
-        type=int,
+        type=at_least(8),
         default=None,
         metavar="PX",
         help="input side (default: the backbone's native size, 224 for resnet50v2)",
     )
-    n.add_argument("--batch-size", type=int, default=64, metavar="N")
-    n.add_argument("--steps", type=int, default=10, metavar="N", help="timed steps (median)")
-    n.add_argument("--warmup", type=int, default=3, metavar="N")
+    n.add_argument("--batch-size", type=at_least(1), default=64, metavar="N")
+    n.add_argument(
+        "--steps", type=at_least(1), default=10, metavar="N", help="timed steps (median)"
+    )
+    n.add_argument("--warmup", type=at_least(0), default=3, metavar="N")
     n.add_argument("--compile", action="store_true", help="torch.compile the tuned variant")
     n.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
     n.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -236,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", metavar="PATH", help="archive, extracted folder or image folder")
     d.add_argument(
         "--image-size",
-        type=int,
+        type=at_least(8),
         default=32,
         metavar="N",
         help="image folders are decoded to N x N (default: 32)",
@@ -257,10 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
         "partial all (clear's default: decoded folders features partial)",
     )  # fmt: skip
     ca.add_argument(
-        "--older-than", type=float, metavar="DAYS", help="only entries unused for DAYS days"
+        "--older-than",
+        type=at_least(0, float),
+        metavar="DAYS",
+        help="only entries unused for DAYS days",
     )
     ca.add_argument(
-        "--max-gb", type=float, metavar="N", help="least recently used first, until N GB remain"
+        "--max-gb",
+        type=at_least(0, float),
+        metavar="N",
+        help="least recently used first, until N GB remain",
     )
     ca.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
     ca.add_argument("--cache-dir", metavar="DIR", help="default: $CIFAR100_CACHE or the user cache")
