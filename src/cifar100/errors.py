@@ -31,3 +31,11 @@ class CheckpointError(CifarError):
 
 class TrainingError(CifarError):
     """Training cannot go on (e.g. the loss became NaN)."""
+
+
+class WriteError(CifarError, OSError):
+    """A file cannot be written: no space left, no permission, a read-only file system.
+
+    Also an OSError, so that code which tolerates a failed write (a cache that cannot be
+    saved) keeps tolerating it.
+    """

@@ -209,7 +209,7 @@ def evaluate_checkpoint(
 
     path = resolve_checkpoint(target, which)
     state = load_checkpoint(path)
-    model, cfg = restore_model(state)
+    model, cfg = restore_model(state, path)
     if ema:
         _load_ema(model, state, path)
     dev = select_device(device)
@@ -227,7 +227,7 @@ def evaluate_checkpoint(
     logits = predict_logits(model, test.images, dev, batch_size, cfg.train.amp, tta_flip)
     metrics = classification_metrics(logits, test.labels, test.classes, mapping, coarse)
     if not ema and not tta_flip and isinstance(state.get("ema"), dict):
-        ema_model, _ = restore_model(state)
+        ema_model, _ = restore_model(state, path)
         _load_ema(ema_model, state, path)
         summary = evaluate_model(ema_model.to(dev), test, dev, batch_size, cfg.train.amp)
         metrics["ema"] = {k: summary[k] for k in ("loss", "top1", "top5")}
@@ -290,6 +290,7 @@ def save_predictions(
 
 
 def _load_ema(model: nn.Module, state: dict[str, Any], path: Path) -> None:
+    from cifar100.engine.checkpoint import load_weights
     from cifar100.errors import CheckpointError
 
     ema = state.get("ema")
@@ -298,12 +299,7 @@ def _load_ema(model: nn.Module, state: dict[str, Any], path: Path) -> None:
             f"{path}: no EMA weights in this checkpoint (train with --set train.ema_decay=0.999 "
             "to keep them); evaluate without --ema"
         )
-    try:
-        model.load_state_dict(ema["model"])
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{path}: its EMA weights do not fit its model: {str(e).splitlines()[0][:200]}"
-        ) from e
+    load_weights(model, ema["model"], path, "EMA weights")
 
 
 def _check_classes(trained: list[str], found: list[str], source: str) -> None:

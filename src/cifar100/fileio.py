@@ -3,28 +3,64 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cifar100.errors import WriteError
+
+MB = 1 << 20
+
+
+def _read_umask() -> int:
+    # Reading the umask means setting it; done once, at import, not while threads write files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only on success."""
+def atomic_path(target: str | os.PathLike, what: str = "file", needed: int = 0) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it onto `target` only on success.
+
+    A write that fails (no space, no permission) raises one WriteError naming `target` (the
+    `what`, e.g. "checkpoint"), and leaves the earlier file there as it was. `needed`, the
+    bytes about to be written, is checked against the free space first.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if needed:
+            check_free_space(target, needed, what)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as e:
+        raise write_failure(target, needed, e, what) from e
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         # fsync so that the rename never exposes a file whose bytes are still in flight.
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the mode any new file gets here.
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
+    except OSError as e:
+        if e.filename not in (None, str(tmp_path), str(target)):
+            raise  # another file the caller was reading: not this write's failure
+        raise write_failure(target, needed, e, what) from e
+    except RuntimeError as e:  # torch.save reports a full disk so ("unexpected pos ...")
+        if needed and not _has_room(target, needed):
+            raise write_failure(target, needed, e, what) from e
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -43,10 +79,12 @@ def write_json_atomic(target: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def torch_save_atomic(obj: Any, target: str | os.PathLike) -> None:
+def torch_save_atomic(
+    obj: Any, target: str | os.PathLike, what: str = "file", needed: int = 0
+) -> None:
     import torch
 
-    with atomic_path(target) as tmp:
+    with atomic_path(target, what, needed) as tmp:
         torch.save(obj, tmp)
 
 
@@ -57,3 +95,69 @@ def mark_used(path: str | os.PathLike) -> None:
     """
     with contextlib.suppress(OSError):
         os.utime(path)
+
+
+def mount_point(path: str | os.PathLike) -> Path:
+    """The mount point of the file system that holds (or would hold) `path`."""
+    p = Path(path).absolute()
+    while not p.exists():
+        p = p.parent
+    p = p.resolve()
+    while not os.path.ismount(p):
+        p = p.parent
+    return p
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes free on the file system that would hold `path` (None if it cannot be told)."""
+    try:
+        return shutil.disk_usage(mount_point(path)).free
+    except OSError:
+        return None
+
+
+def _no_space(target: Path, needed: int, free: int | None, what: str) -> WriteError:
+    sizes = [f"needed about {max(1, round(needed / MB))} MB" if needed else ""]
+    sizes.append(f"{free / MB:.0f} MB free" if free is not None else "")
+    sizes = ", ".join(x for x in sizes if x)
+    return WriteError(
+        f"no space left on {mount_point(target)} to write {what} {target}"
+        + (f" ({sizes})" if sizes else "")
+        + "; free some space there"
+    )
+
+
+def _has_room(target: str | os.PathLike, needed: int) -> bool:
+    free = free_bytes(target)
+    return free is None or free >= needed
+
+
+def check_free_space(target: str | os.PathLike, needed: int, what: str = "file") -> None:
+    """Refuse before writing when the file system cannot hold `needed` more bytes."""
+    if not _has_room(target, needed):
+        raise _no_space(Path(target), needed, free_bytes(target), what)
+
+
+def write_failure(
+    target: str | os.PathLike, needed: int, error: BaseException, what: str = "file"
+) -> WriteError:
+    """The one-line error for a failed write of `target`; the earlier file is untouched."""
+    target = Path(target)
+    code = getattr(error, "errno", None)
+    free = free_bytes(target)
+    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < needed):
+        return _no_space(target, needed, free, what)
+    return WriteError(f"cannot write {what} {target}: {describe_os_error(error)}")
+
+
+def describe_os_error(error: BaseException) -> str:
+    """An OSError (or another write failure) in a few words, with what to do where obvious."""
+    code = getattr(error, "errno", None)
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied; choose a location you can write to"
+    if code == errno.EROFS:
+        return "read-only file system; choose a location you can write to"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device; free some space"
+    text = getattr(error, "strerror", None) or str(error).strip().splitlines()[0][:160]
+    return text or type(error).__name__

@@ -30,7 +30,7 @@ def import_keras_model(
     import torch
 
     out = Path(out)
-    runs.check_new_run_dir(out)
+    runs.check_new_run_dir(out, hint="choose another --out, or remove {path} first")
     imported = load_keras_report_model(path)
     arch = imported.architecture
     meta = _class_meta(data, cache_dir, class_names, progress)

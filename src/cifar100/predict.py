@@ -34,8 +34,9 @@ class Predictor:
     """A trained checkpoint, ready to classify images of any size or mode."""
 
     def __init__(self, checkpoint: str | Path, device: str = "auto", which: str = "last") -> None:
-        state = load_checkpoint(resolve_checkpoint(checkpoint, which))
-        self.model, self.config = restore_model(state)
+        path = resolve_checkpoint(checkpoint, which)
+        state = load_checkpoint(path)
+        self.model, self.config = restore_model(state, path)
         self.classes: list[str] = list(state["classes"])
         self.image_size = int(state.get("image_size", 32))
         self.device = select_device(device)

@@ -63,6 +63,14 @@ def _main(argv: list[str] | None) -> int:
             raise
         print(f"cifar100 {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a user's file or folder: missing, unreadable, unwritable, disk full
+        if args.debug:
+            raise
+        from cifar100.fileio import describe_os_error
+
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"cifar100 {args.command}: error: {where}{describe_os_error(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(
             "interrupted (checkpoints already written are intact; `cifar100 train --resume "

@@ -177,8 +177,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from cifar100.predict import Predictor
 
-    if args.top < 1:
-        raise CifarError("-k/--top must be at least 1")
     predictor = Predictor(args.checkpoint, device=args.device)
     results = predictor.predict_files(args.images, k=args.top)
     for r in results:
@@ -192,10 +190,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    from cifar100.config import validate
     from cifar100.models.registry import build_model
     from cifar100.models.summary import format_summary
 
-    cfg = resolve_config(args)
+    cfg = validate(resolve_config(args))
     cfg.model.weights = "none"  # the table needs shapes and counts, not trained values
     n = args.classes or {"cifar100": 100 if cfg.data.label == "fine" else 20, "cifar10": 10}.get(
         cfg.data.dataset
@@ -238,8 +237,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from cifar100.bench import format_bench, run_bench
     from cifar100.models.registry import get_backbone
 
-    if min(args.batch_size, args.steps) < 1 or args.warmup < 0:
-        raise CifarError("--batch-size and --steps must be >= 1, --warmup >= 0")
     size = args.size or get_backbone(args.backbone).native_size
     result = run_bench(args.backbone, size, args.batch_size, args.device, args.compile,
                        args.warmup, args.steps)  # fmt: skip
@@ -262,15 +259,7 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
     from cifar100.keras_import import import_keras_model
     from cifar100.paths import resolve_cache_dir
 
-    names = None
-    if args.class_names:
-        try:
-            text = Path(args.class_names).read_text(encoding="utf-8")
-        except OSError as e:
-            raise CifarError(
-                f"{args.class_names}: cannot read class names ({e.strerror})"
-            ) from None
-        names = [line.strip() for line in text.splitlines() if line.strip()]
+    names = read_class_names(args.class_names) if args.class_names else None
     out = import_keras_model(
         args.file,
         args.out,
@@ -282,6 +271,33 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
     )
     print(f"imported {args.file} into {out}; next: cifar100 evaluate {out}")
     return 0
+
+
+def read_class_names(path: str) -> list[str]:
+    """Class names, one per line in output order; blank lines skipped, duplicates refused."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CifarError(f"{path}: cannot read class names ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise CifarError(
+            f"{path}: not a UTF-8 text file; give the class names one per line"
+        ) from None
+    names, first_line = [], {}
+    for number, line in enumerate(text.splitlines(), 1):
+        name = line.strip()
+        if not name:
+            continue
+        if name in first_line:
+            raise CifarError(
+                f"{path}: class name {name!r} appears twice (lines {first_line[name]} and "
+                f"{number}); each output needs its own name"
+            )
+        first_line[name] = number
+        names.append(name)
+    if not names:
+        raise CifarError(f"{path}: no class names in it; give one per line")
+    return names
 
 
 def cmd_data(args: argparse.Namespace) -> int:

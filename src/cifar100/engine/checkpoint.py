@@ -1,48 +1,77 @@
-"""Checkpoints: plain tensors and values only, loaded weights-only, written atomically."""
+"""Checkpoints: plain tensors and values only, loaded weights-only, written atomically, with a
+digest of their contents that is checked on load."""
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from cifar100.digest import content_digest, tensor_bytes
 from cifar100.errors import CheckpointError
 from cifar100.fileio import torch_save_atomic
 
 FORMAT = "cifar100-checkpoint"
-VERSION = 1
+# 2: a sha256 of the contents ("digest"); version 1 files (no digest) are still read.
+VERSION = 2
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write `state` (tensors, numbers, strings, lists, dicts); a crash never leaves half a file."""
-    torch_save_atomic({"format": FORMAT, "version": VERSION, **state}, path)
+def save_checkpoint(state: dict[str, Any], path: str | Path, *more: str | Path) -> None:
+    """Write `state` (tensors, numbers, strings, lists, dicts) to `path` (and each of `more`).
+
+    A crash or a full disk never leaves half a file, and the file that was there stays intact.
+    """
+    state = {"format": FORMAT, "version": VERSION, **state}
+    state.pop("digest", None)
+    state["digest"] = content_digest(state)
+    needed = tensor_bytes(state) + (1 << 20)  # the tensors plus the zip's records, about
+    for target in (path, *more):
+        torch_save_atomic(state, target, "checkpoint", needed)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint without running code from it (weights-only unpickling)."""
+    """Load a checkpoint without running code from it (weights-only unpickling), checked
+    against its digest."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    sibling = {"last.pt": "best.pt", "best.pt": "last.pt"}.get(path.name)
+    advice = f"; {path.with_name(sibling)} may still be intact" if sibling else ""
+    if not zipfile.is_zipfile(path):  # every checkpoint torch >= 1.6 writes is a zip
+        what = "an empty file" if path.stat().st_size == 0 else "not a whole PyTorch zip file"
+        raise CheckpointError(f"{path}: damaged or not a cifar100 checkpoint ({what}){advice}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # whatever the unpickler or the zip reader trips over: a bad file
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         detail = detail.split(". ")[0][:160]  # torch's messages run on for several sentences
-        sibling = {"last.pt": "best.pt", "best.pt": "last.pt"}.get(path.name)
-        advice = f"; {path.with_name(sibling)} may still be intact" if sibling else ""
         raise CheckpointError(
             f"{path}: damaged or not a cifar100 checkpoint ({detail}){advice}"
         ) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cifar100 checkpoint (no '{FORMAT}' marker)")
-    if state.get("version", 0) > VERSION:
+    version = state.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint version {state['version']} is newer than this "
+            f"{path}: checkpoint version {version} is newer than this "
             f"cifar100 reads ({VERSION}); upgrade cifar100"
         )
+    if version >= 2:
+        stored = state.pop("digest", None)
+        try:
+            actual = content_digest(state)
+        except TypeError as e:  # a value no checkpoint of ours holds
+            actual = str(e)
+        if actual != stored:
+            raise CheckpointError(
+                f"{path}: damaged: its contents do not match the digest stored when it was "
+                f"written (a changed byte on disk or in a copy){advice}"
+            )
     return state
 
 
@@ -62,7 +91,33 @@ def resolve_checkpoint(target: str | Path, which: str = "last") -> Path:
     return target
 
 
-def restore_model(state: dict[str, Any]):
+def load_weights(model: nn.Module, weights: Any, source: str | Path, what: str = "weights") -> None:
+    """`model.load_state_dict(weights)`, or one line naming `source` and what does not fit."""
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{source}: its {what} are not a state dict")
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    wrong = [
+        f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in weights
+        and (not isinstance(weights[k], torch.Tensor) or weights[k].shape != v.shape)
+    ]
+    problems = [
+        f"{len(wrong)} of another shape (first: {wrong[0]}, file vs model)" if wrong else "",
+        f"{len(missing)} missing (first: {missing[0]})" if missing else "",
+        f"{len(unexpected)} unexpected (first: {unexpected[0]})" if unexpected else "",
+    ]
+    if any(problems):
+        raise CheckpointError(
+            f"{source}: its {what} do not fit the model its settings describe: "
+            f"{'; '.join(p for p in problems if p)} ({len(expected)} tensors expected)"
+        )
+    model.load_state_dict(weights)
+
+
+def restore_model(state: dict[str, Any], source: str | Path = "checkpoint"):
     """Rebuild the checkpoint's model (in inference mode) and its config."""
     from cifar100.config import from_dict
     from cifar100.models.registry import build_model
@@ -71,12 +126,10 @@ def restore_model(state: dict[str, Any]):
         cfg = from_dict(state["config"], preset=state["config"].get("preset", "custom"))
         cfg.model.weights = "none"  # the checkpoint carries the trained weights itself
         model = build_model(cfg.model, num_classes=len(state["classes"]))
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], source)
     except KeyError as e:
-        raise CheckpointError(f"checkpoint lacks {e}; it was not written by cifar100 train") from e
-    except RuntimeError as e:
         raise CheckpointError(
-            f"checkpoint weights do not fit its model: {str(e).splitlines()[0][:200]}"
+            f"{source}: checkpoint lacks {e}; it was not written by cifar100 train"
         ) from e
     model.eval()
     return model, cfg

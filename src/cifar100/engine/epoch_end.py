@@ -67,9 +67,8 @@ def end_epoch(
         improved = val["top1"] > run.best
         run.best = max(run.best, val["top1"])
         state = {**checkpoint_state(run, optimizer, phase, epoch + 1), "val_top1": val["top1"]}
-        save_checkpoint(state, run.run_dir / "last.pt")
-        if improved:
-            save_checkpoint(state, run.run_dir / "best.pt")
+        best = [run.run_dir / "best.pt"] if improved else []
+        save_checkpoint(state, run.run_dir / "last.pt", *best)
     run.epochs_done, run.saved_at = epoch + 1, f"the end of epoch {epoch + 1}"
     distributed.barrier(run.dist)
 

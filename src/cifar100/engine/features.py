@@ -22,6 +22,7 @@ from tqdm import tqdm
 from cifar100.config import ModelConfig
 from cifar100.data.augment import to_float_nchw
 from cifar100.data.tensors import ImageSet
+from cifar100.digest import hash_tensor, tensor_digest
 from cifar100.engine.runtime import autocast
 from cifar100.fileio import mark_used, torch_save_atomic
 from cifar100.models.head import Classifier
@@ -80,20 +81,6 @@ def extract_features(
     return out.cpu()
 
 
-def _update(h: hashlib._Hash, t: torch.Tensor) -> None:
-    # dtype and shape first, so equal bytes of a different layout never collide.
-    t = t.detach().cpu().contiguous()
-    h.update(f"{t.dtype}{tuple(t.shape)};".encode())
-    h.update(t.reshape(-1).view(torch.uint8).numpy())
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    """sha256 of a tensor's dtype, shape and bytes."""
-    h = hashlib.sha256()
-    _update(h, t)
-    return h.hexdigest()
-
-
 def state_digest(module: nn.Module) -> str:
     """A short hash of a module's state_dict (names, dtypes, shapes, values).
 
@@ -102,7 +89,7 @@ def state_digest(module: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         h.update(name.encode() + b"\0")
-        _update(h, t)
+        hash_tensor(h, t)
     return h.hexdigest()[:16]
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from cifar100.config import Config, from_dict
+from cifar100.engine.run_lock import LOCK_NAME
 from cifar100.errors import CheckpointError, ConfigError
-from cifar100.fileio import write_json_atomic
+from cifar100.fileio import write_failure, write_json_atomic, write_text_atomic
 
 CONFIG = "config.json"
 ENVIRONMENT = "environment.json"
@@ -28,13 +29,13 @@ def new_run_dir(root: str | Path, preset: str) -> Path:
     return path
 
 
-def check_new_run_dir(path: Path) -> None:
+RESUME_HINT = "pass --resume {path} to continue it, or another --out"
+
+
+def check_new_run_dir(path: Path, hint: str = RESUME_HINT) -> None:
     """Refuse to overwrite an earlier run's work (checked before any slow step)."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ConfigError(
-            f"run directory {path} already holds a run: pass --resume {path} "
-            "to continue it, or another --out"
-        )
+    if path.exists() and (not path.is_dir() or any(p.name != LOCK_NAME for p in path.iterdir())):
+        raise ConfigError(f"run directory {path} already holds a run: {hint.format(path=path)}")
 
 
 def prepare_run_dir(path: Path, cfg: Config, environment: dict, replace: bool = False) -> None:
@@ -43,14 +44,16 @@ def prepare_run_dir(path: Path, cfg: Config, environment: dict, replace: bool = 
     if not replace:
         check_new_run_dir(path)
     path.mkdir(parents=True, exist_ok=True)
+    if replace:  # epochs logged before a save that never landed are not part of the run
+        (path / METRICS).unlink(missing_ok=True)
     write_json_atomic(path / CONFIG, cfg.to_dict())
     write_json_atomic(path / ENVIRONMENT, environment)
 
 
 def never_checkpointed(path: Path) -> bool:
-    """A run directory that holds its config but no checkpoint and no trained epoch."""
-    has = {p.name for p in path.iterdir()} if path.is_dir() else set()
-    return CONFIG in has and not has & {"last.pt", "best.pt"} and not read_metrics(path / METRICS)
+    """A run directory that holds its config but no checkpoint to continue from (stopped, or
+    its first save failed, before last.pt was written): it can only start again."""
+    return (path / CONFIG).is_file() and not (path / "last.pt").exists()
 
 
 def read_run_config(path: Path) -> Config:
@@ -71,16 +74,18 @@ class MetricsLog:
         self.path = path
 
     def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        line = json.dumps(record) + "\n"
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a line cut short is dropped on resume (truncate_after)
+            raise write_failure(self.path, len(line), e, "metrics log") from e
 
     def truncate_after(self, epoch: int) -> None:
         """Drop records past `epoch`, written before a crash the checkpoint does not cover."""
         kept = [r for r in read_metrics(self.path) if r.get("epoch", 0) <= epoch]
-        from cifar100.fileio import write_text_atomic
-
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 

@@ -23,14 +23,15 @@ from cifar100.config import Config, validate
 from cifar100.data import load_data, split_holdout
 from cifar100.data.tensors import fine_to_coarse
 from cifar100.engine import distributed, runs
-from cifar100.engine.checkpoint import load_checkpoint
+from cifar100.engine.checkpoint import load_checkpoint, load_weights
 from cifar100.engine.epoch_end import final_test
 from cifar100.engine.finetune import fit
 from cifar100.engine.head_training import fit_features
 from cifar100.engine.interrupt import SignalStop, StepWatch
 from cifar100.engine.run import Run, TrainResult
+from cifar100.engine.run_lock import RunLock
 from cifar100.engine.runtime import environment_info, seed_everything, tune_backends
-from cifar100.errors import CheckpointError, ConfigError
+from cifar100.errors import CheckpointError, ConfigError, WriteError
 from cifar100.models.registry import build_model
 from cifar100.paths import resolve_cache_dir
 
@@ -50,52 +51,87 @@ def train(
     A run stopped early (a signal, or stop_after_*) returns with `stopped` set and its
     position in last.pt; test metrics come only when every epoch is done.
     """
-    state, restart = None, False
     if resume is not None:
         run_dir = Path(resume)
         cfg = runs.read_run_config(run_dir)
-        # Stopped before its first checkpoint (nothing trained yet): start it again in place.
-        restart = runs.never_checkpointed(run_dir)
-        state = None if restart else load_checkpoint(run_dir / "last.pt")
     elif cfg is None:
         raise ConfigError("train() needs a config or a run directory to resume")
     validate(cfg)
     dist_info, device = distributed.init_distributed(cfg.train.device)
+    lock = None
     try:
         if resume is None:
             run_dir = Path(out) if out else runs.new_run_dir(runs_root, cfg.preset)
             run_dir = distributed.broadcast_object(run_dir, dist_info)  # one name for all ranks
             runs.check_new_run_dir(run_dir)
-        start = time.perf_counter()
-        run = _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart)
-        run.session_start = start  # data loading and model set-up count too
-        last = cfg.train.epochs
-        if stop_after_epochs is not None:
-            last = min(last, run.start_epoch + stop_after_epochs)
-        # Entered by the loops around their epochs only: Ctrl-C during data loading or feature
-        # extraction stops at once (both resume from their caches).
-        signals = SignalStop(quiet=not dist_info.is_main)
-        watch = StepWatch(
-            signals, cfg.train.checkpoint_minutes, dist_info, device, stop_after_steps
+        lock = _lock(run_dir, dist_info)
+        state, restart = None, False
+        if resume is not None:
+            # No checkpoint yet (stopped, or its first save failed): start it again in place.
+            restart = runs.never_checkpointed(run_dir)
+            state = None if restart else load_checkpoint(run_dir / "last.pt")
+        return _run(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart,
+                    stop_after_epochs, stop_after_steps)  # fmt: skip
+    except WriteError as e:
+        if not (run_dir / runs.CONFIG).is_file():
+            raise
+        kept = (
+            "the run keeps its last good checkpoint: continue with"
+            if (run_dir / "last.pt").is_file()
+            else "no checkpoint was written yet:"
         )
-        if cfg.train.mode == "features":
-            test = fit_features(run, last, progress, watch)
-            stopped = test is None
-        else:
-            test, stopped = None, fit(run, last, progress, watch)
-        if stopped or last < cfg.train.epochs:
-            reason = watch.reason or "stop_after_epochs"
-            wall = time.perf_counter() - start
-            return TrainResult(run_dir, {}, run.epochs_done, wall, reason, run.saved_at)
-        test = final_test(run, test)
-        wall = time.perf_counter() - start
-        run.say(
-            f"test top1 {test['top1']:.4f} top5 {test['top5']:.4f} "
-            f"({len(run.splits.test)} images); this session {wall:.0f}s; run saved in {run_dir}"
-        )
-        return TrainResult(run_dir, test, cfg.train.epochs, wall)
+        raise WriteError(
+            f"{e}; {kept} `cifar100 train --resume {run_dir}`"
+            + ("" if (run_dir / "last.pt").is_file() else " starts it again")
+        ) from e
     finally:
+        if lock is not None:
+            lock.release()
         distributed.shutdown(dist_info)
+
+
+def _lock(run_dir: Path, dist_info) -> RunLock | None:
+    """Rank 0 locks the run directory; every rank learns whether it could."""
+    lock, refused = None, None
+    if dist_info.is_main:
+        try:
+            lock = RunLock(run_dir).acquire()
+        except CheckpointError as e:
+            refused = str(e)
+    refused = distributed.broadcast_object(refused, dist_info)
+    if refused:
+        raise CheckpointError(refused)
+    return lock
+
+
+def _run(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart,
+         stop_after_epochs, stop_after_steps) -> TrainResult:  # fmt: skip
+    start = time.perf_counter()
+    run = _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart)
+    run.session_start = start  # data loading and model set-up count too
+    last = cfg.train.epochs
+    if stop_after_epochs is not None:
+        last = min(last, run.start_epoch + stop_after_epochs)
+    # Entered by the loops around their epochs only: Ctrl-C during data loading or feature
+    # extraction stops at once (both resume from their caches).
+    signals = SignalStop(quiet=not dist_info.is_main)
+    watch = StepWatch(signals, cfg.train.checkpoint_minutes, dist_info, device, stop_after_steps)
+    if cfg.train.mode == "features":
+        test = fit_features(run, last, progress, watch)
+        stopped = test is None
+    else:
+        test, stopped = None, fit(run, last, progress, watch)
+    if stopped or last < cfg.train.epochs:
+        reason = watch.reason or "stop_after_epochs"
+        wall = time.perf_counter() - start
+        return TrainResult(run_dir, {}, run.epochs_done, wall, reason, run.saved_at)
+    test = final_test(run, test)
+    wall = time.perf_counter() - start
+    run.say(
+        f"test top1 {test['top1']:.4f} top5 {test['top5']:.4f} "
+        f"({len(run.splits.test)} images); this session {wall:.0f}s; run saved in {run_dir}"
+    )
+    return TrainResult(run_dir, test, cfg.train.epochs, wall)
 
 
 def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart) -> Run:
@@ -118,7 +154,7 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
     init = _read_init(cfg, splits.classes) if cfg.model.init and state is None else None
     model = build_model(cfg.model, num_classes=len(splits.classes), cache_dir=cache)
     if init is not None:
-        model.load_state_dict(init["model"])
+        load_weights(model, init["model"], cfg.model.init)
     elif cfg.model.weights == "none" and t.freeze_epochs:
         say(f"note: weights=none, so the {t.freeze_epochs} frozen-backbone epochs are skipped")
         t.freeze_epochs = 0
@@ -143,10 +179,10 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
             env.update(data=splits.info, data_source=splits.source, world_size=dist_info.world)
             runs.prepare_run_dir(run_dir, cfg, env, replace=restart)
         if restart:
-            say(f"{run_dir} stopped before its first checkpoint: starting it again")
+            say(f"{run_dir} has no checkpoint to continue from: starting it again")
     else:
         run.state = state
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], run_dir / "last.pt")
         run.start_epoch, run.best = int(state["epoch"]), float(state["best_val_top1"])
         run.epochs_done = run.start_epoch
         run.wall_before = float(state.get("wall_s", 0.0))
