@@ -106,3 +106,37 @@ def test_not_a_keras_file_is_one_line(tmp_path, capsys):
     rc = cli.main(["import-keras", str(bad), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "model.h5" in err and "\n" not in err
+
+
+SCALINGS = {
+    "tf": lambda x: x / 127.5 - 1.0,
+    "none": lambda x: x / 255.0,
+    "raw": lambda x: x,
+    "torch": lambda x: (x / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225],
+}
+
+
+@pytest.mark.parametrize("preprocess", sorted(SCALINGS))
+def test_each_preprocess_choice_reaches_predict_as_keras_sees_it(
+    preprocess, keras_file, tmp_path, capsys
+):
+    """--preprocess none was once stored as "none", read back as "unset" and run as tf."""
+    kmodel, path = keras_file
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"class{i}\n" for i in range(100)))
+    run = tmp_path / "imported"
+    argv = ["import-keras", str(path), "--out", str(run), "--class-names", str(names)]
+    assert cli.main([*argv, "--preprocess", preprocess]) == 0
+    rng = np.random.default_rng(1)
+    from PIL import Image
+
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(tmp_path / "x.png")
+    capsys.readouterr()
+    assert cli.main(["predict", str(run), str(tmp_path / "x.png"), "-k", "100", "--json"]) == 0
+    ours = json.loads(capsys.readouterr().out)["predictions"]
+    pixels = decode_image(tmp_path / "x.png", 32)[None].astype(np.float32)
+    want = keras_predict(kmodel, SCALINGS[preprocess](pixels).astype(np.float32))[0]
+    got = np.zeros(100)
+    for p in ours:
+        got[int(p["class"].removeprefix("class"))] = p["probability"]
+    assert np.abs(got - want).max() < 1e-4
