@@ -3,6 +3,7 @@
 with serve_directory(tmp_path) as server:
     server.fail["/a.bin"] = 500          # answer that path with HTTP 500
     server.truncate["/a.bin"] = 1000     # promise the full length, send 1000 bytes, close
+    server.announce["/a.bin"] = 10**10   # claim this Content-Length (None: none), send the file
     urllib.request.urlopen(server.url("a.bin"))
     assert server.requests["/a.bin"] == 1
 """
@@ -28,6 +29,7 @@ class LocalServer:
         self.base_url = f"http://127.0.0.1:{port}"
         self.fail: dict[str, int] = {}
         self.truncate: dict[str, int] = {}
+        self.announce: dict[str, int | None] = {}
         self.requests: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -53,8 +55,13 @@ class _Handler(SimpleHTTPRequestHandler):
             self.send_error(self.state.fail[path])
         elif path in self.state.truncate:
             self._send_truncated(path, self.state.truncate[path])
+        elif path in self.state.announce:
+            self._send_announced(path, self.state.announce[path])
         else:
-            super().do_GET()
+            try:
+                super().do_GET()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped reading (a refused download): not a server error
 
     def _send_truncated(self, path: str, keep: int) -> None:
         body = (self.state.root / path.lstrip("/")).read_bytes()
@@ -65,6 +72,20 @@ class _Handler(SimpleHTTPRequestHandler):
         self.wfile.write(body[:keep])
         self.wfile.flush()
         self.close_connection = True  # the socket closes with the body short
+
+    def _send_announced(self, path: str, length: int | None) -> None:
+        body = (self.state.root / path.lstrip("/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        if length is not None:
+            self.send_header("Content-Length", str(length))
+        self.end_headers()
+        try:
+            self.wfile.write(body)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped reading, as it should have
+        self.close_connection = True  # without a length, the end of the body is the close
 
     def log_message(self, format: str, *args) -> None:  # keep test output clean
         pass

@@ -71,3 +71,34 @@ def tar_members(target: Path, members: list[tuple[str, bytes | str]]) -> Path:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return target
+
+
+class ZeroRun:
+    """`head`, then `zeros` zero bytes, then `tail`, made as they are read: a member of
+    gigabytes that costs no memory to write (tarfile.addfile(info, ZeroRun(...)))."""
+
+    def __init__(self, head: bytes, zeros: int, tail: bytes = b"") -> None:
+        self.head, self.zeros, self.tail = head, zeros, tail
+        self.size = len(head) + zeros + len(tail)
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size if n < 0 else n
+        out = self.head[:n]
+        self.head = self.head[len(out) :]
+        zeros = min(n - len(out), self.zeros)
+        self.zeros -= zeros
+        rest = self.tail[: n - len(out) - zeros]
+        self.tail = self.tail[len(rest) :]
+        return out + bytes(zeros) + rest
+
+
+def tar_zero_runs(target: Path, members: list[tuple[str, ZeroRun]], level: int = 1) -> Path:
+    """A tarball (gzip at `level` if named .gz) of members streamed from ZeroRuns."""
+    mode = "w:gz" if target.name.endswith((".gz", ".tgz")) else "w"
+    kwargs = {"compresslevel": level} if mode == "w:gz" else {}
+    with tarfile.open(target, mode, copybufsize=1 << 20, **kwargs) as tar:
+        for name, run in members:
+            info = tarfile.TarInfo(name)
+            info.size = run.size
+            tar.addfile(info, run)
+    return target

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 import synthetic_cifar as sc
 from cifar100.data import cifar, cifar_sources
-from cifar100.errors import ChecksumError, DataError
+from cifar100.errors import ChecksumError, DataError, DownloadError
 from http_server import serve_directory
 
 C100 = "cifar-100-python.tar.gz"
@@ -295,6 +296,14 @@ BAD = {
         _set("meta", b"coarse_label_names", [b"x"] * 21),
         r"must list 20 class names, got 21",
     ),
+    "duplicate names": (
+        _set("meta", b"fine_label_names", [f"n{i}".encode() for i in range(99)] + [b"n7"]),
+        r"cifar-100-python/meta: b'fine_label_names' lists the class name 'n7' twice",
+    ),
+    "duplicate coarse names": (
+        _set("meta", b"coarse_label_names", [b"same"] * 20),
+        r"meta: b'coarse_label_names' lists the class name 'same' twice",
+    ),
 }
 
 
@@ -315,3 +324,34 @@ def test_malformed_folder_names_the_file(archives, tmp_path):
     batch.write_bytes(batch.read_bytes()[:5000])
     with pytest.raises(DataError, match=f"{batch}: truncated or corrupt"):
         cifar.load_cifar("cifar10", folder, tmp_path / "cache")
+
+
+def test_unreadable_archive_or_member_is_a_data_error(archives, tmp_path, monkeypatch):
+    def denied(path, algo="md5"):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(cifar, "file_digest", denied)
+        with pytest.raises(DataError, match=r"cannot read \(Permission denied\)"):
+            cifar.load_cifar("cifar100", archives["cifar100"], tmp_path / "cache")
+    folder = extract(archives["cifar10"], tmp_path / "x") / "cifar-10-batches-py"
+    real_open = Path.open
+
+    def guarded(self, *args, **kwargs):
+        if self.name == "data_batch_4":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", guarded)
+    with pytest.raises(DataError, match=f"^{folder / 'data_batch_4'}: cannot read"):
+        cifar.load_cifar("cifar10", folder, tmp_path / "cache")
+
+
+def test_download_is_bounded_by_the_published_size(archives, genuine, tmp_path, monkeypatch):
+    small = dataclasses.replace(cifar_sources.SOURCES["cifar100"], size=100_000)
+    monkeypatch.setitem(cifar_sources.SOURCES, "cifar100", small)
+    size = archives["cifar100"].stat().st_size
+    with serve_directory(archives["cifar100"].parent) as server:
+        with pytest.raises(DownloadError, match=f"announces {size} bytes, more than the 101000"):
+            cifar.load_cifar("cifar100", None, tmp_path, progress=False, base_url=server.base_url)
+    assert not (tmp_path / C100).exists()

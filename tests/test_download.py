@@ -157,3 +157,31 @@ def test_fetch_cached_without_digest_trusts_an_existing_file(server, tmp_path):
     (cache / NAME).write_bytes(b"mine")
     assert dl.fetch_cached(server.url(NAME), cache, NAME, progress=False).read_bytes() == b"mine"
     assert server.total_requests == 0
+
+
+def test_announced_size_over_max_bytes_is_refused_before_reading(server, tmp_path):
+    server.announce[f"/{NAME}"] = 10**12  # a terabyte promised; nothing of it is read
+    dest = tmp_path / "out" / NAME
+    with pytest.raises(DownloadError) as e:
+        dl.download(server.url(NAME), dest, progress=False, max_bytes=len(PAYLOAD), hint="h")
+    msg = str(e.value)
+    assert msg == (
+        f"download of {server.url(NAME)} refused: the server announces {10**12} bytes, more "
+        f"than the {len(PAYLOAD)} expected for {NAME}; h"
+    )
+    assert leftovers(dest.parent) == []
+
+
+def test_download_stops_once_more_than_max_bytes_arrive(server, tmp_path):
+    server.announce[f"/{NAME}"] = None  # no Content-Length: the body ends when the server closes
+    dest = tmp_path / "out" / NAME
+    with pytest.raises(DownloadError, match="stopped: more than the 100000 bytes expected"):
+        dl.fetch_cached(server.url(NAME), dest.parent, NAME, progress=False, max_bytes=100_000)
+    assert leftovers(dest.parent) == []
+    # At the bound, or without a length but within it, it downloads as usual.
+    dl.download(server.url(NAME), dest, md5=MD5, progress=False, max_bytes=len(PAYLOAD))
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_size_limit_leaves_a_small_margin():
+    assert dl.size_limit(169_001_437) == 169_001_437 + 1_690_014

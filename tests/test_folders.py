@@ -344,3 +344,75 @@ def test_real_cifar10_jpeg_tarball(tmp_path):
         member = tar.extractfile("cifar10-jpeg/test/airplane/0000.jpg").read()
     assert (cold.test.images[0].numpy() == np.array(Image.open(io.BytesIO(member)))).all()
     shutil.rmtree(cache)
+
+
+# --- damaged tarballs and unreadable sources ----------------------------------------------------
+
+
+def _tarball(tmp_path, suffix=".tar.gz"):
+    root = write_split_folder(tmp_path / "set", {"a": 20, "b": 20}, {"a": 5, "b": 5})
+    for png in root.rglob("*.png"):  # incompressible pixels: a cut lands inside the data
+        rng = np.random.default_rng(len(str(png)))
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(png)
+    return tar_directory(root, tmp_path / f"set{suffix}")
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
+def test_truncated_tarball_is_one_error_naming_it(tmp_path, keep):
+    tarball = _tarball(tmp_path)
+    tarball.write_bytes(tarball.read_bytes()[: int(tarball.stat().st_size * keep)])
+    with pytest.raises(DataError, match="truncated or corrupt tarball") as e:
+        _load(tarball, tmp_path / "cache")
+    assert str(e.value).startswith(f"{tarball}: ") and "download or pack it again" in str(e.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_damaged_gzip_data_is_one_error(tmp_path):
+    tarball = _tarball(tmp_path)
+    body = bytearray(tarball.read_bytes())
+    body[len(body) // 2 : len(body) // 2 + 64] = bytes(64)
+    tarball.write_bytes(bytes(body))
+    with pytest.raises(DataError, match=f"^{tarball}: truncated or corrupt tarball"):
+        _load(tarball, tmp_path / "cache")
+
+
+def test_plain_tar_cut_or_damaged_is_not_read_quietly_short(tmp_path):
+    # tarfile stops without a word at a damaged header, or where a file cut at a block ends.
+    tarball = _tarball(tmp_path, ".tar")
+    body = tarball.read_bytes()
+    with tarfile.open(tarball) as tar:
+        middle = tar.getmembers()[len(tar.getmembers()) // 2].offset
+    tarball.write_bytes(body[:middle])
+    with pytest.raises(DataError, match="truncated or corrupt tarball.*without the end marker"):
+        _load(tarball, tmp_path / "cache")
+    tarball.write_bytes(body[:middle] + b"x" * 512 + body[middle + 512 :])
+    with pytest.raises(DataError, match=f"a damaged member header at byte {middle}"):
+        _load(tarball, tmp_path / "cache")
+    tarball.write_bytes(body)
+    assert len(_load(tarball, tmp_path / "cache").train) == 40
+
+
+def test_unreadable_tarball_is_a_data_error(tmp_path, monkeypatch):
+    tarball = _tarball(tmp_path)
+
+    def denied(path, algo="md5"):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(folders, "file_digest", denied)
+    with pytest.raises(DataError, match=f"^{tarball}: cannot read \\(Permission denied\\)"):
+        _load(tarball, tmp_path / "cache")
+
+
+def test_class_folders_differing_in_case_are_warned_about(tmp_path, capsys):
+    root = tmp_path / "pets"
+    write_classes(root, {"Cat": 2, "cat": 2, "dog": 2})
+    tarball = tar_directory(root, tmp_path / "pets.tar")
+    for source in (root, tarball):
+        splits = _load(source, tmp_path / "cache", test_fraction=0.5)
+        assert splits.classes == ["Cat", "cat", "dog"]  # still three classes here
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"warning: {source}: class folders")
+        assert "'Cat' and 'cat' differ only in letter case" in err
+    write_classes(tmp_path / "fine", {"cat": 2, "dog": 2})
+    _load(tmp_path / "fine", tmp_path / "cache")
+    assert capsys.readouterr().err == ""

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cifar100.data import images
 from cifar100.data.images import BACKGROUND, IMAGE_EXTENSIONS, decode_image
 from cifar100.errors import DataError
 from synthetic_folders import encode
@@ -130,12 +131,44 @@ def test_truncated_jpeg_is_a_data_error():
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-@pytest.mark.parametrize("side", [40, 100])  # above Pillow's warning limit; above its error limit
-def test_decompression_bomb_is_refused(monkeypatch, side):
+@pytest.mark.parametrize(
+    "side, size",
+    [(40, "40x40 = 1600 pixels"), (100, "10000 pixels")],  # above Pillow's warning; its error
+)
+def test_decompression_bomb_is_refused(monkeypatch, side, size):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     data = encode(Image.new("RGB", (side, side)))
-    with pytest.raises(DataError, match="big.png: image too large .*MAX_IMAGE_PIXELS"):
+    with pytest.raises(DataError, match="big.png: image too large .*MAX_IMAGE_PIXELS") as e:
         decode_image(data, 8, "big.png")
+    # One limit, ours, stated once (Pillow's own text quotes twice it), with the image's size.
+    msg = str(e.value)
+    assert f"({size}, over the limit of 1000 pixels" in msg
+    assert msg.count("limit") == 1 and "2000" not in msg
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"lossless": True}, {"quality": 80}, {"quality": 80, "exif": b"Exif\0\0II*\0"}],
+    ids=["VP8L", "VP8", "VP8X"],
+)
+def test_webp_size_is_read_from_its_header(kwargs):
+    # Pillow reads a whole WebP to open it, so images.py reads the size from the RIFF header.
+    for width, height in [(37, 53), (1000, 3), (16383, 1)]:
+        data = encode(Image.new("RGB", (width, height), (9, 9, 9)), "WEBP", **kwargs)
+        assert images._webp_size(data[:30]) == (width, height) == Image.open(io.BytesIO(data)).size
+    assert images._webp_size(b"RIFF\0\0\0\0WAVEfmt " + bytes(20)) is None
+
+
+def test_file_size_bound_follows_the_pixels():
+    head = encode(Image.new("RGB", (64, 48)))
+    limit = images.HEADER_BYTES + images.BYTES_PER_PIXEL * 64 * 48
+    images.check_file_size(head, limit, "ok.png")
+    with pytest.raises(DataError, match=f"^big.png: {limit + 1} bytes, more than a 64x48 image"):
+        images.check_file_size(head, limit + 1, "big.png")
+    plain = b"P3\n64 48\n65535\n"  # ASCII PNM spells out each sample
+    images.check_file_size(plain, images.HEADER_BYTES + 20 * 64 * 48, "plain.ppm")
+    with pytest.raises(DataError, match="no image header in its first 4 MiB"):
+        images.check_file_size(b"\0" * 100, images.HEADER_BYTES + 1, "fake.jpg")
 
 
 def test_extensions_and_size_check():

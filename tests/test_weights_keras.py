@@ -3,6 +3,7 @@ TensorFlow is installed) equality with Keras itself on the same weights and inpu
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import zipfile
 
@@ -16,7 +17,8 @@ from cifar100.models import Classifier, ResNet50V2, build_model
 from cifar100.weights import keras as kw
 from cifar100.weights import sources
 from cifar100.weights.keras import load_keras_report_model, load_keras_resnet50v2_h5
-from cifar100.weights.sources import MIRROR_ENV, WeightFile, resolve_weights
+from cifar100.weights.keras_h5 import open_keras_file, read_keras_layers
+from cifar100.weights.sources import MIRROR_ENV, resolve_weights
 from http_server import serve_directory
 from keras_oracle import (
     keras_backbone,
@@ -188,6 +190,99 @@ def test_weights_only_file_is_not_a_report_model(legacy_file):
         load_keras_report_model(legacy_file)
 
 
+# --- damaged files: one ModelError naming the file, never an unexpected error ----------------
+
+
+@pytest.mark.parametrize("keep", [0.05, 0.5, 0.99])
+def test_truncated_h5_is_a_model_error(legacy_file, tmp_path, keep):
+    path = tmp_path / "cut.h5"
+    path.write_bytes(legacy_file.read_bytes()[: int(legacy_file.stat().st_size * keep)])
+    for load in (load_keras_resnet50v2_h5, load_keras_report_model):
+        with pytest.raises(ModelError) as e:
+            load(path)
+        assert str(e.value).startswith(f"{path}: a truncated or damaged HDF5 file (")
+        assert "\n" not in str(e.value)
+
+
+def test_damaged_dataset_is_a_model_error_when_read(tmp_path):
+    path = tmp_path / "w.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([b"conv1_conv"])
+        group = f.create_group("conv1_conv")
+        group.attrs["weight_names"] = np.array([b"conv1_conv/kernel:0"])
+        kernel = np.random.default_rng(0).random((7, 7, 3, 64), dtype=np.float32)
+        ds = group.create_dataset(
+            "conv1_conv/kernel:0", data=kernel, chunks=True, compression="gzip"
+        )
+        chunk = ds.id.get_chunk_info(0)
+    body = bytearray(path.read_bytes())  # opens fine; the chunk's gzip data is garbage
+    body[chunk.byte_offset : chunk.byte_offset + chunk.size] = b"\xff" * chunk.size
+    path.write_bytes(bytes(body))
+    with pytest.raises(ModelError, match=f"^{path}: a truncated or damaged HDF5 file .*read"):
+        load_keras_resnet50v2_h5(path)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        (b'{"class_name": "Functional", "con', "its model_config is not valid JSON"),
+        (b"[1, 2]", "JSON but not"),
+    ],
+)
+def test_model_config_that_is_not_a_json_object(legacy_file, tmp_path, config, message):
+    path = tmp_path / "m.h5"
+    path.write_bytes(legacy_file.read_bytes())
+    with h5py.File(path, "a") as f:
+        f.attrs["model_config"] = config
+    with pytest.raises(ModelError, match=message) as e:
+        load_keras_report_model(path)
+    assert str(e.value).startswith(f"{path}: ")
+
+
+@pytest.fixture
+def keras_archive(tmp_path):
+    """A .keras zip as Keras 3 writes it (members stored), holding one small layer."""
+    layer = {"dense": [("kernel", np.ones((64, 32), np.float32)), ("bias", np.zeros(32))]}
+    weights = write_keras3_weights_h5(tmp_path / "w.weights.h5", layer)
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("metadata.json", '{"keras_version": "3.5.0"}')
+        z.writestr("config.json", '{"class_name": "Functional", "config": {"layers": []}}')
+        z.write(weights, "model.weights.h5")
+    return path
+
+
+def test_truncated_keras_archive_is_a_model_error(keras_archive):
+    with open_keras_file(keras_archive) as (f, config):  # whole, it reads
+        assert list(read_keras_layers(f, keras_archive)) == ["dense"] and config["config"]
+    body = keras_archive.read_bytes()
+    for keep in (0.3, 0.9, 0.999):
+        keras_archive.write_bytes(body[: int(len(body) * keep)])
+        with pytest.raises(ModelError) as e:
+            load_keras_resnet50v2_h5(keras_archive)
+        assert str(e.value).startswith(f"{keras_archive}: a truncated or damaged .keras archive")
+
+
+def test_keras_archive_with_a_broken_config(keras_archive, tmp_path):
+    path = tmp_path / "bad.keras"
+    with zipfile.ZipFile(keras_archive) as src, zipfile.ZipFile(path, "w") as z:
+        z.writestr("config.json", "{oops")
+        z.writestr("model.weights.h5", src.read("model.weights.h5"))
+    with pytest.raises(ModelError, match=f"^{path}:config.json is not valid JSON"):
+        load_keras_report_model(path)
+
+
+def test_cli_reports_a_damaged_file_in_one_line(legacy_file, tmp_path, capsys):
+    from cifar100.cli import main
+
+    path = tmp_path / "cut.h5"
+    path.write_bytes(legacy_file.read_bytes()[:5000])
+    assert main(["import-keras", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cifar100 import-keras: error: ") and err.count("\n") == 1
+    assert str(path) in err and "unexpected" not in err
+
+
 # --- resolving and downloading ------------------------------------------------------------------
 
 
@@ -220,7 +315,7 @@ def served(legacy_file, tmp_path, monkeypatch):
 def patch_md5(monkeypatch, value: str) -> None:
     key = ("resnet50v2", "imagenet")
     wf = sources.PUBLISHED[key]
-    monkeypatch.setitem(sources.PUBLISHED, key, WeightFile(wf.filename, wf.base_url, value))
+    monkeypatch.setitem(sources.PUBLISHED, key, dataclasses.replace(wf, md5=value))
 
 
 def test_hash_mismatch_is_refused_and_leaves_nothing(served, tmp_path):
@@ -237,6 +332,15 @@ def test_download_failure_says_what_to_do(served, tmp_path):
     msg = str(e.value)
     assert "--weights /path/to/" + CANONICAL in msg and "--weights none" in msg
     assert sources.PUBLISHED[("resnet50v2", "imagenet")].origin in msg
+
+
+def test_download_is_bounded_by_the_published_size(served, legacy_file, tmp_path, monkeypatch):
+    key = ("resnet50v2", "imagenet")
+    small = dataclasses.replace(sources.PUBLISHED[key], md5=md5(legacy_file), size=1000)
+    monkeypatch.setitem(sources.PUBLISHED, key, small)
+    with pytest.raises(DownloadError, match="more than the 1010 expected for resnet50v2_"):
+        resolve_weights("resnet50v2", "imagenet", cache_dir=tmp_path / "c", progress=False)
+    assert not list((tmp_path / "c").rglob("*.h5"))
 
 
 def test_build_model_downloads_once_and_loads(served, legacy_file, torch_backbone, monkeypatch):

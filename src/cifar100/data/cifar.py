@@ -21,6 +21,7 @@ from cifar100.data.cifar_cache import DECODED_VERSION, load_decoded, save_decode
 from cifar100.data.cifar_sources import (
     COARSE_KEY,
     COARSE_NAMES_KEY,
+    IMAGE_BYTES,
     MIRROR_ENV,
     NUM_COARSE,
     CifarSource,
@@ -28,11 +29,9 @@ from cifar100.data.cifar_sources import (
     source_url,
 )
 from cifar100.data.cifar_unpickler import unpickle_arrays
-from cifar100.data.download import fetch_cached, file_digest
+from cifar100.data.download import fetch_cached, file_digest, size_limit
 from cifar100.data.tensors import DataSplits, ImageSet
 from cifar100.errors import DataError
-
-IMAGE_BYTES = 3 * 32 * 32
 
 
 def load_cifar(
@@ -52,7 +51,13 @@ def load_cifar(
             f"or set {MIRROR_ENV} to a mirror that holds it"
         )
         archive = fetch_cached(
-            url, cache_dir, source.filename, md5=source.md5, progress=progress, hint=hint
+            url,
+            cache_dir,
+            source.filename,
+            md5=source.md5,
+            progress=progress,
+            hint=hint,
+            max_bytes=size_limit(source.size),
         )
         # fetch_cached has just verified it against the published digest.
         return _from_archive(source, archive, source.md5, url, cache_dir)
@@ -68,7 +73,11 @@ def load_cifar(
             "or leave out --data to download it"
         )
     # A re-packed archive has another md5 yet may be fine: its contents are checked instead.
-    return _from_archive(source, path, file_digest(path), str(path), cache_dir)
+    try:
+        md5 = file_digest(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+    return _from_archive(source, path, md5, str(path), cache_dir)
 
 
 def _from_archive(
@@ -97,9 +106,9 @@ def _read_archive(source: CifarSource, archive: Path) -> dict[str, Any]:
             for member in tar:
                 key = wanted.get(member.name.removeprefix("./"))
                 if key is not None and member.isfile():
-                    found[key] = unpickle_arrays(
-                        tar.extractfile(member), f"{archive}:{member.name}"
-                    )
+                    label = f"{archive}:{member.name}"
+                    _check_size(source, key, member.size, label)
+                    found[key] = unpickle_arrays(tar.extractfile(member), label)
     except DataError:
         raise
     except Exception as e:  # tarfile.ReadError, EOFError, gzip.BadGzipFile, zlib.error, OSError
@@ -129,9 +138,24 @@ def _find_folder(source: CifarSource, path: Path) -> Path:
 def _read_folder(source: CifarSource, folder: Path) -> dict[str, Any]:
     found = {}
     for m in source.members:
-        with open(folder / m, "rb") as f:
-            found[m] = unpickle_arrays(f, str(folder / m))
+        path = folder / m
+        try:
+            with path.open("rb") as f:
+                _check_size(source, m, os.fstat(f.fileno()).st_size, str(path))
+                found[m] = unpickle_arrays(f, str(path))
+        except OSError as e:
+            raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
     return found
+
+
+def _check_size(source: CifarSource, member: str, size: int, label: str) -> None:
+    # Checked before unpickling, which would hold all of it: a few MB of gzip can declare GBs.
+    limit = source.member_limit(member)
+    if size > limit:
+        raise DataError(
+            f"{label}: {size} bytes, more than a {source.title} '{member}' can take "
+            f"({limit}); not the {source.title} python archive ({source.filename})"
+        )
 
 
 # --- validating and converting ---------------------------------------------------------------
@@ -216,6 +240,12 @@ def _names(d: Any, key: bytes, count: int, label: str) -> np.ndarray:
         names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in raw]
     except UnicodeDecodeError as e:
         raise DataError(f"{label}: {key!r} holds a name that is not UTF-8 ({e})") from e
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:  # two labels would print, and be scored, as one class
+        raise DataError(
+            f"{label}: {key!r} lists the class name {twice!r} twice; each class needs its own "
+            "name (a damaged or hand-edited meta file?)"
+        )
     return np.array(names, dtype=np.str_)
 
 

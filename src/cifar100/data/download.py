@@ -37,6 +37,15 @@ def file_digest(path: str | os.PathLike, algo: str = "md5") -> str:
     return h.hexdigest()
 
 
+def size_limit(published_size: int) -> int:
+    """A download's max_bytes for a file of known published size.
+
+    Its digest pins the exact bytes, so a larger file would fail that check anyway; the 1% only
+    keeps a small slip in a published size here from refusing the real file.
+    """
+    return published_size + published_size // 100
+
+
 def download(
     url: str,
     dest: Path,
@@ -46,9 +55,11 @@ def download(
     timeout: float = 60,
     *,
     hint: str = DEFAULT_HINT,
+    max_bytes: int | None = None,
 ) -> Path:
     """Download `url` to `dest` via a temporary file; verify length and digests, then rename.
 
+    More than `max_bytes` is refused: at once if the server announces it, else as it arrives.
     `hint` ends every DownloadError message: what the user can do instead.
     """
     dest = Path(dest)
@@ -59,6 +70,12 @@ def download(
     with atomic_path(dest) as tmp:
         response = _open(request, url, timeout, hint)
         total = _content_length(response)
+        if max_bytes is not None and total is not None and total > max_bytes:
+            response.close()
+            raise DownloadError(
+                f"download of {url} refused: the server announces {total} bytes, more than "
+                f"the {max_bytes} expected for {dest.name}; {hint}"
+            )
         received = 0
         bar = tqdm(
             total=total,
@@ -71,10 +88,15 @@ def download(
         with response, open(tmp, "wb") as out, bar:
             try:
                 while chunk := response.read(CHUNK):
+                    received += len(chunk)
+                    if max_bytes is not None and received > max_bytes:
+                        raise DownloadError(
+                            f"download of {url} stopped: more than the {max_bytes} bytes "
+                            f"expected for {dest.name} arrived; {hint}"
+                        )
                     out.write(chunk)
                     for h in hashers.values():
                         h.update(chunk)
-                    received += len(chunk)
                     bar.update(len(chunk))
             except (OSError, http.client.HTTPException) as e:
                 raise DownloadError(
@@ -104,6 +126,7 @@ def fetch_cached(
     progress: bool = True,
     *,
     hint: str = DEFAULT_HINT,
+    max_bytes: int | None = None,
 ) -> Path:
     """cache_dir/filename if present and intact; otherwise (re-)download it from `url`."""
     path = Path(cache_dir) / filename
@@ -119,7 +142,7 @@ def fetch_cached(
         # Removed first so that, if the new download fails, no bad file remains at `path`.
         path.unlink()
     _stamp_path(path).unlink(missing_ok=True)
-    download(url, path, md5=md5, sha256=sha256, progress=progress, hint=hint)
+    download(url, path, md5=md5, sha256=sha256, progress=progress, hint=hint, max_bytes=max_bytes)
     _write_stamp(path, expected)
     return path
 

@@ -4,6 +4,7 @@ its files, and the uint8 ImageSets built from them."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ def build_splits(
         test_files = _class_files(src, listing, _join(root, test_dir))
         _check_same_classes(src, train_files, test_files, train_dir, test_dir)
         classes = sorted(train_files)
+        _warn_case_twins(src, classes)
         paths, labels = _flatten(train_files, classes)
         test_paths, test_labels = _flatten(test_files, classes)
         images = fetch(paths + test_paths)  # one call: one progress bar, one pool
@@ -84,6 +86,7 @@ def build_splits(
         raise ConfigError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
     files = _class_files(src, listing, root)
     classes = sorted(files)
+    _warn_case_twins(src, classes)
     paths, labels = _flatten(files, classes)
     train, test = split_holdout(image_set(fetch(paths), labels, classes), test_fraction, seed)
     return train, test, {"layout": "split", "test_fraction": test_fraction, "seed": seed}
@@ -162,6 +165,26 @@ def _check_same_classes(
             f"{src}: {tr}/ and {te}/ hold different classes "
             f"({'; '.join(p for p in parts if p)}); give both the same class folders"
         )
+
+
+def _warn_case_twins(src: Path, classes: list[str]) -> None:
+    """Warn (once) about class folders whose names differ only in letter case.
+
+    A warning, not an error: "A" and "a" may be two real classes (letters), and they load as two
+    here. But where names ignore case (macOS, Windows) the same tarball extracts into one folder,
+    and "Cat" beside "cat" is more often one class spelt two ways.
+    """
+    seen: dict[str, str] = {}
+    for c in classes:
+        twin = seen.setdefault(c.casefold(), c)
+        if twin != c:
+            print(
+                f"warning: {src}: class folders '{twin}' and '{c}' differ only in letter case: "
+                "two classes here, but one folder on macOS and Windows; rename or merge them "
+                "if they are one class",
+                file=sys.stderr,
+            )
+            return
 
 
 def _names(names: list[str], limit: int = 10) -> str:

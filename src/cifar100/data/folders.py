@@ -13,6 +13,7 @@ import os
 import re
 import tarfile
 import time
+from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from cifar100.data.decode_pool import DecodePool
 from cifar100.data.download import file_digest
 from cifar100.data.folder_cache import cache_key, read_cache, write_cache
 from cifar100.data.folder_layout import Fetch, Listing, build_splits, is_image
+from cifar100.data.images import HEADER_BYTES, check_file_size
 from cifar100.data.tensors import DataSplits
 from cifar100.errors import ConfigError, DataError
 
@@ -30,6 +32,9 @@ __all__ = ["load_image_folder"]
 
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx"})  # plus any '.name'
 CHUNK = 256  # images per worker task: amortises the hand-over, still fine-grained for the bar
+# A task is also cut at this many encoded bytes: with 2 tasks per worker in flight, that bounds
+# what a tarball of large (or zero-filled) members holds in memory at once.
+CHUNK_BYTES = 32 << 20
 
 
 def load_image_folder(
@@ -46,12 +51,17 @@ def load_image_folder(
     if image_size < 1:
         raise ConfigError(f"data.image_size must be a positive number, got {image_size}")
     src = Path(path).expanduser()
+    try:
+        is_tar = src.is_file() and tarfile.is_tarfile(src)
+        digest = file_digest(src, "sha256") if is_tar else None
+    except OSError as e:
+        raise DataError(f"{src}: cannot read ({e.strerror or e})") from e
     if src.is_dir():
         listing = _scan_directory(src)
         material = {"kind": "dir", "files": sorted([k, *v] for k, v in listing.files.items())}
         name = src.resolve().name
-    elif src.is_file() and tarfile.is_tarfile(src):
-        listing, material = None, {"kind": "tar", "sha256": file_digest(src, "sha256")}
+    elif is_tar:
+        listing, material = None, {"kind": "tar", "sha256": digest}
         name = re.sub(r"(\.tar(\.\w+)?|\.tgz)$", "", src.name)
     elif src.exists():
         raise DataError(
@@ -72,8 +82,7 @@ def load_image_folder(
         bar = tqdm(desc=f"decoding {name}", unit="img", disable=not progress)
         with bar, DecodePool(image_size, bar) as decoder:
             if listing is None:
-                listing = _stream_tarball(src, decoder)
-                fetch = decoder.gather
+                listing, fetch = _stream_tarball(src, decoder)
             else:
                 fetch = _directory_fetch(src, decoder)
             train, test, meta = build_splits(src, listing, fetch, test_fraction, seed)
@@ -148,34 +157,93 @@ def _member_path(src: Path, m: tarfile.TarInfo) -> str | None:
     return "/".join(parts)
 
 
-def _stream_tarball(src: Path, decoder: DecodePool) -> Listing:
+def _stream_tarball(src: Path, decoder: DecodePool) -> tuple[Listing, Fetch]:
     """List the members and decode every image among them in one pass; nothing touches disk."""
     # One pass: a compressed tarball only reads forwards cheaply, and decoding overlaps the
     # (single-threaded) decompression. Images outside the final layout are decoded in vain,
     # which is cheaper than decompressing twice.
-    listing, chunk = Listing(), []
-    with tarfile.open(src) as tar:
-        for m in tar:
-            rel = _member_path(src, m)
-            if rel is None:
-                continue
-            if m.isdir():
-                listing.add_dir(rel)
-                continue
-            if rel in listing.files:
-                raise DataError(
-                    f"{src}: member '{rel}' appears twice; which one is meant is "
-                    "unclear, so repack the tarball with one copy"
-                )
-            listing.add_file(rel, m.size, int(m.mtime))
-            if is_image(rel):
-                chunk.append((rel, tar.extractfile(m).read(), f"{rel} in {src}"))
-                if len(chunk) == CHUNK:
-                    decoder.add(chunk)
-                    chunk = []
-    if chunk:
+    listing = Listing()
+    refused: dict[str, str] = {}  # like decode errors: reported only for images in the layout
+    for chunk in _image_chunks(src, listing, refused):
         decoder.add(chunk)
-    return listing
+
+    def fetch(paths: list[str]) -> np.ndarray:
+        first = next((p for p in paths if p in refused), None)
+        if first is not None:
+            raise DataError(refused[first])
+        return decoder.gather(paths)
+
+    return listing, fetch
+
+
+def _image_chunks(
+    src: Path, listing: Listing, refused: dict[str, str]
+) -> Iterator[list[tuple[str, bytes, str]]]:
+    """Read the tarball into `listing`, yielding its images in chunks to decode.
+
+    An image whose header is not one, or whose declared size is more than that image can take
+    (images.check_file_size), goes unread into `refused`. Errors reading the tarball itself
+    (tarfile, gzip, zlib, bz2, lzma, OSError) become one DataError.
+    """
+    chunk, chunk_bytes, m = [], 0, None
+    try:
+        with tarfile.open(src, tarinfo=_CheckedInfo) as tar:
+            for m in tar:
+                rel = _member_path(src, m)
+                if rel is None:
+                    continue
+                if m.isdir():
+                    listing.add_dir(rel)
+                    continue
+                if rel in listing.files:
+                    raise DataError(
+                        f"{src}: member '{rel}' appears twice; which one is meant is "
+                        "unclear, so repack the tarball with one copy"
+                    )
+                listing.add_file(rel, m.size, int(m.mtime))
+                if not is_image(rel):
+                    continue
+                name = f"{rel} in {src}"
+                f = tar.extractfile(m)
+                data = f.read(min(m.size, HEADER_BYTES))
+                try:
+                    check_file_size(data, m.size, name)
+                except DataError as e:
+                    refused[rel] = str(e)
+                    continue
+                if m.size > len(data):
+                    data += f.read()
+                chunk.append((rel, data, name))
+                chunk_bytes += len(data)
+                if len(chunk) == CHUNK or chunk_bytes >= CHUNK_BYTES:
+                    yield chunk  # decoded by the caller, outside this try: not tar errors
+                    chunk, chunk_bytes = [], 0
+    except DataError:
+        raise
+    except Exception as e:
+        at = f" at or after member '{m.name}'" if m is not None else ""
+        raise DataError(
+            f"{src}: truncated or corrupt tarball{at} ({type(e).__name__}: {e}); "
+            "download or pack it again"
+        ) from e
+    if chunk:
+        yield chunk
+
+
+class _CheckedInfo(tarfile.TarInfo):
+    """Member headers read as usual, except that tarfile's quiet stop at a damaged header or at
+    a file cut short is an error: only the end-of-archive block (zeros) may end the tarball."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tarfile_)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError) as e:
+            raise tarfile.ReadError(
+                f"it ends at byte {tarfile_.offset} without the end marker"
+            ) from e
+        except tarfile.InvalidHeaderError as e:
+            raise tarfile.ReadError(f"a damaged member header at byte {tarfile_.offset}") from e
 
 
 def _directory_fetch(src: Path, decoder: DecodePool) -> Fetch:

@@ -7,6 +7,8 @@ exactly as the training images were.
 from __future__ import annotations
 
 import io
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifar100.errors import DataError
 
-__all__ = ["BACKGROUND", "IMAGE_EXTENSIONS", "decode_image"]
+__all__ = ["BACKGROUND", "HEADER_BYTES", "IMAGE_EXTENSIONS", "check_file_size", "decode_image"]
 
 # Lower-case suffixes of the formats Pillow decodes here; folder_layout.py skips anything else.
 IMAGE_EXTENSIONS = frozenset(
@@ -24,6 +26,20 @@ IMAGE_EXTENSIONS = frozenset(
 # Transparent pixels are composited onto white: the usual look of a transparent PNG or icon
 # in a viewer, and fixed so that training and predict agree.
 BACKGROUND = (255, 255, 255)
+
+# How large an image file may be, known from its header before the file is read: a small
+# compressed archive member (or a sparse file) can otherwise declare gigabytes.
+# Metadata (EXIF, ICC profiles, XMP, thumbnails) can make even a tiny image a few MB, so files
+# up to HEADER_BYTES are read without a look. A larger file must show its pixel size within its
+# first HEADER_BYTES (a header further in means more metadata than that anyway) and may take at
+# most HEADER_BYTES plus BYTES_PER_PIXEL for each pixel.
+HEADER_BYTES = 4 << 20
+# The deepest pixels Pillow reads are 4 channels of 16 bits, 8 bytes; stored raw or
+# incompressible they take a little more (PNG adds a filter byte a row, deflate 0.1%; a JPEG of
+# noise at quality 100 without subsampling takes 1.4x its 3 or 4 bytes). Plain (ASCII) PNM spells
+# each sample out in up to 6 characters ("65535 ").
+BYTES_PER_PIXEL = 10
+PLAIN_PNM_BYTES_PER_PIXEL = 20
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
@@ -41,9 +57,14 @@ def decode_image(source: str | Path | bytes, size: int, name: str | None = None)
     if isinstance(source, bytes) and not source:
         raise DataError(f"{name}: not a readable image (empty file)")
     try:
+        if not isinstance(source, bytes):
+            file_size = os.stat(source).st_size
+            if file_size > HEADER_BYTES:
+                with open(source, "rb") as f:
+                    check_file_size(f.read(HEADER_BYTES), file_size, name)
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
         with Image.open(fp) as im:
-            _check_pixels(im, name)
+            _check_pixel_count(im.size, name)
             # JPEG can decode at 1/2, 1/4 or 1/8 scale for almost nothing (DCT scaling); keep
             # at least 2x the target so the resize below still antialiases from real detail.
             # Only worth asking when it can halve: the call itself slows small decodes by 40%.
@@ -57,7 +78,7 @@ def decode_image(source: str | Path | bytes, size: int, name: str | None = None)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         raise DataError(f"{name}: cannot read file ({e.strerror})") from e
     except Image.DecompressionBombError as e:
-        raise DataError(_bomb_message(name, str(e))) from e
+        raise DataError(_bomb_message(name, _pillow_pixels(e))) from e
     except UnidentifiedImageError as e:
         raise DataError(f"{name}: not a readable image (not a format Pillow recognises)") from e
     except Exception as e:
@@ -67,19 +88,79 @@ def decode_image(source: str | Path | bytes, size: int, name: str | None = None)
         raise DataError(f"{name}: not a readable image ({detail})") from e
 
 
-def _check_pixels(im: Image.Image, name: str) -> None:
+def check_file_size(head: bytes, file_size: int, name: str) -> None:
+    """Refuse an image file larger than its pixels can explain, from its first HEADER_BYTES.
+
+    Also refuses a header that is not an image's, or one above the pixel limit, so that such a
+    file need not be read at all.
+    """
+    if file_size <= HEADER_BYTES:
+        return
+    width, height = _pixel_size(head, name)
+    plain_pnm = head[:2] in (b"P1", b"P2", b"P3")
+    limit = HEADER_BYTES + width * height * (
+        PLAIN_PNM_BYTES_PER_PIXEL if plain_pnm else BYTES_PER_PIXEL
+    )
+    if file_size > limit:
+        raise DataError(
+            f"{name}: {file_size} bytes, more than a {width}x{height} image can take "
+            f"({limit} at most): an animation, data appended to an image, or a decompression "
+            "bomb; save it as a single still image"
+        )
+
+
+def _pixel_size(head: bytes, name: str) -> tuple[int, int]:
+    size = _webp_size(head)  # Pillow reads a whole WebP file to open it, so not a prefix
+    if size is None:
+        try:
+            with Image.open(io.BytesIO(head)) as im:
+                size = im.size
+        except Image.DecompressionBombError as e:
+            raise DataError(_bomb_message(name, _pillow_pixels(e))) from None
+        except Exception:  # any plugin's error: no header Pillow can read in these bytes
+            raise DataError(
+                f"{name}: not a readable image (no image header in its first "
+                f"{HEADER_BYTES >> 20} MiB); if it is one, save it again as PNG or JPEG"
+            ) from None
+    _check_pixel_count(size, name)
+    return size
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    """Width and height from a WebP's first 30 bytes (RFC 9649), None if not a WebP."""
+    if len(head) < 30 or head[:4] != b"RIFF" or head[8:12] != b"WEBP":
+        return None
+    kind, le = head[12:16], int.from_bytes
+    if kind == b"VP8X":  # extended: canvas width - 1, height - 1, 24 bits each
+        return 1 + le(head[24:27], "little"), 1 + le(head[27:30], "little")
+    if kind == b"VP8L":  # lossless: 14 bits of width - 1, 14 of height - 1, after 0x2f
+        bits = le(head[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + (bits >> 14 & 0x3FFF)
+    if kind == b"VP8 ":  # lossy: a key frame's 14-bit width and height after its start code
+        return le(head[26:28], "little") & 0x3FFF, le(head[28:30], "little") & 0x3FFF
+    return None
+
+
+def _check_pixel_count(size: tuple[int, int], name: str) -> None:
     # Pillow raises only above twice its limit and merely warns above it; we refuse both, since
     # one huge file would stall a whole folder load or a predict request.
     limit = Image.MAX_IMAGE_PIXELS
-    width, height = im.size
+    width, height = size
     if limit is not None and width * height > limit:
         raise DataError(_bomb_message(name, f"{width}x{height} = {width * height} pixels"))
 
 
-def _bomb_message(name: str, detail: str) -> str:
+def _pillow_pixels(e: Image.DecompressionBombError) -> str | None:
+    # Pillow's own text quotes its error limit (twice ours); keep only the image's size from it.
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    return f"{found[1]} pixels" if found else None
+
+
+def _bomb_message(name: str, size: str | None) -> str:
+    what = f"{size}, over" if size else "over"
     return (
-        f"{name}: image too large to decode safely ({detail}; limit {Image.MAX_IMAGE_PIXELS} "
-        "pixels, a possible decompression bomb); shrink it, or raise "
+        f"{name}: image too large to decode safely ({what} the limit of "
+        f"{Image.MAX_IMAGE_PIXELS} pixels: a possible decompression bomb); shrink it, or raise "
         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
     )
 

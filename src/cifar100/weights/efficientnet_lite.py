@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,10 @@ BLOCK_NAMES = {
     "project_bn": "_bn2",
 }
 CLASSIFIER_KEYS = {"_fc.weight": "weight", "_fc.bias": "bias"}
+# The most a weights file may hold, checked before torch.load: a .pth is a zip whose deflated
+# members torch inflates whole, so a 1 MB file can declare gigabytes. The largest variant,
+# lite2, has 6.1M values with its classifier: 24 MB in float32, 49 in float64.
+MAX_PTH_BYTES = 128 << 20
 
 
 def file_key(key: str) -> str:
@@ -98,6 +103,12 @@ def resolve_lite_weights(name: str, source: str | os.PathLike) -> Path:
 
 def read_pth(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A state_dict of tensors, read with weights_only=True (no code from the file runs)."""
+    size = _declared_size(path)
+    if size > MAX_PTH_BYTES:
+        raise ModelError(
+            f"{path}: holds {size} bytes, more than an EfficientNet-Lite's weights take "
+            f"({MAX_PTH_BYTES}); not a weights file of one"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and weights_only errors alike: the file is not usable
@@ -105,7 +116,34 @@ def read_pth(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ModelError(f"{path}: not a readable PyTorch state_dict ({reason})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"{path}: expected a state_dict (names -> tensors), got {type(state)}")
+    for key, tensor in state.items():
+        problem = _tensor_problem(tensor)
+        if problem:
+            raise ModelError(f"{path}: tensor {key!r} {problem}: a damaged or foreign file")
     return state
+
+
+def _declared_size(path: str | os.PathLike) -> int:
+    """The file's size, or what its zip members inflate to if that is more."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return 0  # torch.load says what is wrong
+    try:
+        with zipfile.ZipFile(path) as z:
+            return max(size, sum(i.file_size for i in z.infolist()))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return size  # the legacy format, or a damaged zip that torch.load refuses
+
+
+def _tensor_problem(tensor: torch.Tensor) -> str | None:
+    # load_state_dict would fail on these with a RuntimeError (sparse, quantized) or quietly drop
+    # imaginary parts; NaN or infinite weights are what flipped exponent bits look like.
+    if tensor.layout != torch.strided or tensor.is_quantized or tensor.is_complex():
+        return f"is a {tensor.layout} {tensor.dtype} tensor, not a dense real one"
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        return "holds NaN or infinite values"
+    return None
 
 
 def split_lite_state_dict(
@@ -130,6 +168,11 @@ def split_lite_state_dict(
             raise ModelError(
                 f"{path}: tensor {fkey!r} has shape {tuple(tensor.shape)}, {variant} expects "
                 f"{shape}: weights of another EfficientNet-Lite variant?"
+            )
+        if tensor.is_floating_point() != expected[key].is_floating_point():
+            raise ModelError(
+                f"{path}: tensor {fkey!r} is {tensor.dtype}, {variant} expects "
+                f"{expected[key].dtype}: a damaged or foreign file"
             )
         ours[key] = tensor
     classifier = {name: state[k] for k, name in CLASSIFIER_KEYS.items() if k in state}

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cifar100.data.download import fetch_cached
+from cifar100.data.download import fetch_cached, size_limit
 from cifar100.errors import ModelError
 from cifar100.paths import resolve_cache_dir
 
@@ -21,11 +21,12 @@ CACHE_SUBDIR = "weights"
 
 @dataclass(frozen=True)
 class WeightFile:
-    """A published weights file: its name, the base URL it is served from, its md5."""
+    """A published weights file: its name, the base URL it is served from, its md5 and size."""
 
     filename: str
     base_url: str
     md5: str
+    size: int  # bytes, as the server's Content-Length gives it (downloads are bounded by it)
 
     @property
     def url(self) -> str:
@@ -41,12 +42,14 @@ class WeightFile:
 KERAS_RESNET_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 
 # (backbone, --weights name) -> file. The md5 is the one Keras checks on download
-# (keras/src/applications/resnet.py, WEIGHTS_HASHES["resnet50v2"][1], the no-top file).
+# (keras/src/applications/resnet.py, WEIGHTS_HASHES["resnet50v2"][1], the no-top file); the
+# size is the one Keras's own download progress reports for it ("94668760/94668760").
 PUBLISHED: dict[tuple[str, str], WeightFile] = {
     ("resnet50v2", "imagenet"): WeightFile(
         filename="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
         base_url=KERAS_RESNET_BASE,
         md5="fac2f116257151a9d068a22e544a4917",
+        size=94_668_760,
     ),
 }
 
@@ -81,6 +84,7 @@ def resolve_weights(
             md5=published.md5,
             progress=progress,
             hint=hint,
+            max_bytes=size_limit(published.size),
         )
     if source.lower() in {name for backbone, name in PUBLISHED if backbone != backbone_name}:
         raise ModelError(
