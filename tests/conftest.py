@@ -1,6 +1,14 @@
-"""Suite-wide safety: no test reaches the internet or the user's real cache."""
+"""Suite-wide safety: no test reaches the internet or the user's real cache, and results do not
+depend on how busy the machine is."""
+
+import os
 
 import pytest
+
+# The CLI fits torch's threads to the cores other work leaves free (cifar100.cpu_threads), and
+# CPU results differ in their last digits with the thread count. Tests compare runs bit for bit,
+# so the count is fixed here, before torch loads; test_cpu_threads.py tests the fitting itself.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 @pytest.fixture(autouse=True)

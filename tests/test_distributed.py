@@ -87,6 +87,7 @@ def test_two_process_ddp_matches_one_process(standalone, tmp_path):
     assert "x 2 processes" in stdout
     assert stdout.count("train.sync_bn needs CUDA") == 1  # said once, and ignored on CPU
     assert sorted(p.name for p in ddp_dir.iterdir()) == [
+        ".lock",  # rank 0's: one trainer per run directory
         "best.pt",
         "config.json",
         "environment.json",

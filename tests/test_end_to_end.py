@@ -347,7 +347,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(trained, tmp_pat
     for name in ("config.json", "environment.json"):  # all an interrupted first epoch leaves
         shutil.copy(run / name, early / name)
     rc = cli.main(["train", "--resume", str(early), "--cache-dir", str(cache), "--no-progress"])
-    assert rc == 0 and "stopped before its first checkpoint" in capsys.readouterr().out
+    assert rc == 0 and "has no checkpoint to continue from" in capsys.readouterr().out
     _same_run(run, early)  # the saved config, from the start: the same run
     (early / "last.pt").unlink()  # trained epochs but no last.pt: not silently redone
     rc = cli.main(["train", "--resume", str(early), "--cache-dir", str(cache), "--no-progress"])

@@ -227,8 +227,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.epochs": (1, None, True, True),
     "train.freeze_epochs": (0, None, True, True),
     "train.batch_size": (1, None, True, True),
-    "train.head_lr": (0, None, False, True),
-    "train.lr": (0, None, False, True),
+    # 0 is allowed: only batch-norm statistics move (re-estimating them on new data)
+    "train.head_lr": (0, None, True, True),
+    "train.lr": (0, None, True, True),
     "train.momentum": (0, 1, True, False),
     "train.weight_decay": (0, None, True, True),
     "train.warmup_epochs": (0, None, True, True),

@@ -38,7 +38,21 @@ def resolve_config(args: argparse.Namespace):
     return apply_overrides(cfg, args.set)
 
 
+def use_free_cores(keep: int | None = None, say: bool = False) -> None:
+    """Torch's CPU threads: the cores other processes leave free (cifar100.cpu_threads)."""
+    from cifar100.cpu_threads import fit_threads, usable_cores
+
+    threads, cores = fit_threads(keep), len(usable_cores())
+    if say and threads < cores and keep is None:
+        print(
+            f"note: {cores - threads} of {cores} CPU cores are busy with other work: using "
+            f"{threads} thread{'s' * (threads > 1)} (OMP_NUM_THREADS=N sets the count)",
+            file=sys.stderr,
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from cifar100.engine import runs
     from cifar100.engine.train import train
 
     if args.resume:
@@ -65,9 +79,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--resume continues a run with its saved config; drop "
                 f"{', '.join('--' + g.replace('_', '-') for g in given) or '--set'}"
             )
+        # The run's own thread count, so that it goes on computing exactly as it began.
+        use_free_cores(keep=runs.recorded_threads(Path(args.resume)), say=True)
         result = train(resume=args.resume, cache_dir=args.cache_dir, progress=not args.no_progress)
         return _train_exit(result)
     cfg = resolve_config(args)
+    use_free_cores(say=True)
     result = train(
         cfg,
         out=args.out,
@@ -96,6 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     target = Path(args.target)
     variant = variant_suffix(args.checkpoint, args.tta == "flip", args.ema)
+    use_free_cores()
     out = (
         Path(args.output)
         if args.output
@@ -177,6 +195,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from cifar100.predict import Predictor
 
+    use_free_cores()
     predictor = Predictor(args.checkpoint, device=args.device)
     results = predictor.predict_files(args.images, k=args.top)
     for r in results:
@@ -238,6 +257,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from cifar100.models.registry import get_backbone
 
     size = args.size or get_backbone(args.backbone).native_size
+    use_free_cores()
     result = run_bench(args.backbone, size, args.batch_size, args.device, args.compile,
                        args.warmup, args.steps)  # fmt: skip
     print(json.dumps(result, indent=2) if args.json else format_bench(result))

@@ -51,9 +51,11 @@ def prepare_run_dir(path: Path, cfg: Config, environment: dict, replace: bool = 
 
 
 def never_checkpointed(path: Path) -> bool:
-    """A run directory that holds its config but no checkpoint to continue from (stopped, or
-    its first save failed, before last.pt was written): it can only start again."""
-    return (path / CONFIG).is_file() and not (path / "last.pt").exists()
+    """A run directory that holds its config but no checkpoint (stopped, or its first save
+    failed, before one was written): it can only start again. Epochs it logged are not backed
+    by any weights, so they go too."""
+    has = {p.name for p in path.iterdir()} if path.is_dir() else set()
+    return CONFIG in has and not has & {"last.pt", "best.pt"}
 
 
 def read_run_config(path: Path) -> Config:
@@ -65,6 +67,14 @@ def read_run_config(path: Path) -> Config:
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{file}: unreadable ({e})") from None
     return from_dict(raw, preset=raw.get("preset", "custom"))
+
+
+def recorded_threads(path: Path) -> int | None:
+    """The CPU thread count a run began with (environment.json), if it recorded one."""
+    try:
+        return int(json.loads((path / ENVIRONMENT).read_text())["torch_threads"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class MetricsLog:

@@ -69,6 +69,11 @@ def train(
         if resume is not None:
             # No checkpoint yet (stopped, or its first save failed): start it again in place.
             restart = runs.never_checkpointed(run_dir)
+            if not restart and not (run_dir / "last.pt").is_file():
+                raise CheckpointError(
+                    f"{run_dir}: no last.pt to continue from, but a best.pt: copy best.pt to "
+                    "last.pt to go on from the best epoch, or start a new run"
+                )
             state = None if restart else load_checkpoint(run_dir / "last.pt")
         return _run(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart,
                     stop_after_epochs, stop_after_steps)  # fmt: skip

@@ -1,0 +1,80 @@
+"""How many CPU threads torch uses on a machine shared with other work.
+
+torch's default is one OpenMP thread per core. Beside another busy process that collapses:
+each parallel step waits for its slowest thread, the one that lost its core, while the others
+spin (benchmarks/cpu_contention.py: on 2 cores beside one busy process, training ran at 0.3x
+of its speed alone). `fit_threads` uses as many threads as there are cores that other
+processes leave free when a command starts, which keeps about a fair share instead.
+
+The count is chosen once, at the start: results on the CPU depend on it in the last digits, so
+it does not change under a running job. OMP_NUM_THREADS, when set, decides it instead (as
+torchrun sets it for each worker).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+THREADS_ENV = "OMP_NUM_THREADS"
+
+
+def usable_cores() -> list[int]:
+    """The CPUs this process may run on (containers and taskset included)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(os.cpu_count() or 1))
+
+
+def _busy_jiffies(cpus: set[int]) -> int | None:
+    """Busy clock ticks so far on `cpus`, from /proc/stat (Linux); None elsewhere."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    busy = 0
+    for line in lines:
+        name, _, rest = line.partition(" ")
+        if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+            continue
+        ticks = [int(x) for x in rest.split()]
+        busy += sum(ticks[:8]) - ticks[3] - ticks[4]  # all but idle and iowait (steal counts)
+    return busy
+
+
+def busy_cores_elsewhere(seconds: float = 0.25) -> float | None:
+    """How many of our cores other processes kept busy over the next `seconds`."""
+    cpus = set(usable_cores())
+    tick = os.sysconf("SC_CLK_TCK")
+    before, ours_before, start = _busy_jiffies(cpus), _own_cpu_s(), time.monotonic()
+    if before is None:
+        return None
+    time.sleep(seconds)
+    after, ours_after, wall = _busy_jiffies(cpus), _own_cpu_s(), time.monotonic() - start
+    others = (after - before) / tick - (ours_after - ours_before)
+    return max(0.0, others / wall)
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def fit_threads(keep: int | None = None) -> int:
+    """Set torch's thread count to the free cores (or to `keep`, a run's own count, when the
+    machine has that many cores, so that a resumed run computes exactly as it began). Returns
+    the count; OMP_NUM_THREADS, when set, is left to decide it."""
+    import torch
+
+    if os.environ.get(THREADS_ENV):
+        return torch.get_num_threads()
+    cores = len(usable_cores())
+    if keep is not None and 1 <= keep <= cores:
+        threads = keep
+    else:
+        busy = busy_cores_elsewhere()
+        threads = cores if busy is None else max(1, min(cores, round(cores - busy)))
+    torch.set_num_threads(threads)
+    return threads
