@@ -345,3 +345,102 @@ def test_import_keras_onto_a_run_does_not_suggest_resume(run, tmp_path, capsys):
     assert cli.main(["import-keras", str(tmp_path / "m.h5"), "--out", str(out)]) == 2
     line = one_error_line(capsys.readouterr().err, "already holds a run", "another --out")
     assert "--resume" not in line
+
+
+# --- the rest of each class: other files the tool reads or writes --------------------------------
+
+
+def test_a_download_onto_a_full_disk_names_the_file_and_the_space(tmp_path):
+    from cifar100.data import download as dl
+    from http_server import serve_directory
+
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "big.bin").write_bytes(os.urandom(3 << 20))
+    with serve_directory(root) as server, small_filesystem(tmp_path / "disk", 2) as disk:
+        for announce in (True, False):  # refused at once, or when the disk fills
+            server.announce["/big.bin"] = (3 << 20) if announce else None
+            with pytest.raises(WriteError, match=f"no space left on {disk}.*big.bin") as e:
+                dl.download(server.url("big.bin"), disk / "big.bin", progress=False)
+            assert "\n" not in str(e.value) and not list(disk.iterdir())
+
+
+def test_a_checkpoint_that_would_inflate_is_refused_before_loading(tmp_path):
+    import zipfile
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data.pkl", b"\0" * (64 << 20))  # 64 MB of zeros in about 64 KB
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(CheckpointError, match="inflate to 67108864 bytes"):
+        load_checkpoint(bomb)
+
+
+@pytest.mark.parametrize(
+    "name, content, words",
+    [
+        ("config.json", b"\xff\xfe binary", "unreadable"),
+        ("config.json", b"[1, 2]", "not a JSON object"),
+        ("evaluation.json", b"{truncated", "damaged"),
+        ("predictions.npz", b"PK\x03\x04 cut short", "damaged predictions file"),
+    ],
+)
+def test_a_damaged_run_file_is_one_line_naming_it(run, tmp_path, capsys, name, content, words):
+    out, _ = run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    if name == "predictions.npz" and not (copy / name).exists():
+        shutil.copy(out / "evaluation.json", copy / "evaluation.json")
+    (copy / name).write_bytes(content)
+    command = ["report", str(copy)] if name != "config.json" else ["train", "--resume", str(copy)]
+    assert cli.main(command) == 2
+    one_error_line(capsys.readouterr().err, str(copy / name), words)
+
+
+def test_a_predictions_file_with_a_changed_value_is_refused(tmp_path):
+    import numpy as np
+
+    from cifar100.predictions_file import read_predictions, write_predictions
+
+    arrays = {"labels": np.arange(4), "logits": np.eye(4, dtype=np.float32),
+              "classes": np.array(list("abcd"))}  # fmt: skip
+    path = tmp_path / "predictions.npz"
+    write_predictions(path, arrays)
+    assert set(read_predictions(path)) == set(arrays)
+    with np.load(path) as z:
+        changed = {k: z[k] for k in z.files}
+    changed["logits"][0, 1] = 5.0
+    np.savez_compressed(path, **changed)
+    with pytest.raises(CheckpointError, match="do not match their digest"):
+        read_predictions(path)
+
+
+def test_metrics_with_binary_garbage_keep_their_good_lines(tmp_path):
+    from cifar100.engine.runs import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"epoch": 1}\n\xff\xfe\x00garbage\n[3]\n{"epoch": 2}\n')
+    assert read_metrics(path) == [{"epoch": 1}, {"epoch": 2}]
+
+
+def test_a_config_file_that_is_not_text_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "c.toml"
+    bad.write_bytes(b"\xff\xfe\x00\x01")
+    assert cli.main(["train", "--config", str(bad)]) == 2
+    one_error_line(capsys.readouterr().err, str(bad), "not a UTF-8 text file")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"config": {"layers": [1]}},
+        {"config": {"layers": [{"class_name": "Dense", "config": 3}]}},
+        {"config": []},
+    ],  # fmt: skip
+)
+def test_a_keras_config_of_another_shape_is_a_model_error(config):
+    from cifar100.errors import ModelError
+    from cifar100.weights.keras_report_config import parse_report_config
+
+    with pytest.raises(ModelError, match="m.h5: "):
+        parse_report_config(config, "m.h5")

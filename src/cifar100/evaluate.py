@@ -265,8 +265,8 @@ def save_predictions(
 ) -> None:
     """Labels, logits, class names and (unless `images` is False) the test images the example
     grids show, with their indices, in one .npz, written atomically, for the plots."""
-    from cifar100.fileio import atomic_path
     from cifar100.plots.predictions import example_indices
+    from cifar100.predictions_file import write_predictions
 
     arrays: dict[str, np.ndarray] = {
         "labels": data.labels.cpu().numpy().astype(np.int64),
@@ -283,10 +283,7 @@ def save_predictions(
     if fine_to_coarse is not None and coarse_classes is not None:
         arrays["coarse_classes"] = np.array(coarse_classes, dtype=str)
         arrays["fine_to_coarse"] = np.array(fine_to_coarse, dtype=np.int64)
-    with atomic_path(path) as tmp:
-        # A file object: given a name, numpy would append ".npz" to the temporary one.
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+    write_predictions(path, arrays)
 
 
 def _load_ema(model: nn.Module, state: dict[str, Any], path: Path) -> None:

@@ -53,6 +53,8 @@ def atomic_path(target: str | os.PathLike, what: str = "file", needed: int = 0) 
         # mkstemp makes the file private (0600); give it the mode any new file gets here.
         os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, target)
+    except WriteError:
+        raise  # already says what and where
     except OSError as e:
         if e.filename not in (None, str(tmp_path), str(target)):
             raise  # another file the caller was reading: not this write's failure

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cifar100.errors import ChecksumError, DownloadError
-from cifar100.fileio import atomic_path, mark_used, write_json_atomic
+from cifar100.fileio import atomic_path, check_free_space, mark_used, write_json_atomic
 
 CHUNK = 1 << 20
 # Sidecar beside a verified cache file: its size, mtime and digests. While size and mtime are
@@ -67,7 +67,7 @@ def download(
     hashers = {algo: hashlib.new(algo, usedforsecurity=False) for algo in expected}
     request = urllib.request.Request(url, headers={"User-Agent": "cifar100"})
     # atomic_path removes the temporary file on any exception, so a failure leaves nothing.
-    with atomic_path(dest) as tmp:
+    with atomic_path(dest, "download") as tmp:
         response = _open(request, url, timeout, hint)
         total = _content_length(response)
         if max_bytes is not None and total is not None and total > max_bytes:
@@ -85,23 +85,28 @@ def download(
             desc=dest.name,
             disable=None if progress else True,  # None: shown on a terminal only
         )
+        if total is not None:  # no room for it: say so now, not after minutes of downloading
+            check_free_space(dest, total, "download")
         with response, open(tmp, "wb") as out, bar:
-            try:
-                while chunk := response.read(CHUNK):
-                    received += len(chunk)
-                    if max_bytes is not None and received > max_bytes:
-                        raise DownloadError(
-                            f"download of {url} stopped: more than the {max_bytes} bytes "
-                            f"expected for {dest.name} arrived; {hint}"
-                        )
-                    out.write(chunk)
-                    for h in hashers.values():
-                        h.update(chunk)
-                    bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as e:
-                raise DownloadError(
-                    f"download of {url} was interrupted after {received} bytes ({e}); {hint}"
-                ) from e
+            while True:
+                try:
+                    chunk = response.read(CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    raise DownloadError(
+                        f"download of {url} was interrupted after {received} bytes ({e}); {hint}"
+                    ) from e
+                if not chunk:
+                    break
+                received += len(chunk)
+                if max_bytes is not None and received > max_bytes:
+                    raise DownloadError(
+                        f"download of {url} stopped: more than the {max_bytes} bytes "
+                        f"expected for {dest.name} arrived; {hint}"
+                    )
+                out.write(chunk)  # a full disk here is atomic_path's to report, naming dest
+                for h in hashers.values():
+                    h.update(chunk)
+                bar.update(len(chunk))
         # http.client reports a connection closed before Content-Length as a plain EOF.
         if total is not None and received != total:
             raise DownloadError(

@@ -40,9 +40,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint not found: {path}")
     sibling = {"last.pt": "best.pt", "best.pt": "last.pt"}.get(path.name)
     advice = f"; {path.with_name(sibling)} may still be intact" if sibling else ""
-    if not zipfile.is_zipfile(path):  # every checkpoint torch >= 1.6 writes is a zip
-        what = "an empty file" if path.stat().st_size == 0 else "not a whole PyTorch zip file"
-        raise CheckpointError(f"{path}: damaged or not a cifar100 checkpoint ({what}){advice}")
+    _check_zip(path, advice)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except MemoryError:
@@ -73,6 +71,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 f"written (a changed byte on disk or in a copy){advice}"
             )
     return state
+
+
+def _check_zip(path: Path, advice: str) -> None:
+    """A whole zip (every checkpoint torch >= 1.6 writes is one) that inflates to no more than
+    its size: torch stores checkpoint members uncompressed, and a compressed member would be
+    inflated whole by torch.load, so a small file could take gigabytes."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            inflated = sum(info.file_size for info in z.infolist())
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError):
+        what = "an empty file" if size == 0 else "not a whole PyTorch zip file"
+        raise CheckpointError(
+            f"{path}: damaged or not a cifar100 checkpoint ({what}){advice}"
+        ) from None
+    if inflated > size + (1 << 20):
+        raise CheckpointError(
+            f"{path}: not a cifar100 checkpoint: its members inflate to {inflated} bytes from "
+            f"{size} on disk, and checkpoints are written uncompressed"
+        )
 
 
 def resolve_checkpoint(target: str | Path, which: str = "last") -> Path:

@@ -63,10 +63,25 @@ def read_run_config(path: Path) -> Config:
     if not file.is_file():
         raise CheckpointError(f"{path}: no {CONFIG}; not a cifar100 run directory")
     try:
-        raw = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file}: unreadable ({e})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file}: not a cifar100 run config (not a JSON object)")
     return from_dict(raw, preset=raw.get("preset", "custom"))
+
+
+def read_evaluation(file: Path) -> dict[str, Any]:
+    """A run's evaluation.json (or a variant's); one clear error when it is damaged."""
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"{file}: damaged ({e}); `cifar100 evaluate {file.parent}` writes it again"
+        ) from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file}: not a cifar100 evaluation (not a JSON object)")
+    return raw
 
 
 def recorded_threads(path: Path) -> int | None:
@@ -104,9 +119,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # A line a crash cut short may end inside a character: replaced, then skipped as bad JSON.
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records

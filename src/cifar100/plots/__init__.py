@@ -9,13 +9,12 @@ global figure state leaks between calls or threads.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from cifar100.engine.runs import EVALUATION, METRICS, read_metrics
+from cifar100.engine.runs import EVALUATION, METRICS, read_evaluation, read_metrics
 from cifar100.plots.confusion import (
     confusion_matrix,
     most_confused_pairs,
@@ -32,6 +31,7 @@ from cifar100.plots.predictions import (
     plot_reliability,
 )
 from cifar100.plots.training import plot_curves, plot_lr
+from cifar100.predictions_file import read_predictions
 
 __all__ = [
     "confusion_matrix",
@@ -72,14 +72,13 @@ def plot_run(run_dir: str | Path) -> dict[str, list[Path]]:
 
     per_class = None
     if (run_dir / EVALUATION).is_file():
-        evaluation = json.loads((run_dir / EVALUATION).read_text())
+        evaluation = read_evaluation(run_dir / EVALUATION)
         per_class = evaluation.get("per_class")
         if evaluation.get("calibration", {}).get("bins"):
             save("reliability", plot_reliability(evaluation["calibration"]))
 
     if (run_dir / PREDICTIONS).is_file():
-        with np.load(run_dir / PREDICTIONS, allow_pickle=False) as z:
-            arrays = {key: z[key] for key in z.files}
+        arrays = read_predictions(run_dir / PREDICTIONS)
         labels = arrays["labels"]
         preds = arrays["logits"].argmax(axis=1)
         classes = [str(c) for c in arrays["classes"]]

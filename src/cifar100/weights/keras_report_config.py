@@ -101,6 +101,17 @@ def parse_report_config(config: dict, path) -> ReportArchitecture:
     [Rescaling] -> [UpSampling2D bilinear] -> ResNet50V2 -> GlobalAveragePooling2D -> [Dropout]
     -> Dense (relu | leaky_relu) -> BatchNormalization -> Dense (softmax | linear) [-> softmax].
     """
+    try:
+        return _parse(config, path)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
+        # A config of another shape than Keras writes (a hand-edited or foreign file).
+        raise ModelError(
+            f"{path}: its model config is not one Keras writes for a model "
+            f"({type(e).__name__}: {e}); save the model again with model.save"
+        ) from None
+
+
+def _parse(config: dict, path) -> ReportArchitecture:
     layers = config.get("config", {}).get("layers") if isinstance(config, dict) else None
     if not isinstance(layers, list):
         raise ModelError(f"{path}: the model config lists no layers")
