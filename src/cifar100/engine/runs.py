@@ -62,26 +62,25 @@ def read_run_config(path: Path) -> Config:
     file = path / CONFIG
     if not file.is_file():
         raise CheckpointError(f"{path}: no {CONFIG}; not a cifar100 run directory")
+    raw = _json_object(file, "run config", "unreadable")
+    return from_dict(raw, preset=raw.get("preset", "custom"))
+
+
+def _json_object(file: Path, what: str, damaged: str) -> dict[str, Any]:
+    """A JSON object from one of the run's files; one clear error when it is not one."""
     try:
         raw = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{file}: unreadable ({e})") from None
+        raise CheckpointError(f"{file}: {damaged} ({e})") from None
     if not isinstance(raw, dict):
-        raise CheckpointError(f"{file}: not a cifar100 run config (not a JSON object)")
-    return from_dict(raw, preset=raw.get("preset", "custom"))
+        raise CheckpointError(f"{file}: not a cifar100 {what} (not a JSON object)")
+    return raw
 
 
 def read_evaluation(file: Path) -> dict[str, Any]:
     """A run's evaluation.json (or a variant's); one clear error when it is damaged."""
-    try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(
-            f"{file}: damaged ({e}); `cifar100 evaluate {file.parent}` writes it again"
-        ) from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{file}: not a cifar100 evaluation (not a JSON object)")
-    return raw
+    advice = f"damaged; `cifar100 evaluate {file.parent}` writes it again"
+    return _json_object(file, "evaluation", advice)
 
 
 def recorded_threads(path: Path) -> int | None:
