@@ -119,21 +119,25 @@ def test_the_word_none_round_trips_through_every_text_setting(dotted, tmp_path):
     assert getattr(getattr(load_config_file(f), section), name) == "none"
 
 
-def test_preprocess_none_survives_config_json_into_the_rebuilt_model():
-    from cifar100.engine.checkpoint import restore_model
+def test_preprocess_none_survives_a_checkpoint_into_the_loaded_model(tmp_path):
+    import cifar100
+    from cifar100.engine.checkpoint import save_checkpoint
     from cifar100.models.registry import build_model
 
     cfg = apply_overrides(
         Config(),
         ["model.backbone=efficientnet_lite0", "model.weights=none", "model.preprocess=none"],
     )
-    state = {
-        "config": json.loads(json.dumps(cfg.to_dict())),
-        "classes": ["a", "b"],
-        "model": build_model(cfg.model, num_classes=2).state_dict(),
-    }
-    model, restored = restore_model(state)
-    assert restored.model.preprocess == "none" and model.preprocess.mode == "none"
+    save_checkpoint(
+        {
+            "config": json.loads(json.dumps(cfg.to_dict())),
+            "classes": ["a", "b"],
+            "model": build_model(cfg.model, num_classes=2).state_dict(),
+        },
+        tmp_path / "m.pt",
+    )
+    model = cifar100.load(tmp_path / "m.pt", device="cpu")
+    assert model.preprocessing == "none" and model.module.preprocess.mode == "none"
 
 
 NUMERIC = _fields(("int", "float"))

@@ -11,7 +11,9 @@ from torch import nn
 
 from cifar100 import cli
 from cifar100.data.tensors import ImageSet
-from cifar100.evaluate import classification_metrics, predict_logits, save_predictions
+from cifar100.evaluate import save_predictions
+from cifar100.inference import predict_logits
+from cifar100.metrics import classification_metrics
 from synthetic_cifar import make_cifar100_archive
 
 TINY = ["--preset", "scratch", "--epochs", "1", "--no-progress",

@@ -13,7 +13,7 @@ import torch
 
 from cifar100.config import ModelConfig
 from cifar100.errors import ChecksumError, DownloadError, ModelError
-from cifar100.models import Classifier, ResNet50V2, build_model
+from cifar100.models import ResNet50V2, build_model
 from cifar100.weights import keras as kw
 from cifar100.weights import sources
 from cifar100.weights.keras import load_keras_report_model, load_keras_resnet50v2_h5
@@ -432,7 +432,7 @@ def report_files(keras, kbackbone, root, seed, **kwargs):
 
 
 def assert_same_probabilities(kmodel, imported, num_classes: int) -> None:
-    ours = Classifier(ResNet50V2(), num_classes, **imported.architecture.classifier_kwargs())
+    ours = build_model(imported.architecture.model_config(), num_classes)
     ours.load_state_dict(imported.state_dict, strict=True)
     ours.eval()
     torch.manual_seed(1)

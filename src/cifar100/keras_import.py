@@ -41,15 +41,8 @@ def import_keras_model(
             "--class-names for the data it was trained on"
         )
     cfg = Config(preset="import-keras", description=f"imported from Keras model {path}", data=data)
-    m = cfg.model
-    m.weights, m.resize, m.head_units, m.dropout = (
-        "none",
-        arch.resize,
-        arch.head_units,
-        arch.dropout,
-    )
-    m.activation, m.leaky_slope, m.bn_momentum = arch.activation, arch.leaky_slope, arch.bn_momentum
-    m.preprocess = preprocess or arch.preprocess
+    cfg.model = arch.model_config()
+    cfg.model.preprocess = preprocess or arch.preprocess
     runs.prepare_run_dir(
         out,
         cfg,

@@ -193,18 +193,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cifar100.predict import Predictor
+    from cifar100.predict import predict_files
+    from cifar100.trained_model import load
 
     use_free_cores()
-    predictor = Predictor(args.checkpoint, device=args.device)
-    results = predictor.predict_files(args.images, k=args.top)
+    model = load(args.checkpoint, device=args.device)
+    results = predict_files(model, args.images, k=args.top)
     for r in results:
         if args.json:
             print(json.dumps(r.to_dict()))
         elif r.error:
-            print(f"{r.path}: error: {r.error}", file=sys.stderr)
+            print(f"{r.name}: error: {r.error}", file=sys.stderr)
         else:
-            print(f"{r.path}: " + ", ".join(f"{c} {p:.1%}" for c, p in r.top))
+            print(f"{r.name}: " + ", ".join(f"{c} {p:.1%}" for c, p in r.top))
     return 1 if any(r.error for r in results) else 0
 
 

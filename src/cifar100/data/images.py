@@ -16,7 +16,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifar100.errors import DataError
 
-__all__ = ["BACKGROUND", "HEADER_BYTES", "IMAGE_EXTENSIONS", "check_file_size", "decode_image"]
+__all__ = [
+    "BACKGROUND",
+    "HEADER_BYTES",
+    "IMAGE_EXTENSIONS",
+    "check_file_size",
+    "decode_image",
+    "prepare_image",
+    "prepare_images",
+]
 
 # Lower-case suffixes of the formats Pillow decodes here; folder_layout.py skips anything else.
 IMAGE_EXTENSIONS = frozenset(
@@ -86,6 +94,64 @@ def decode_image(source: str | Path | bytes, size: int, name: str | None = None)
         # struct.error, IndexError, ...): any of them means the file cannot be used.
         detail = str(e) or type(e).__name__
         raise DataError(f"{name}: not a readable image ({detail})") from e
+
+
+def prepare_image(image: object, size: int, name: str | None = None) -> np.ndarray:
+    """Any one image a user holds -> uint8 (size, size, 3) RGB, as training prepared its own.
+
+    A path or encoded bytes go through `decode_image`, exactly as image folders are read. A
+    PIL image, or a uint8 array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), takes the same
+    orientation, colour conversion, centre crop and resize.
+    """
+    if isinstance(image, str | Path | bytes | bytearray | memoryview):
+        source = bytes(image) if isinstance(image, bytearray | memoryview) else image
+        return decode_image(source, size, name)
+    name = name or "image"
+    if isinstance(image, np.ndarray):
+        image = _array_to_pil(image, name)
+    elif isinstance(image, Image.Image):
+        _check_pixel_count(image.size, name)
+        image = ImageOps.exif_transpose(image)  # a copy: the caller's image stays as it was
+    else:
+        raise TypeError(
+            f"{name}: expected a path, bytes, a PIL image or a uint8 array, got "
+            f"{type(image).__name__}"
+        )
+    return _square_rgb(image, size)
+
+
+def prepare_images(images: object, size: int) -> np.ndarray:
+    """One image or many (a list, or a uint8 array (N, H, W, 3)) -> uint8 (N, size, size, 3)."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        if images.dtype == np.uint8 and images.shape[1:] == (size, size, 3):
+            return np.ascontiguousarray(images)  # already what _square_rgb would return
+        images = list(images)
+    elif not isinstance(images, list | tuple):
+        images = [images]
+    if not images:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([prepare_image(im, size, _name(im, i)) for i, im in enumerate(images)])
+
+
+def _name(image: object, index: int) -> str:
+    return str(image) if isinstance(image, str | Path) else f"image {index}"
+
+
+def _array_to_pil(array: np.ndarray, name: str) -> Image.Image:
+    if array.dtype != np.uint8:
+        raise DataError(
+            f"{name}: a {array.dtype} array; give uint8 pixels 0..255 (e.g. "
+            "(x * 255).round().astype(np.uint8) for floats in [0, 1])"
+        )
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise DataError(
+            f"{name}: an array of shape {array.shape}; give (H, W), (H, W, 1), (H, W, 3) "
+            "or (H, W, 4) uint8 pixels, or a batch (N, H, W, 3)"
+        )
+    _check_pixel_count((array.shape[1], array.shape[0]), name)
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def check_file_size(head: bytes, file_size: int, name: str) -> None:

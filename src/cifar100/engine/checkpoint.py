@@ -133,21 +133,3 @@ def load_weights(model: nn.Module, weights: Any, source: str | Path, what: str =
             f"{'; '.join(p for p in problems if p)} ({len(expected)} tensors expected)"
         )
     model.load_state_dict(weights)
-
-
-def restore_model(state: dict[str, Any], source: str | Path = "checkpoint"):
-    """Rebuild the checkpoint's model (in inference mode) and its config."""
-    from cifar100.config import from_dict
-    from cifar100.models.registry import build_model
-
-    try:
-        cfg = from_dict(state["config"], preset=state["config"].get("preset", "custom"))
-        cfg.model.weights = "none"  # the checkpoint carries the trained weights itself
-        model = build_model(cfg.model, num_classes=len(state["classes"]))
-        load_weights(model, state["model"], source)
-    except KeyError as e:
-        raise CheckpointError(
-            f"{source}: checkpoint lacks {e}; it was not written by cifar100 train"
-        ) from e
-    model.eval()
-    return model, cfg

@@ -15,8 +15,8 @@ import torch
 from cifar100.engine import distributed, runs
 from cifar100.engine.checkpoint import save_checkpoint
 from cifar100.engine.run import Run
-from cifar100.evaluate import evaluate_model
 from cifar100.fileio import write_json_atomic
+from cifar100.inference import evaluate_model
 
 
 def checkpoint_state(run: Run, optimizer, phase: str, epochs_done: int) -> dict[str, Any]:
@@ -30,6 +30,7 @@ def checkpoint_state(run: Run, optimizer, phase: str, epochs_done: int) -> dict[
         "epoch": epochs_done,
         "best_val_top1": run.best,
         "wall_s": run.wall_s(),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),  # when these weights were trained
     }
     if run.ema is not None:
         state["ema"] = run.ema.state_dict()

@@ -20,11 +20,11 @@ from torch import nn
 from tqdm import tqdm
 
 from cifar100.config import ModelConfig
-from cifar100.data.augment import to_float_nchw
 from cifar100.data.tensors import ImageSet
 from cifar100.digest import hash_tensor, tensor_digest
 from cifar100.engine.runtime import autocast
 from cifar100.fileio import mark_used, torch_save_atomic
+from cifar100.inference import model_batches, run_batches
 from cifar100.models.head import Classifier
 
 FORMAT = "cifar100-features"
@@ -32,7 +32,6 @@ FORMAT = "cifar100-features"
 VERSION = 1
 
 
-@torch.no_grad()
 def extract_features(
     model: Classifier,
     images: torch.Tensor,
@@ -49,36 +48,14 @@ def extract_features(
     """
     was_training = model.training
     model.eval()  # batch norm on its moving statistics, no dropout: what inference sees
-    channels_last = device.type in ("cuda", "cpu")
-    n = len(images)
-    out: torch.Tensor | None = None
-    bar = tqdm(
-        total=n,
-        desc=desc or "features" + (" (flipped)" if flip else ""),
-        unit="img",
-        disable=not progress,
-        leave=False,
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
+    features = model_batches(model, device, amp, "features")
+    fn = (lambda batch: features(batch.flip(2))) if flip else features  # NHWC: 2 is the width
+    desc = desc or "features" + (" (flipped)" if flip else "")
     try:
-        for lo in range(0, n, batch_size):
-            batch = images[lo : lo + batch_size].to(device, non_blocking=True)
-            if flip:
-                batch = batch.flip(2)  # NHWC: axis 2 is the width
-            with autocast(device, amp):
-                f = model.features(to_float_nchw(batch, channels_last))
-            if out is None:
-                # Filled on the device: no host synchronisation per batch, one copy at the end.
-                out = torch.empty(n, f.shape[1], device=device, dtype=torch.float32)
-            out[lo : lo + len(f)] = f.float()
-            bar.update(len(f))
+        out = run_batches(images, batch_size, fn, device, progress, desc)
     finally:
-        bar.close()
         model.train(was_training)
-    if out is None:
-        return torch.empty(0, model.backbone.out_features)
-    return out.cpu()
+    return out if len(images) else torch.empty(0, model.backbone.out_features)
 
 
 def state_digest(module: nn.Module) -> str:

@@ -21,7 +21,7 @@ from cifar100.engine.interrupt import StepWatch
 from cifar100.engine.optim import build_optimizer, finetune_lr, set_lr
 from cifar100.engine.run import Run
 from cifar100.errors import ConfigError, TrainingError
-from cifar100.evaluate import classification_metrics
+from cifar100.metrics import classification_metrics
 
 
 def fit_features(

@@ -11,6 +11,7 @@ for bit.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -159,7 +160,7 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
     init = _read_init(cfg, splits.classes) if cfg.model.init and state is None else None
     model = build_model(cfg.model, num_classes=len(splits.classes), cache_dir=cache)
     if init is not None:
-        load_weights(model, init["model"], cfg.model.init)
+        load_weights(model, init, cfg.model.init)
     elif cfg.model.weights == "none" and t.freeze_epochs:
         say(f"note: weights=none, so the {t.freeze_epochs} frozen-backbone epochs are skipped")
         t.freeze_epochs = 0
@@ -208,20 +209,24 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
 
 
 def _read_init(cfg: Config, classes: list[str]) -> dict[str, Any]:
-    """The checkpoint to start from; its model settings replace cfg.model's (they must fit)."""
-    from cifar100.config import from_dict
-    from cifar100.engine.checkpoint import resolve_checkpoint
+    """The weights to start from (a run, checkpoint or safetensors export); their model
+    settings replace cfg.model's (they must fit)."""
+    from cifar100.trained_model import load
 
     path = cfg.model.init
-    init = load_checkpoint(resolve_checkpoint(path))
-    if list(init["classes"]) != list(classes):
+    init = load(path, device="cpu")
+    if init.module is None:
+        raise ConfigError(
+            f"{path}: an ONNX export cannot be trained on; start from its run, checkpoint or "
+            "safetensors export"
+        )
+    if list(init.classes) != list(classes):
         raise CheckpointError(
-            f"{path}: its {len(init['classes'])} classes differ from the data's "
+            f"{path}: its {len(init.classes)} classes differ from the data's "
             f"{len(classes)}; start from a model trained for the same classes"
         )
-    cfg.model = from_dict(init["config"]).model
-    cfg.model.init, cfg.model.weights = path, "none"  # the checkpoint supplies every weight
-    return init
+    cfg.model = dataclasses.replace(init.info.model, init=path, weights="none")
+    return init.module.state_dict()
 
 
 def _printer(bars: bool, enabled: bool = True):

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from cifar100.errors import ModelError
-from cifar100.models.head import Classifier
 from cifar100.models.resnet_v2 import ResNet50V2
 from cifar100.weights.keras_h5 import KerasLayer, open_keras_file, read_keras_layers
 from cifar100.weights.keras_report_config import ReportArchitecture, parse_report_config
@@ -77,9 +76,11 @@ def load_keras_report_model(path: str | os.PathLike) -> KerasReportModel:
             )
         arch = parse_report_config(config, path)
         layers = read_keras_layers(f, path)
-    backbone, names = _backbone_names("backbone.")
+    from cifar100.models.registry import build_model  # registry imports weights lazily too
+
+    _, names = _backbone_names("backbone.")
     names |= arch.head_layers
-    model = Classifier(backbone, arch.num_classes, **arch.classifier_kwargs())
+    model = build_model(arch.model_config(), arch.num_classes)
     state = convert_layers(model, names, layers, path)
     _unexpected(layers, set(names.values()), path, "the report's model")
     return KerasReportModel(state, arch)

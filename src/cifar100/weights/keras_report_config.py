@@ -4,10 +4,10 @@ architecture and read into a ReportArchitecture (our Classifier's settings)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from cifar100.config import ModelConfig
 from cifar100.errors import ModelError
 
 
@@ -29,15 +29,18 @@ class ReportArchitecture:
     input_size: int | None  # side of the Keras model's square input, None where not fixed
     head_layers: dict[str, str]  # our head module path -> Keras layer name
 
-    def classifier_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for Classifier(backbone, num_classes, **these)."""
-        return dict(
-            preprocess=self.preprocess,
+    def model_config(self) -> ModelConfig:
+        """Our settings for this architecture (weights: none, they come from the file)."""
+        return ModelConfig(
+            backbone="resnet50v2",
+            weights="none",
             resize=self.resize,
             head_units=self.head_units,
             dropout=self.dropout,
             activation=self.activation,
             leaky_slope=self.leaky_slope,
+            bn_momentum=self.bn_momentum,
+            preprocess=self.preprocess,
         )
 
 

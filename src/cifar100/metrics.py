@@ -1,0 +1,114 @@
+"""Classification metrics as pure functions of logits and labels: top-1, top-5, loss, per class,
+per superclass, macro-F1 and calibration. Training, evaluation and exports all use these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["calibration", "classification_metrics", "f1_scores"]
+
+
+def classification_metrics(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    classes: list[str],
+    fine_to_coarse: list[int] | None = None,
+    coarse_classes: list[str] | None = None,
+) -> dict[str, Any]:
+    """Loss, top-1, top-5 and per-class accuracy; per superclass where superclasses exist."""
+    labels = labels.long().cpu()
+    n = len(labels)
+    pred = logits.argmax(1)
+    correct = pred == labels
+    k = min(5, logits.shape[1])
+    top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1)
+    counts = torch.bincount(labels, minlength=len(classes)).clamp(min=1)
+    per_class = torch.bincount(labels, weights=correct.double(), minlength=len(classes)) / counts
+    result: dict[str, Any] = {
+        "images": n,
+        "loss": float(F.cross_entropy(logits, labels)) if n else float("nan"),
+        "top1": float(correct.double().mean()) if n else float("nan"),
+        "top5": float(top5.double().mean()) if n else float("nan"),
+        "per_class": {c: round(float(a), 4) for c, a in zip(classes, per_class)},
+        **f1_scores(pred, labels, classes),
+        "calibration": calibration(logits, labels),
+    }
+    if fine_to_coarse is not None and coarse_classes is not None:
+        mapping = torch.tensor(fine_to_coarse)
+        true_coarse = mapping[labels]
+        superclass_hit = mapping[pred] == true_coarse
+        n_coarse = len(coarse_classes)
+        sc_counts = torch.bincount(true_coarse, minlength=n_coarse).clamp(min=1)
+        fine_in_sc = torch.bincount(true_coarse, weights=correct.double(), minlength=n_coarse)
+        sc_hit = torch.bincount(true_coarse, weights=superclass_hit.double(), minlength=n_coarse)
+        result["superclass_top1"] = float(superclass_hit.double().mean()) if n else float("nan")
+        result["per_superclass"] = {
+            c: {"fine_top1": round(float(f / m), 4), "superclass_top1": round(float(s / m), 4)}
+            for c, f, s, m in zip(coarse_classes, fine_in_sc, sc_hit, sc_counts)
+        }
+    return result
+
+
+def f1_scores(pred: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Macro-F1 and per-class precision, recall, F1 and support.
+
+    The macro mean is over the classes that occur in the labels or the predictions (as
+    scikit-learn does), so a class absent from a small test set does not count as F1 = 0.
+    """
+    k = len(classes)
+    tp = torch.bincount(labels[pred == labels], minlength=k).double()
+    predicted = torch.bincount(pred, minlength=k).double()
+    support = torch.bincount(labels, minlength=k).double()
+    precision = tp / predicted.clamp(min=1)
+    recall = tp / support.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    present = (support + predicted) > 0
+    return {
+        "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
+        "per_class_prf": {
+            c: {
+                "precision": round(float(p), 4),
+                "recall": round(float(r), 4),
+                "f1": round(float(f), 4),
+                "support": int(n),
+            }
+            for c, p, r, f, n in zip(classes, precision, recall, f1, support)
+        },
+    }
+
+
+def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error over equal-width confidence bins, with each bin's data.
+
+    A bin i holds confidences in (i/bins, (i+1)/bins]; ECE = sum over bins of
+    count/N * |accuracy - mean confidence|. The bins are a reliability diagram's bars.
+    """
+    n = len(labels)
+    if n == 0:
+        return {"ece": float("nan"), "bins": []}
+    conf, pred = logits.double().softmax(1).max(1)
+    correct = (pred == labels).double()
+    # ceil(conf * bins) - 1 puts a confidence exactly on an edge in the lower bin.
+    index = (torch.ceil(conf * bins).long() - 1).clamp(0, bins - 1)
+    count = torch.bincount(index, minlength=bins).double()
+    conf_sum = torch.bincount(index, weights=conf, minlength=bins)
+    hit_sum = torch.bincount(index, weights=correct, minlength=bins)
+    mean_conf = conf_sum / count.clamp(min=1)
+    accuracy = hit_sum / count.clamp(min=1)
+    ece = float(((count / n) * (accuracy - mean_conf).abs()).sum())
+    return {
+        "ece": ece,
+        "bins": [
+            {
+                "lower": round(i / bins, 6),
+                "upper": round((i + 1) / bins, 6),
+                "count": int(count[i]),
+                "confidence": float(mean_conf[i]) if count[i] else None,
+                "accuracy": float(accuracy[i]) if count[i] else None,
+            }
+            for i in range(bins)
+        ],
+    }

@@ -1,0 +1,161 @@
+"""What a trained model is: its settings, classes and input size (everything needed to rebuild
+it), and where it came from. Checkpoints hold it in their own keys; every export carries it as
+one JSON object, so an exported file explains itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cifar100.config import Config, ModelConfig, from_dict
+from cifar100.errors import CheckpointError
+
+FORMAT = "cifar100-model"
+VERSION = 1
+
+
+@dataclass
+class ModelInfo:
+    """A trained classifier's settings and provenance (None where unknown)."""
+
+    # The run's resolved settings: the architecture (config.model, whose `weights` is "none":
+    # the weights come with the model), the data it was trained and tested on, the recipe.
+    config: Config
+    classes: list[str]
+    image_size: int  # the side of the square uint8 images it takes
+    dataset: str = "custom"
+    coarse_classes: list[str] | None = None  # CIFAR-100's superclasses
+    fine_to_coarse: list[int] | None = None
+    run: str | None = None  # the run directory it was trained in
+    epoch: int | None = None  # whole epochs trained
+    steps_into_next_epoch: int | None = None  # a run stopped mid-epoch
+    test_top1: float | None = None
+    test_top5: float | None = None
+    saved_at: str | None = None  # when its weights were saved (ISO 8601)
+    commit: str | None = None  # the cifar100 git commit that trained it
+    imported_from: str | None = None  # a Keras file it was imported from
+    ema_updates: int | None = None  # the checkpoint also holds an EMA of the weights, this old
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.config.model
+
+    @property
+    def amp(self) -> bool:
+        """bf16 autocast on CUDA, as it was trained."""
+        return self.config.train.amp
+
+    @property
+    def has_ema(self) -> bool:
+        return self.ema_updates is not None
+
+    @property
+    def backbone(self) -> str:
+        return self.model.backbone
+
+    @property
+    def preprocessing(self) -> str:
+        """How pixels are scaled for the backbone (a models.head.Preprocess mode)."""
+        from cifar100.models.registry import get_backbone
+
+        return self.model.preprocess or get_backbone(self.model.backbone).preprocessing
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, raw: Any, source: str | Path) -> ModelInfo:
+        """Read back what `to_json` wrote; CheckpointError naming `source` if it is not that."""
+        if isinstance(raw, str | bytes):
+            try:
+                raw = json.loads(raw)
+            except ValueError as e:
+                raise CheckpointError(
+                    f"{source}: its cifar100 model record is not JSON ({e})"
+                ) from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise CheckpointError(f"{source}: no cifar100 model record in it")
+        if raw.get("version", 0) > VERSION:
+            raise CheckpointError(f"{source}: written by a newer cifar100; upgrade to read it")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in raw.items() if k in fields}
+        try:
+            config = raw["config"]
+            values["config"] = from_dict(config, preset=str(config.get("preset", "custom")))
+            info = cls(**values)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(
+                f"{source}: its cifar100 model record is incomplete ({e})"
+            ) from None
+        info.check(source)
+        return info
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], path: Path) -> ModelInfo:
+        """The checkpoint's own keys, and what its run directory says about it."""
+        try:
+            cfg = from_dict(state["config"], preset=state["config"].get("preset", "custom"))
+            classes = list(state["classes"])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(
+                f"{path}: checkpoint lacks {e}; it was not written by cifar100 train"
+            ) from e
+        cfg.model.weights = "none"
+        position = state.get("position") or {}
+        info = cls(
+            config=cfg,
+            classes=classes,
+            image_size=int(state.get("image_size", 32)),
+            dataset=str(state.get("dataset", "custom")),
+            coarse_classes=state.get("coarse_classes"),
+            fine_to_coarse=state.get("fine_to_coarse"),
+            epoch=state.get("epoch"),
+            steps_into_next_epoch=position.get("step"),
+            saved_at=state.get("saved_at"),
+            imported_from=state.get("imported_from"),
+            ema_updates=int(ema.get("updates", 0))
+            if isinstance(ema := state.get("ema"), dict)
+            else None,
+        )
+        info._read_run(path)
+        info.check(path)
+        return info
+
+    def _read_run(self, path: Path) -> None:
+        """Test accuracy and commit from the run directory holding `path`, where it is one."""
+        run = path.parent
+        if not (run / "config.json").is_file():
+            return
+        self.run = str(run)
+        evaluation = _json_file(run / "evaluation.json")
+        if evaluation and Path(str(evaluation.get("checkpoint", ""))).name == path.name:
+            self.test_top1, self.test_top5 = evaluation.get("top1"), evaluation.get("top5")
+        self.commit = (_json_file(run / "environment.json") or {}).get("git_commit")
+
+    def check(self, source: str | Path) -> None:
+        """The fields a model is rebuilt from, checked; CheckpointError naming `source`."""
+        ok = (
+            isinstance(self.classes, list)
+            and self.classes
+            and all(isinstance(c, str) for c in self.classes)
+            and len(set(self.classes)) == len(self.classes)
+            and isinstance(self.image_size, int)
+            and 8 <= self.image_size <= 1024
+        )
+        if not ok:
+            raise CheckpointError(
+                f"{source}: its classes or image size are not usable (classes must be distinct "
+                f"names, the size 8..1024 px; got {len(self.classes or [])} classes, size "
+                f"{self.image_size!r})"
+            )
+
+
+def _json_file(path: Path) -> dict | None:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None

@@ -1,0 +1,185 @@
+"""A trained model, from anything this tool writes, ready to classify images of any kind.
+
+    import cifar100
+    model = cifar100.load("runs/20261201-120000-cpu-finetune")  # or a .pt, .safetensors, .onnx
+    model.classes, model.image_size, model.test_top1
+    model.predict(["cat.jpg", pil_image, uint8_array], k=5)[0].top    # [("cat", 0.91), ...]
+    model.probabilities(images)                                        # (N, classes) float32
+
+Images are prepared by the function that prepared the training images (data.images), and run
+through the one batched inference loop (inference.py), with PyTorch or ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cifar100.data.images import prepare_images
+from cifar100.errors import CheckpointError, ModelError
+from cifar100.inference import model_batches, run_batches, with_flip
+from cifar100.model_info import ModelInfo
+
+__all__ = ["Prediction", "TrainedModel", "load"]
+
+SUFFIXES = {".pt": "checkpoint", ".safetensors": "safetensors", ".onnx": "onnx"}
+
+
+@dataclass
+class Prediction:
+    """The top classes of one image, most probable first; or why it could not be read."""
+
+    top: list[tuple[str, float]] = field(default_factory=list)  # (class, probability)
+    name: str | None = None  # the file it came from, where it came from one
+    error: str | None = None
+
+    @property
+    def label(self) -> str | None:
+        return self.top[0][0] if self.top else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON `cifar100 predict --json` prints, one object per image."""
+        if self.error is not None:
+            return {"path": self.name, "error": self.error}
+        return {
+            "path": self.name,
+            "predictions": [{"class": c, "probability": round(p, 6)} for c, p in self.top],
+        }
+
+
+class TrainedModel:
+    """A trained classifier with what it is (`info`), run by PyTorch or ONNX Runtime."""
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        source: Path,
+        batches: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+        module: torch.nn.Module | None = None,
+        runtime: str = "torch",
+    ) -> None:
+        self.info, self.source, self.device, self.runtime = info, source, device, runtime
+        self.module = module  # the torch model (eval mode); None for an ONNX model
+        self._batches = batches  # uint8 NHWC batch on `device` -> logits
+
+    classes = property(lambda self: self.info.classes)
+    image_size = property(lambda self: self.info.image_size)
+    backbone = property(lambda self: self.info.backbone)
+    preprocessing = property(lambda self: self.info.preprocessing)
+    test_top1 = property(lambda self: self.info.test_top1)
+
+    def __repr__(self) -> str:
+        acc = f", test top-1 {self.test_top1:.2%}" if self.test_top1 is not None else ""
+        return (
+            f"TrainedModel({self.backbone}, {len(self.classes)} classes, {self.image_size}px, "
+            f"{self.runtime} on {self.device}{acc}; from {self.source})"
+        )
+
+    def prepare(self, images: Any) -> np.ndarray:
+        """uint8 (N, size, size, 3) from paths, bytes, PIL images or uint8 arrays of any size."""
+        return prepare_images(images, self.image_size)
+
+    def logits(
+        self,
+        pixels: np.ndarray | torch.Tensor,
+        batch_size: int = 256,
+        tta_flip: bool = False,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Float32 logits (N, classes) on the CPU of prepared uint8 (N, size, size, 3) images.
+
+        tta_flip: the log of the mean softmax of each image and its mirror image.
+        """
+        pixels = torch.as_tensor(pixels)
+        if pixels.dtype != torch.uint8 or pixels.shape[1:] != (self.image_size,) * 2 + (3,):
+            raise ModelError(
+                f"expected uint8 images (N, {self.image_size}, {self.image_size}, 3), got "
+                f"{pixels.dtype} {tuple(pixels.shape)}; prepare them with model.prepare(...)"
+            )
+        fn = with_flip(self._batches) if tta_flip else self._batches
+        return run_batches(pixels, batch_size, fn, self.device, progress, "predicting")
+
+    def probabilities(self, images: Any, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities (N, classes), float32, of images of any kind (see `prepare`)."""
+        return self.logits(self.prepare(images), batch_size).softmax(1).numpy()
+
+    def predict(self, images: Any, k: int = 5, batch_size: int = 256) -> list[Prediction]:
+        """The top-k classes of each image, most probable first."""
+        probs = torch.from_numpy(self.probabilities(images, batch_size))
+        top = probs.topk(min(k, len(self.classes)), dim=1)
+        return [
+            Prediction([(self.classes[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())])
+            for v, ix in zip(top.values, top.indices)
+        ]
+
+
+def load(
+    path: str | Path,
+    *,
+    device: str = "auto",
+    checkpoint: str = "last",
+    ema: bool = False,
+) -> TrainedModel:
+    """A trained model from a run directory (its `checkpoint`: last or best), a checkpoint
+    (.pt), a safetensors export or an ONNX export (run by ONNX Runtime on the CPU).
+
+    ema: the checkpoint's exponential moving average of the weights instead.
+    """
+    from cifar100.engine.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint(path, checkpoint)
+    kind = SUFFIXES.get(path.suffix.lower(), "checkpoint")
+    if ema and kind != "checkpoint":
+        raise CheckpointError(f"{path}: only a checkpoint keeps EMA weights; load it without ema")
+    if kind == "onnx":
+        from cifar100.export.onnx_runtime import load_onnx
+
+        return load_onnx(path)
+    if kind == "safetensors":
+        from cifar100.export.safetensors_file import read_safetensors
+
+        info, weights = read_safetensors(path)
+    else:
+        info, weights = _read_checkpoint(path, ema)
+    return from_weights(info, weights, path, device)
+
+
+def from_weights(
+    info: ModelInfo, weights: dict[str, torch.Tensor], source: Path, device: str = "auto"
+) -> TrainedModel:
+    """Rebuild `info`'s model, fill it with `weights` and put it on `device` for inference."""
+    from cifar100.engine.checkpoint import load_weights
+    from cifar100.engine.runtime import select_device, tune_backends
+    from cifar100.models.registry import build_model
+
+    module = build_model(info.model, num_classes=len(info.classes))
+    load_weights(module, weights, source)
+    dev = select_device(device)
+    tune_backends(dev)
+    module.to(dev).eval()
+    if dev.type in ("cuda", "cpu"):  # channels-last: faster on both
+        module.to(memory_format=torch.channels_last)
+    fn = torch.no_grad()(model_batches(module, dev, info.amp))
+    return TrainedModel(info, source, fn, dev, module)
+
+
+def _read_checkpoint(path: Path, ema: bool) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
+    from cifar100.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    info = ModelInfo.from_checkpoint(state, path)
+    if not ema:
+        return info, state.get("model")
+    average = state.get("ema")
+    if not isinstance(average, dict) or "model" not in average:
+        raise CheckpointError(
+            f"{path}: no EMA weights in this checkpoint (train with --set train.ema_decay=0.999 "
+            "to keep them); evaluate without --ema"
+        )
+    return info, average["model"]
