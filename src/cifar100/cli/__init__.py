@@ -14,6 +14,7 @@ from cifar100.cli.commands import (
     cmd_compare,
     cmd_data,
     cmd_evaluate,
+    cmd_export,
     cmd_import_keras,
     cmd_predict,
     cmd_presets,
@@ -36,6 +37,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "data": cmd_data,
     "import-keras": cmd_import_keras,
+    "export": cmd_export,
     "cache": cmd_cache,
 }
 

@@ -321,6 +321,43 @@ def read_class_names(path: str) -> list[str]:
     return names
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from cifar100.export.formats import export_model, model_images
+    from cifar100.trained_model import load
+
+    model = load(args.target, device="cpu", checkpoint=args.checkpoint)
+    images, why = None, ""
+    if args.format in ("onnx", "triton") and model.runtime == "torch":
+        images, why = model_images(model, args.data, args.cache_dir)
+        if images is None and (args.data or args.quantize):
+            raise CifarError(f"cannot read the images to check and calibrate on: {why}")
+    result = export_model(
+        model,
+        args.format,
+        args.out,
+        force=args.force,
+        quantize=args.quantize,
+        name=args.name,
+        images=images,
+        max_batch=args.max_batch,
+    )
+    checked = result.details.get("max_abs_diff")
+    print(
+        f"wrote {result.path} ({args.format}"
+        + (", int8" if args.quantize else "")
+        + (
+            f"; ONNX Runtime vs PyTorch: max |difference| of probabilities {checked:.1e} on "
+            f"{result.details.get('images_checked')} images"
+            if checked is not None
+            else ""
+        )
+        + ")"
+    )
+    if result.note:
+        print(f"note: {result.note}" + (f" ({why})" if why else ""), file=sys.stderr)
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from cifar100.config import DataConfig
     from cifar100.data import load_data

@@ -250,6 +250,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common_args(k, device=False)
 
+    x = sub.add_parser(
+        "export",
+        parents=[debug],
+        help="write a trained model as ONNX, safetensors, Keras or a Triton model repository",
+        description="Write a trained model (a run directory, a checkpoint, or a safetensors "
+        "export) in a format other tools run: onnx (uint8 images in, probabilities and logits "
+        "out, the scaling and upsampling inside; checked against PyTorch on the model's test "
+        "images before it is written), safetensors (weights and settings, no pickle), keras "
+        "(a .keras file for the report's ResNet50V2 architecture) or triton (a Triton "
+        "Inference Server model repository around the ONNX graph). Each carries the model's "
+        "classes, image size, settings and provenance.",
+    )
+    x.add_argument("target", metavar="RUN_OR_CHECKPOINT", help="a run directory or a model file")
+    x.add_argument("--format", required=True, choices=["onnx", "safetensors", "keras", "triton"])
+    x.add_argument(
+        "--out", metavar="PATH", help="default: RUN_DIR/model.FORMAT (RUN_DIR/triton for triton)"
+    )
+    x.add_argument("--force", action="store_true", help="replace an existing output")
+    x.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="onnx, triton: ONNX Runtime static int8 quantisation, calibrated on training images",
+    )
+    x.add_argument(
+        "--checkpoint",
+        choices=["last", "best"],
+        default="last",
+        help="which checkpoint of a run directory (default: last)",
+    )
+    x.add_argument(
+        "--name", default="cifar100", help="triton: the model's name (default: cifar100)"
+    )
+    x.add_argument(
+        "--max-batch",
+        type=at_least(1),
+        default=64,
+        metavar="N",
+        help="triton: max_batch_size of the model config (default: 64)",
+    )
+    x.add_argument(
+        "--data",
+        metavar="PATH",
+        help="the model's data, for the ONNX check and int8 calibration (default: its own)",
+    )
+    common_args(x, device=False)
+
     d = sub.add_parser(
         "data",
         parents=[debug],
