@@ -444,3 +444,13 @@ def test_a_keras_config_of_another_shape_is_a_model_error(config):
 
     with pytest.raises(ModelError, match="m.h5: "):
         parse_report_config(config, "m.h5")
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx", "triton"])
+def test_exporting_into_a_read_only_folder_is_one_line(fmt, run, read_only_dir, capsys):
+    out, cache = run
+    target = read_only_dir / ("repo" if fmt == "triton" else f"m.{fmt}")
+    argv = ["export", str(out), "--format", fmt, "--out", str(target), "--cache-dir", str(cache)]
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, str(read_only_dir))

@@ -11,7 +11,6 @@ ONNX and safetensors ones a digest that `cifar100.load` checks.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +66,7 @@ def export_model(
     if quantize and fmt not in ("onnx", "triton"):
         raise ConfigError("--quantize int8 is for ONNX (and Triton) exports")
     out = Path(out) if out else default_output(model, fmt, quantize)
-    if out.exists() and not force:
+    if fmt != "triton" and out.exists() and not force:  # a repository may hold other models
         raise ConfigError(f"{out} exists; pass --force to replace it, or another --out")
     if fmt == "safetensors":
         from cifar100.export.safetensors_file import write_safetensors
@@ -160,17 +159,18 @@ def _triton(model, out: Path, name, quantize, images, max_batch, force) -> Expor
 
     from cifar100.export.triton_repo import write_triton_repository
 
-    if force and (out / name).exists():
-        shutil.rmtree(out / name)
     details, note = {}, ""
-    with tempfile.TemporaryDirectory(dir=_existing_parent(out)) as tmp:
+    # Beside the repository, not in it: Triton takes every folder there for a model.
+    with tempfile.TemporaryDirectory(dir=_existing_parent(out.parent)) as tmp:
         if model.runtime == "onnx":  # already an ONNX export: Triton runs that file
             onnx_path = model.source
         else:
             onnx_path = Path(tmp) / "model.onnx"
             result = _onnx(model, onnx_path, quantize, images)
             details, note = result.details, result.note
-        repo = write_triton_repository(onnx_path, out, name, model.classes, max_batch=max_batch)
+        repo = write_triton_repository(
+            onnx_path, out, name, model.classes, max_batch=max_batch, force=force
+        )
     return ExportResult(repo, "triton", details, note)
 
 

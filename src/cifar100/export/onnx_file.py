@@ -1,0 +1,316 @@
+"""A classifier as one self-contained ONNX file: uint8 images in, probabilities and logits out.
+
+    export_onnx(model, 32, {"classes": json.dumps(names)}, Path("model.onnx"), test_images)
+    quantize_onnx_int8(Path("model.onnx"), Path("model.int8.onnx"), calibration_images)
+
+The graph holds everything between decoded pixels and the answer (NHWC -> NCHW, uint8 ->
+float, scaling, upsampling), so a client sends the images it has and nothing else. Each file
+is run in ONNX Runtime before it is written: the export must match PyTorch, the int8 model
+must load and answer in the float one's shape (its accuracy is measured elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from google.protobuf.message import DecodeError
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from torch import nn
+
+import cifar100
+from cifar100.errors import ModelError
+from cifar100.fileio import atomic_path
+
+INPUT = "images"
+OUTPUTS = ("probabilities", "logits")
+BATCH_AXIS = "batch"
+# torchlib's own opset in torch 2.13 (its default, 20, adds a version-conversion pass). The
+# file's IR version is 10, which ONNX Runtime reads from 1.18 on.
+DEFAULT_OPSET = 18
+# torch.export specialises a dimension whose example size is 1 to the constant 1.
+EXAMPLE_BATCH = 2
+CHECK_BATCH = 32  # images per ONNX Runtime / PyTorch call while checking
+TOLERANCE = 1e-4  # max |probability difference| between ONNX Runtime and PyTorch
+PROTOBUF_LIMIT = 2**31  # one protobuf message; above it weights need external data files
+
+
+class ImagesToScores(nn.Module):
+    """uint8 (N, S, S, 3) pixels -> (softmax probabilities, logits), both float32 (N, C)."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.classifier(images.permute(0, 3, 1, 2).float()).float()
+        return torch.softmax(logits, dim=-1), logits
+
+
+def export_onnx(
+    model: nn.Module,
+    image_size: int,
+    metadata: dict[str, str],
+    out: Path,
+    check_images: np.ndarray,
+    *,
+    opset: int = DEFAULT_OPSET,
+) -> dict:
+    """Export `model` (raw pixels (N, 3, H, W) -> logits) as `out`, checked before it is written.
+
+    The file takes "images" uint8 (batch, image_size, image_size, 3) and gives "probabilities"
+    and "logits" float32 (batch, C); `metadata` goes into its metadata_props. ONNX Runtime must
+    match PyTorch (fp32, CPU) on `check_images` to within TOLERANCE, at batch 1 and larger, or
+    ModelError is raised and nothing is written. The caller's model is left as it was.
+    """
+    _check_metadata(metadata)
+    _check_images(check_images, image_size, "check images", at_least=2)
+    # A float32 CPU copy in eval mode: the reference is then what ONNX Runtime computes on
+    # the CPU (no TF32, no half precision), and the caller's model keeps its mode and device.
+    wrapper = ImagesToScores(copy.deepcopy(model).float().cpu()).eval()
+    weight_bytes = sum(t.numel() * t.element_size() for t in wrapper.state_dict().values())
+    if weight_bytes >= PROTOBUF_LIMIT:
+        raise ModelError(
+            f"the model's weights take {weight_bytes / 2**30:.1f} GiB; a self-contained ONNX "
+            "file holds under 2 GiB"
+        )
+    started = time.perf_counter()
+    proto = _torch_export(wrapper, image_size, opset)
+    export_seconds = time.perf_counter() - started
+    _describe(proto, image_size, metadata)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ModelError(f"the exported ONNX graph is invalid: {_first_line(e)}") from e
+    data = proto.SerializeToString()
+    session = _session(data)
+    diff, batch_sizes = _compare_with_torch(session, wrapper, check_images)
+    if not diff < TOLERANCE:  # also catches NaN
+        raise ModelError(
+            f"ONNX Runtime differs from PyTorch by up to {diff:.3g} in a probability "
+            f"(allowed {TOLERANCE:g}) on {len(check_images)} images; {out} not written"
+        )
+    with atomic_path(out, "ONNX model", needed=len(data)) as tmp:
+        tmp.write_bytes(data)
+    return {
+        "path": str(out),
+        "bytes": len(data),
+        # What the file declares: the exporter's version conversion can leave the graph as it was.
+        "opset": next(o.version for o in proto.opset_import if o.domain == ""),
+        "max_abs_diff": diff,
+        "tolerance": TOLERANCE,
+        "images_checked": len(check_images),
+        "batch_sizes": batch_sizes,
+        "export_seconds": round(export_seconds, 2),
+    }
+
+
+def _torch_export(wrapper: nn.Module, image_size: int, opset: int) -> onnx.ModelProto:
+    example = torch.zeros(EXAMPLE_BATCH, image_size, image_size, 3, dtype=torch.uint8)
+    batch = torch.export.Dim(BATCH_AXIS, min=1)
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                wrapper,
+                (example,),
+                input_names=[INPUT],
+                output_names=list(OUTPUTS),
+                # Keyed by forward()'s argument name; the Dim's name becomes the dim_param.
+                dynamic_shapes={"images": {0: batch}},
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+            )
+    except torch.onnx.errors.OnnxExporterError as e:
+        raise ModelError(f"cannot export the model to ONNX: {_first_line(e)}") from e
+    proto = program.model_proto
+    for value in [*proto.graph.input, *proto.graph.output]:
+        if value.type.tensor_type.shape.dim[0].dim_param != BATCH_AXIS:
+            raise ModelError(f"the exported graph's {value.name!r} has a fixed batch size")
+    return proto
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    # torch 2.13's exporter logs a warning per torchvision op when torchvision is absent, and
+    # its pytree code warns about a deprecation inside torch: noise, not the user's problem.
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+            yield
+    finally:
+        registration.setLevel(level)
+
+
+def _describe(proto: onnx.ModelProto, image_size: int, metadata: dict[str, str]) -> None:
+    """Names, doc strings and metadata, so the file explains itself to whoever opens it."""
+    num_classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    proto.producer_name = "cifar100"
+    proto.producer_version = f"{cifar100.__version__} (torch {torch.__version__})"
+    proto.graph.name = "cifar100_classifier"
+    proto.doc_string = (
+        f"Image classifier over {num_classes} classes. Input {INPUT!r}: uint8 RGB pixels "
+        f"0..255, (batch, {image_size}, {image_size}, 3), channels last; scaling and resizing "
+        f"happen inside. Outputs {OUTPUTS[0]!r} (softmax) and {OUTPUTS[1]!r}: float32 "
+        f"(batch, {num_classes}), columns in the order of the 'classes' metadata entry."
+    )
+    docs = {
+        INPUT: f"uint8 RGB pixels 0..255, (batch, {image_size}, {image_size}, 3)",
+        OUTPUTS[0]: "softmax class probabilities, (batch, classes)",
+        OUTPUTS[1]: "logits before the softmax, (batch, classes)",
+    }
+    for value in [*proto.graph.input, *proto.graph.output]:
+        value.doc_string = docs[value.name]
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def _compare_with_torch(
+    session: ort.InferenceSession, wrapper: nn.Module, images: np.ndarray
+) -> tuple[float, list[int]]:
+    """Max |probability difference| over `images`, and the batch sizes ONNX Runtime ran.
+
+    The first image alone, then the rest in batches: batch 1 and a size other than the
+    export's example show that the batch axis really is dynamic.
+    """
+    with torch.inference_mode():
+        expected = np.concatenate(
+            [wrapper(torch.from_numpy(batch))[0].numpy() for batch in _batches(images)]
+        )
+    got, sizes = [], []
+    for batch in [images[:1], *_batches(images[1:])]:
+        probabilities, logits = session.run(list(OUTPUTS), {INPUT: batch})
+        if probabilities.shape != logits.shape or len(probabilities) != len(batch):
+            raise ModelError(f"ONNX Runtime gave {probabilities.shape} for a batch of {len(batch)}")
+        got.append(probabilities)
+        sizes.append(len(batch))
+    return float(np.abs(np.concatenate(got) - expected).max()), sizes
+
+
+def quantize_onnx_int8(fp32_path: Path, out: Path, calibration_images: np.ndarray) -> dict:
+    """Statically quantise an exported file to int8 (ONNX Runtime, QDQ), written as `out`.
+
+    Activations are calibrated (min/max) on `calibration_images`, uint8 (N, S, S, 3) as the
+    file takes them; weights are int8 per output channel. Inputs, outputs and metadata stay
+    as they were, with "quantization" added.
+    """
+    fp32 = _load(fp32_path)
+    size = fp32.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    _check_images(calibration_images, size, "calibration images", at_least=1)
+    with tempfile.TemporaryDirectory(prefix="cifar100-int8-") as tmp:
+        prepared, quantized = Path(tmp, "prepared.onnx"), Path(tmp, "int8.onnx")
+        # Shape inference (and ORT's basic graph fusions), as onnxruntime recommends first.
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _CalibrationImages(calibration_images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            # ONNX Runtime's advice for x86 CPUs with VNNI; the activations after ReLU/ReLU6
+            # are mostly non-negative, so an asymmetric uint8 range wastes little.
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=_vector_nodes(_load(prepared)),
+        )
+        int8 = _load(quantized)
+    del int8.metadata_props[:]
+    for entry in fp32.metadata_props:
+        int8.metadata_props.add(key=entry.key, value=entry.value)
+    count = len(calibration_images)
+    int8.metadata_props.add(key="quantization", value=f"int8 static, {count} calibration images")
+    int8.metadata_props.add(
+        key="quantization.scheme",
+        value="onnxruntime quantize_static QDQ: uint8 activations (min/max), int8 per-channel "
+        "weights; pooled features, head, logits and probabilities kept in float32",
+    )
+    int8.doc_string = f"{fp32.doc_string} Weights and activations quantised to int8."
+    onnx.checker.check_model(int8, full_check=True)
+    data = int8.SerializeToString()
+    # It must load and answer in the fp32 file's shape before it takes the fp32 file's place.
+    batch = calibration_images[:2]
+    probabilities, logits = _session(data).run(list(OUTPUTS), {INPUT: batch})
+    num_classes = fp32.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    if not probabilities.shape == logits.shape == (len(batch), num_classes):
+        raise ModelError(f"the int8 model gives {probabilities.shape}, not (N, {num_classes})")
+    with atomic_path(out, "int8 ONNX model", needed=len(data)) as tmp_out:
+        tmp_out.write_bytes(data)
+    return {"path": str(out), "bytes": len(data), "calibration_images": count}
+
+
+class _CalibrationImages:
+    """onnxruntime.quantization's CalibrationDataReader protocol over uint8 images."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self._batches = iter(_batches(images))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT: batch}
+
+
+def _vector_nodes(proto: onnx.ModelProto) -> list[str]:
+    """The nodes whose outputs are all (batch, n): global pool, head, logits, probabilities.
+
+    They are a tiny share of the arithmetic, and int8 logits (256 levels) would tie classes
+    whose scores are close, so they stay in float. Needs the shapes of quant_pre_process.
+    """
+    values = [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in values}
+    return [
+        n.name for n in proto.graph.node if n.output and all(rank.get(o) == 2 for o in n.output)
+    ]
+
+
+def _batches(images: np.ndarray) -> list[np.ndarray]:
+    return [images[i : i + CHECK_BATCH] for i in range(0, len(images), CHECK_BATCH)]
+
+
+def _session(data: bytes) -> ort.InferenceSession:
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(path)
+    except (OSError, DecodeError) as e:
+        raise ModelError(f"cannot read ONNX model {path}: {_first_line(e)}") from e
+
+
+def _check_metadata(metadata: dict[str, str]) -> None:
+    # A number or a dict would be stored as its Python repr: the reader expects text it wrote.
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"ONNX metadata must map str to str; got {key!r}: {value!r}")
+
+
+def _check_images(images: np.ndarray, size: int, what: str, at_least: int) -> None:
+    shape = getattr(images, "shape", None)
+    if getattr(images, "dtype", None) != np.uint8 or shape is None or shape[1:] != (size, size, 3):
+        raise ModelError(
+            f"{what}: need uint8 (N, {size}, {size}, 3) images, got "
+            f"{getattr(images, 'dtype', type(images).__name__)} {shape}"
+        )
+    if len(images) < at_least:
+        raise ModelError(f"{what}: need at least {at_least}, got {len(images)}")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

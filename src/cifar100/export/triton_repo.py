@@ -1,0 +1,223 @@
+"""A Triton Inference Server model repository entry for an exported ONNX classifier.
+
+    write_triton_repository(Path("model.onnx"), Path("models"), "cifar100", classes)
+    # models/cifar100/config.pbtxt, models/cifar100/labels.txt, models/cifar100/1/model.onnx
+    # then: tritonserver --model-repository=models
+
+config.pbtxt's inputs and outputs are read from the ONNX graph itself, so they cannot drift
+from the file Triton loads. The entry appears whole or not at all: it is written into a
+hidden directory beside the target and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import TensorProto
+
+import cifar100
+from cifar100.errors import ModelError, WriteError
+from cifar100.fileio import check_free_space, write_failure
+
+# A directory name and a URL path segment (/v2/models/<name>); Triton itself refuses "/" and
+# "..", and a leading dot would hide the entry (and clash with the temporary directories).
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+LABELS_FILE = "labels.txt"
+# Waiting up to 0.1 ms for more requests costs a lone request nothing noticeable next to a
+# forward pass, and lets concurrent ones share a batch.
+QUEUE_DELAY_US = 100
+TRITON_TYPES = {
+    TensorProto.BOOL: "TYPE_BOOL",
+    TensorProto.UINT8: "TYPE_UINT8",
+    TensorProto.UINT16: "TYPE_UINT16",
+    TensorProto.UINT32: "TYPE_UINT32",
+    TensorProto.UINT64: "TYPE_UINT64",
+    TensorProto.INT8: "TYPE_INT8",
+    TensorProto.INT16: "TYPE_INT16",
+    TensorProto.INT32: "TYPE_INT32",
+    TensorProto.INT64: "TYPE_INT64",
+    TensorProto.FLOAT16: "TYPE_FP16",
+    TensorProto.FLOAT: "TYPE_FP32",
+    TensorProto.DOUBLE: "TYPE_FP64",
+    TensorProto.BFLOAT16: "TYPE_BF16",
+    TensorProto.STRING: "TYPE_STRING",
+}
+
+
+def write_triton_repository(
+    onnx_path: Path,
+    out_dir: Path,
+    name: str,
+    classes: list[str],
+    *,
+    max_batch: int = 64,
+    version: int = 1,
+    force: bool = False,
+) -> Path:
+    """Write out_dir/name (config.pbtxt, labels.txt, <version>/model.onnx); return that path.
+
+    An existing non-empty out_dir/name is refused unless `force`, which replaces it whole.
+    """
+    if not MODEL_NAME.fullmatch(name):
+        raise ModelError(
+            f"Triton model name {name!r}: use letters, digits, '_', '-' and '.', starting with "
+            "a letter or digit, at most 128 characters"
+        )
+    if max_batch < 1:
+        raise ModelError(f"max_batch={max_batch}: Triton batching needs at least 1")
+    if version < 1:
+        raise ModelError(f"version={version}: Triton model versions start at 1")
+    if not classes or any(not c or "\n" in c or "\r" in c for c in classes):
+        raise ModelError("class names: need at least one, each non-empty and on one line")
+    graph = _load_graph(onnx_path)
+    initializers = {t.name for t in graph.initializer}
+    inputs = [_tensor(v, onnx_path) for v in graph.input if v.name not in initializers]
+    outputs = [_tensor(v, onnx_path) for v in graph.output]
+    labelled = [t["name"] for t in outputs if t["dims"] == [len(classes)]]
+    if not labelled:
+        shapes = ", ".join(f"{t['name']} {t['dims']}" for t in outputs)
+        raise ModelError(
+            f"{onnx_path}: no output has one score per class ({len(classes)} class names; "
+            f"outputs without the batch axis: {shapes})"
+        )
+    config = _config_text(name, onnx_path.name, max_batch, inputs, outputs, labelled)
+    target = out_dir / name
+    if target.is_symlink() or target.exists() and not target.is_dir():
+        raise ModelError(f"{target} exists and is not a directory; choose another name")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise ModelError(
+            f"{target} already holds a model; choose another name or directory, or replace "
+            "it (--force)"
+        )
+    _write_entry(target, config, classes, onnx_path, version)
+    return target
+
+
+def _load_graph(onnx_path: Path) -> onnx.GraphProto:
+    try:
+        proto = onnx.load(onnx_path, load_external_data=False)
+    except (OSError, DecodeError) as e:
+        raise ModelError(f"cannot read ONNX model {onnx_path}: {e}") from e
+    # Only model.onnx is copied into the repository: weights in side files would be left out.
+    if any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer):
+        raise ModelError(f"{onnx_path} keeps its weights in external files; export it whole")
+    return proto.graph
+
+
+def _tensor(value: onnx.ValueInfoProto, onnx_path: Path) -> dict:
+    """{name, data_type, dims}, dims without the batch axis (Triton adds it: max_batch_size)."""
+    tensor = value.type.tensor_type
+    if tensor.elem_type not in TRITON_TYPES:
+        type_name = TensorProto.DataType.Name(tensor.elem_type)
+        raise ModelError(f"{onnx_path}: {value.name!r} is {type_name}, which Triton cannot carry")
+    dims = list(tensor.shape.dim)
+    if not dims or dims[0].HasField("dim_value"):
+        batch = dims[0].dim_value if dims else "no batch axis"
+        raise ModelError(
+            f"{onnx_path}: {value.name!r} has a fixed batch size ({batch}); Triton's batching "
+            "needs a dynamic first axis; export it with one"
+        )
+    return {
+        "name": value.name,
+        "data_type": TRITON_TYPES[tensor.elem_type],
+        "dims": [d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:]],
+    }
+
+
+def _config_text(
+    name: str,
+    source: str,
+    max_batch: int,
+    inputs: list[dict],
+    outputs: list[dict],
+    labelled: list[str],
+) -> str:
+    """config.pbtxt in protobuf text format (Triton's ModelConfig), written by hand so that
+    the package needs no Triton library to write it."""
+
+    def block(tensor: dict, extra: list[str]) -> str:
+        fields = [
+            f"name: {_quote(tensor['name'])}",
+            f"data_type: {tensor['data_type']}",
+            f"dims: [ {', '.join(str(d) for d in tensor['dims'])} ]",
+            *extra,
+        ]
+        return "  {\n" + "".join(f"    {f}\n" for f in fields) + "  }"
+
+    def image_format(tensor: dict) -> list[str]:
+        # Triton's image clients read this to lay out pixels; (H, W, 3) is channels last.
+        dims = tensor["dims"]
+        return ["format: FORMAT_NHWC"] if len(dims) == 3 and dims[2] == 3 else []
+
+    def label(tensor: dict) -> list[str]:
+        # The classification extension ("class_count" in a request) names classes from here.
+        return [f"label_filename: {_quote(LABELS_FILE)}"] if tensor["name"] in labelled else []
+
+    input_blocks = ",\n".join(block(t, image_format(t)) for t in inputs)
+    output_blocks = ",\n".join(block(t, label(t)) for t in outputs)
+    return (
+        f"# Written by cifar100 {cifar100.__version__} from {source}; inputs and outputs are\n"
+        "# the ONNX graph's own. Instances: Triton's default (one per GPU, else the CPU).\n"
+        f"name: {_quote(name)}\n"
+        'platform: "onnxruntime_onnx"\n'
+        f"max_batch_size: {max_batch}\n"
+        f"input [\n{input_blocks}\n]\n"
+        f"output [\n{output_blocks}\n]\n"
+        f"dynamic_batching {{\n  max_queue_delay_microseconds: {QUEUE_DELAY_US}\n}}\n"
+    )
+
+
+def _quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def _write_entry(
+    target: Path, config: str, classes: list[str], onnx_path: Path, version: int
+) -> None:
+    """Build the entry in a hidden sibling directory, then rename it onto `target`."""
+    needed = onnx_path.stat().st_size
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
+    old = tmp.with_suffix(".old")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        check_free_space(target.parent, needed, "Triton model repository")
+        tmp.mkdir()  # mkdir, not mkdtemp: the entry gets the usual mode, readable by Triton
+        _write_synced(tmp / "config.pbtxt", config.encode("utf-8"))
+        _write_synced(tmp / LABELS_FILE, "".join(f"{c}\n" for c in classes).encode("utf-8"))
+        (tmp / str(version)).mkdir()
+        shutil.copyfile(onnx_path, tmp / str(version) / "model.onnx")
+        _fsync(tmp / str(version) / "model.onnx")
+        if target.is_dir():  # empty, or `force`: set it aside, so that a failure can restore it
+            os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if old.exists():
+                os.rename(old, target)
+            raise
+    except WriteError:
+        raise  # already names the target and the space
+    except OSError as e:
+        raise write_failure(target, needed, e, "Triton model repository") from e
+    finally:
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    # So that the rename never exposes an entry whose bytes are still in flight.
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())

@@ -1,0 +1,116 @@
+"""`cifar100 export` end to end: ONNX (fp32 and int8) and Triton exports of a trained run, read
+back by `cifar100.load`, `predict` and `evaluate`, and refused when damaged."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import cifar100
+from cifar100 import cli
+from cifar100.errors import CheckpointError
+from synthetic_cifar import make_cifar10_archive
+
+SMALL = ["--preset", "scratch", "--dataset", "cifar10", "--backbone", "efficientnet_lite0",
+         "--set", "model.resize=1", "--set", "train.batch_size=32", "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    archive = make_cifar10_archive(root / "c10.tar.gz", 96, 64)
+    out, cache = root / "run", root / "cache"
+    argv = ["train", *SMALL, "--data", str(archive), "--epochs", "2", "--out", str(out)]
+    assert cli.main([*argv, "--cache-dir", str(cache)]) == 0
+    return out, cache
+
+
+@pytest.fixture(scope="module")
+def onnx_file(run):
+    out, cache = run
+    assert cli.main(["export", str(out), "--format", "onnx", "--cache-dir", str(cache)]) == 0
+    return out / "model.onnx"
+
+
+def test_an_onnx_export_predicts_as_the_checkpoint(run, onnx_file, capsys):
+    out, cache = run
+    torch_model = cifar100.load(out, device="cpu")
+    onnx_model = cifar100.load(onnx_file)
+    assert onnx_model.runtime == "onnx" and onnx_model.classes == torch_model.classes
+    assert onnx_model.test_top1 == torch_model.test_top1 and onnx_model.info.run == str(out)
+    images = np.random.default_rng(2).integers(0, 256, (9, 32, 32, 3), np.uint8)
+    diff = np.abs(onnx_model.probabilities(images) - torch_model.probabilities(images)).max()
+    assert diff < 1e-4
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(onnx_file), "--cache-dir", str(cache), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["runtime"] == "onnx" and result["images"] == 64
+    assert result["top1"] == json.loads((out / "evaluation.json").read_text())["top1"]
+
+
+def test_the_onnx_metadata_explains_the_file(onnx_file):
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    assert json.loads(meta["classes"])[0] == "airplane" and meta["image_size"] == "32"
+    assert meta["backbone"] == "efficientnet_lite0" and meta["source_run"]
+    assert float(meta["test_top1"]) >= 0 and len(meta["cifar100.sha256"]) == 64
+
+
+def test_a_tampered_or_truncated_onnx_file_is_refused(onnx_file, tmp_path, capsys):
+    import onnx
+
+    model = onnx.load(str(onnx_file))
+    weights = next(t for t in model.graph.initializer if len(t.raw_data) > 1000)
+    raw = bytearray(weights.raw_data)
+    raw[100] ^= 0x20
+    weights.raw_data = bytes(raw)
+    onnx.save(model, str(tmp_path / "tampered.onnx"))
+    (tmp_path / "cut.onnx").write_bytes(onnx_file.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="does not match the digest"):
+        cifar100.load(tmp_path / "tampered.onnx")
+    for name in ("tampered", "cut"):
+        capsys.readouterr()
+        assert cli.main(["predict", str(tmp_path / f"{name}.onnx"), "x.png"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"{name}.onnx" in err
+
+
+def test_int8_needs_training_images_and_then_runs(run, tmp_path, capsys):
+    out, cache = run
+    target = tmp_path / "m.int8.onnx"
+    argv = ["export", str(out), "--format", "onnx", "--quantize", "int8", "--out", str(target)]
+    assert cli.main([*argv, "--cache-dir", str(tmp_path / "empty-cache"),
+                     "--data", str(tmp_path / "missing.tar.gz")]) == 2  # fmt: skip
+    assert "calibrate" in capsys.readouterr().err and not target.exists()
+    assert cli.main([*argv, "--cache-dir", str(cache)]) == 0
+    model = cifar100.load(target)
+    probs = model.probabilities(np.zeros((2, 32, 32, 3), np.uint8))
+    assert probs.shape == (2, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_triton_repository_holds_the_same_model(run, onnx_file, tmp_path, capsys):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    out, cache = run
+    repo = tmp_path / "models"
+    argv = ["export", str(out), "--format", "triton", "--out", str(repo), "--name", "cifar10"]
+    assert cli.main([*argv, "--cache-dir", str(cache), "--max-batch", "16"]) == 0
+    config = text_format.Parse(
+        (repo / "cifar10" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    assert config.name == "cifar10" and config.max_batch_size == 16
+    assert [i.name for i in config.input] == ["images"]
+    assert {o.name for o in config.output} == {"probabilities", "logits"}
+    labels = (repo / "cifar10" / "labels.txt").read_text().splitlines()
+    assert labels == cifar100.load(out, device="cpu").classes
+    inside = cifar100.load(repo / "cifar10" / "1" / "model.onnx")
+    assert inside.classes == labels
+    assert cli.main(argv) == 2  # an entry that exists is not replaced without --force
+    assert "force" in capsys.readouterr().err
+    assert cli.main([*argv, "--force"]) == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("tmp", "."))]
