@@ -114,3 +114,15 @@ def test_a_triton_repository_holds_the_same_model(run, onnx_file, tmp_path, caps
     assert "force" in capsys.readouterr().err
     assert cli.main([*argv, "--force"]) == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("tmp", "."))]
+
+
+@pytest.mark.parametrize("which", ["run", "onnx"])
+def test_bench_times_pytorch_beside_onnx_runtime(which, run, onnx_file, capsys):
+    target = run[0] if which == "run" else onnx_file
+    capsys.readouterr()
+    argv = ["bench", str(target), "--batch-size", "4", "--steps", "2", "--warmup", "1", "--json"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in result["rows"]] == ["pytorch", "onnxruntime"]
+    assert result["rows"][0]["infer_ratio"] == 1.0 and result["rows"][1]["infer_img_s"] > 0
+    assert "threads" in result["device"] and result["onnxruntime"]

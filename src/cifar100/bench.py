@@ -1,6 +1,8 @@
-"""Training and inference throughput of a backbone, beside a plain eager fp32 baseline.
+"""Training and inference throughput of a backbone, beside a plain eager fp32 baseline; and a
+trained model's inference in PyTorch beside ONNX Runtime.
 
     cifar100 bench --backbone resnet50v2 --size 224 --batch-size 128
+    cifar100 bench runs/my-run            # PyTorch vs ONNX Runtime, CPU, images/s and ratio
 
 Both variants run in the same process on the same random data, one after the other, so the
 ratio holds on a shared, noisy machine where the absolute numbers do not.
@@ -12,6 +14,7 @@ import platform
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -123,13 +126,7 @@ def run_bench(
     for r in rows:
         r["train_ratio"] = r["train_img_s"] / base["train_img_s"]
         r["infer_ratio"] = r["infer_img_s"] / base["infer_img_s"]
-    name = (
-        torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else (
-            f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-        )
-    )
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
     return {
         "backbone": backbone,
         "size": size,
@@ -138,6 +135,88 @@ def run_bench(
         "torch": torch.__version__,
         "rows": rows,
     }
+
+
+def run_runtime_bench(target: str, batch_size: int = 64, warmup: int = 3, steps: int = 10) -> dict:
+    """Inference images/s of a trained model (a run, checkpoint or export) in PyTorch and in
+    ONNX Runtime on the CPU, one after the other in this process, on the same random images.
+
+    The other runtime's model is made for the comparison: a run or checkpoint is exported to
+    a temporary ONNX file; for an ONNX file, its PyTorch model is rebuilt from the settings it
+    carries (random weights: the speed does not depend on them).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from cifar100.models.registry import build_model
+    from cifar100.trained_model import from_weights, load
+
+    given = load(target, device="cpu")
+    info, size = given.info, given.image_size
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (batch_size, size, size, 3), np.uint8))
+    with tempfile.TemporaryDirectory() as tmp:
+        if given.runtime == "onnx":
+            weights = build_model(info.model, len(info.classes)).state_dict()
+            models = {
+                "pytorch": from_weights(info, weights, given.source, "cpu"),
+                "onnxruntime": given,
+            }
+        else:
+            from cifar100.export.formats import metadata
+            from cifar100.export.onnx_file import export_onnx
+            from cifar100.export.onnx_runtime import load_onnx, seal_onnx
+
+            path = Path(tmp) / "model.onnx"
+            export_onnx(given.module, size, metadata(given), path, images[:8].numpy())
+            seal_onnx(path)
+            models = {"pytorch": given, "onnxruntime": load_onnx(path)}
+        rows = [
+            {
+                "variant": name,
+                "infer_img_s": batch_size
+                / _timed(
+                    lambda m=m: m.logits(images, batch_size), warmup, steps, torch.device("cpu")
+                ),
+            }
+            for name, m in models.items()
+        ]
+    for r in rows:
+        r["infer_ratio"] = r["infer_img_s"] / rows[0]["infer_img_s"]
+    return {
+        "model": str(given.source),
+        "backbone": info.backbone,
+        "size": size,
+        "resize": info.model.resize,
+        "batch_size": batch_size,
+        "device": cpu_name(),
+        "torch": torch.__version__,
+        "onnxruntime": _ort_version(),
+        "rows": rows,
+    }
+
+
+def cpu_name() -> str:
+    n = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()} CPU, {n} thread{'s' * (n != 1)}"
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def format_runtime_bench(result: dict) -> str:
+    lines = [
+        f"{result['model']}: {result['backbone']} at {result['size']}x{result['size']} "
+        f"(x{result['resize']} inside), batch {result['batch_size']}, on {result['device']} "
+        f"(torch {result['torch']}, onnxruntime {result['onnxruntime']})",
+        f"{'runtime':<12} {'infer img/s':>12} {'ratio':>6}",
+    ]
+    for r in result["rows"]:
+        lines.append(f"{r['variant']:<12} {r['infer_img_s']:>12.1f} {r['infer_ratio']:>6.2f}")
+    return "\n".join(lines)
 
 
 def format_bench(result: dict) -> str:

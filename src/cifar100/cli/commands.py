@@ -254,11 +254,15 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from cifar100.bench import format_bench, run_bench
+    from cifar100.bench import format_bench, format_runtime_bench, run_bench, run_runtime_bench
     from cifar100.models.registry import get_backbone
 
-    size = args.size or get_backbone(args.backbone).native_size
     use_free_cores()
+    if args.model:
+        result = run_runtime_bench(args.model, args.batch_size, args.warmup, args.steps)
+        print(json.dumps(result, indent=2) if args.json else format_runtime_bench(result))
+        return 0
+    size = args.size or get_backbone(args.backbone).native_size
     result = run_bench(args.backbone, size, args.batch_size, args.device, args.compile,
                        args.warmup, args.steps)  # fmt: skip
     print(json.dumps(result, indent=2) if args.json else format_bench(result))

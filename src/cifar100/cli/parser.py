@@ -196,7 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
         "same process, and print "
         "the ratios. Absolute numbers on a shared machine are noisy; the ratio is not.",
     )
-    n.add_argument("--backbone", default="resnet50v2", metavar="NAME")
+    n.add_argument(
+        "model",
+        nargs="?",
+        metavar="MODEL",
+        help="a trained model (run, checkpoint or export): its inference in PyTorch beside "
+        "ONNX Runtime on the CPU, instead of a backbone's training and inference",
+    )
+    n.add_argument(
+        "--backbone",
+        default="resnet50v2",
+        metavar="NAME",
+        help="the backbone to time, with random weights (default: resnet50v2)",
+    )
     n.add_argument(
         "--size",
         type=at_least(8),
@@ -204,11 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PX",
         help="input side (default: the backbone's native size, 224 for resnet50v2)",
     )
-    n.add_argument("--batch-size", type=at_least(1), default=64, metavar="N")
+    n.add_argument(
+        "--batch-size", type=at_least(1), default=64, metavar="N", help="images per step (64)"
+    )
     n.add_argument(
         "--steps", type=at_least(1), default=10, metavar="N", help="timed steps (median)"
     )
-    n.add_argument("--warmup", type=at_least(0), default=3, metavar="N")
+    n.add_argument(
+        "--warmup", type=at_least(0), default=3, metavar="N", help="untimed steps first (3)"
+    )
     n.add_argument("--compile", action="store_true", help="torch.compile the tuned variant")
     n.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
     n.add_argument("--json", action="store_true", help="print JSON instead of a table")
