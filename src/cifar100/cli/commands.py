@@ -147,8 +147,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def format_evaluation(m: dict) -> str:
     lines = [
-        f"{m['dataset']}: {m['images']} test images, checkpoint {m['checkpoint']} "
-        f"(epoch {m['epoch']}"
+        f"{m['dataset']}: {m['images']} test images, {m['checkpoint']} "
+        + ("in ONNX Runtime " if m.get("runtime") == "onnx" else "")
+        + f"(epoch {m['epoch']}"
         + (f" + {m['steps_into_next_epoch']} steps" if m.get("steps_into_next_epoch") else "")
         + ")",
         f"  top-1 {m['top1']:.2%}   top-5 {m['top5']:.2%}   loss {m['loss']:.4f}",
@@ -348,10 +349,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     checked = result.details.get("max_abs_diff")
     print(
         f"wrote {result.path} ({args.format}"
-        + (", int8" if args.quantize else "")
+        + (", int8, quantised from the fp32 graph" if args.quantize else "")
         + (
-            f"; ONNX Runtime vs PyTorch: max |difference| of probabilities {checked:.1e} on "
-            f"{result.details.get('images_checked')} images"
+            f"; the fp32 graph in ONNX Runtime vs PyTorch: max |difference| of probabilities "
+            f"{checked:.1e} on {result.details.get('images_checked')} images"
             if checked is not None
             else ""
         )
