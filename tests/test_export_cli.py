@@ -43,11 +43,14 @@ def test_an_onnx_export_predicts_as_the_checkpoint(run, onnx_file, capsys):
     images = np.random.default_rng(2).integers(0, 256, (9, 32, 32, 3), np.uint8)
     diff = np.abs(onnx_model.probabilities(images) - torch_model.probabilities(images)).max()
     assert diff < 1e-4
+    assert cli.main(["evaluate", str(out), "--cache-dir", str(cache), "--json"]) == 0
     capsys.readouterr()
     assert cli.main(["evaluate", str(onnx_file), "--cache-dir", str(cache), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["runtime"] == "onnx" and result["images"] == 64
     assert result["top1"] == json.loads((out / "evaluation.json").read_text())["top1"]
+    # compared with the checkpoint's own predictions, one by one
+    assert result["agreement"]["differ"] == 0 and result["agreement"]["images"] == 64
 
 
 def test_the_onnx_metadata_explains_the_file(onnx_file):
@@ -112,7 +115,19 @@ def test_a_triton_repository_holds_the_same_model(run, onnx_file, tmp_path, caps
     assert inside.classes == labels
     assert cli.main(argv) == 2  # an entry that exists is not replaced without --force
     assert "force" in capsys.readouterr().err
-    assert cli.main([*argv, "--force"]) == 0
+    # --force replaces it; from the ONNX export itself, which Triton then runs as it is
+    again = [
+        "export",
+        str(onnx_file),
+        "--format",
+        "triton",
+        "--out",
+        str(repo),
+        "--name",
+        "cifar10",
+    ]
+    assert cli.main([*again, "--force"]) == 0
+    assert (repo / "cifar10" / "1" / "model.onnx").read_bytes() == onnx_file.read_bytes()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("tmp", "."))]
 
 

@@ -72,6 +72,7 @@ def evaluate_checkpoint(
         summary = classification_metrics(average.logits(test.images, batch_size), test.labels,
                                          test.classes)  # fmt: skip
         metrics["ema"] = {k: summary[k] for k in ("loss", "top1", "top5")}
+    agreement = _agreement(model, logits, test) if not tta_flip else None
     variant = variant_suffix(which, tta_flip, ema)
     if predictions_path is None:
         target, name = Path(target), f"predictions{variant}"
@@ -96,7 +97,33 @@ def evaluate_checkpoint(
         "dataset": splits.name,
         **extra,
         **metrics,
+        **({"agreement": agreement} if agreement else {}),
         "predictions": str(predictions_path),
+    }
+
+
+def _agreement(model, logits: torch.Tensor, test: ImageSet) -> dict[str, Any] | None:
+    """For an export: how many test predictions differ from its checkpoint's, as that run's
+    evaluation recorded them (RUN/predictions.npz), and why they may."""
+    from cifar100.errors import CifarError
+    from cifar100.predictions_file import read_predictions
+
+    record = Path(model.info.run or "") / PREDICTIONS
+    if model.source.suffix == ".pt" or not model.info.run or not record.is_file():
+        return None
+    try:
+        theirs = read_predictions(record)
+    except CifarError:
+        return None
+    if not np.array_equal(theirs["labels"], test.labels.numpy()):
+        return None  # evaluated on other images
+    differ = int((theirs["logits"].argmax(1) != logits.argmax(1).numpy()).sum())
+    quantized = "int8" in model.source.name
+    return {
+        "compared_with": str(record),
+        "images": len(test),
+        "differ": differ,
+        "why": "int8 quantisation" if quantized else "float rounding in another runtime",
     }
 
 

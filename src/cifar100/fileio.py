@@ -68,6 +68,18 @@ def atomic_path(target: str | os.PathLike, what: str = "file", needed: int = 0) 
             tmp_path.unlink()
 
 
+def check_writable(target: str | os.PathLike, what: str = "file") -> None:
+    """Refuse now, before minutes of work, when `target` could not be written."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise write_failure(target, 0, e, what) from e
+
+
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)

@@ -160,6 +160,12 @@ def format_evaluation(m: dict) -> str:
             + ("   TTA: flip" if m.get("tta") == "flip" else "")
             + ("   EMA weights" if m.get("weights") == "ema" else "")
         )
+    if "agreement" in m:
+        a = m["agreement"]
+        lines.append(
+            f"  predictions that differ from the checkpoint's ({a['compared_with']}): "
+            f"{a['differ']} of {a['images']}" + (f" ({a['why']})" if a["differ"] else "")
+        )
     if "ema" in m:
         e = m["ema"]
         lines.append(f"  EMA weights: top-1 {e['top1']:.2%}   top-5 {e['top5']:.2%}")

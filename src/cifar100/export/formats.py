@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cifar100.errors import ConfigError, ModelError
+from cifar100.fileio import check_writable
 from cifar100.trained_model import TrainedModel
 
 FORMATS = ("onnx", "safetensors", "keras", "triton")
@@ -68,6 +69,7 @@ def export_model(
     out = Path(out) if out else default_output(model, fmt, quantize)
     if fmt != "triton" and out.exists() and not force:  # a repository may hold other models
         raise ConfigError(f"{out} exists; pass --force to replace it, or another --out")
+    check_writable(out / name if fmt == "triton" else out, f"{fmt} export")
     if fmt == "safetensors":
         from cifar100.export.safetensors_file import write_safetensors
 
