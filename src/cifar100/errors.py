@@ -13,6 +13,10 @@ class DataError(CifarError):
     """A data source is missing, malformed or inconsistent."""
 
 
+class ImageTooLarge(DataError):
+    """An image with more pixels, or a file with more bytes, than may be decoded."""
+
+
 class ChecksumError(DataError):
     """A file's digest differs from the published one."""
 

@@ -19,6 +19,7 @@ from cifar100.cli.commands import (
     cmd_predict,
     cmd_presets,
     cmd_report,
+    cmd_serve,
     cmd_summary,
     cmd_train,
 )
@@ -38,6 +39,7 @@ COMMANDS = {
     "data": cmd_data,
     "import-keras": cmd_import_keras,
     "export": cmd_export,
+    "serve": cmd_serve,
     "cache": cmd_cache,
 }
 

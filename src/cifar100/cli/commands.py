@@ -369,6 +369,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cifar100.serve.app import ServeSettings
+    from cifar100.serve.server import serve
+
+    use_free_cores()
+    settings = ServeSettings(
+        name=args.name,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        max_queue=args.max_queue,
+        max_request_mb=args.max_request_mb,
+        max_images=args.max_images,
+        max_pixels=args.max_pixels,
+    )
+    return serve(args.model, args.host, args.port, args.runtime, args.device, settings)
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from cifar100.config import DataConfig
     from cifar100.data import load_data

@@ -312,6 +312,73 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common_args(x, device=False)
 
+    sv = sub.add_parser(
+        "serve",
+        parents=[debug],
+        help="serve a trained model over HTTP: a web page, /predict and the Open Inference "
+        "Protocol (v2)",
+        description="Serve a trained model (a run, checkpoint or export) with FastAPI on "
+        "uvicorn: the page at /, POST /predict (multipart images or a raw image body), the Open "
+        "Inference Protocol that KServe and Triton speak under /v2, Prometheus metrics at "
+        "/metrics and the API docs at /docs. Concurrent requests are batched together; "
+        "SIGTERM or Ctrl-C finishes the requests in flight and exits 0.",
+    )
+    sv.add_argument("model", metavar="MODEL", help="a run directory, checkpoint or export")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sv.add_argument(
+        "--port", type=at_least(0), default=8000, metavar="N", help="port (8000; 0: any free one)"
+    )
+    sv.add_argument(
+        "--runtime",
+        choices=["torch", "onnx"],
+        help="run the model with PyTorch or ONNX Runtime (default: the model file's own; a "
+        "run or checkpoint is exported to ONNX first)",
+    )
+    sv.add_argument("--name", default="cifar100", help="the model's name under /v2 (cifar100)")
+    sv.add_argument(
+        "--max-batch",
+        type=at_least(1),
+        default=32,
+        metavar="N",
+        help="images per model call, gathered from concurrent requests (32; 1: no batching)",
+    )
+    sv.add_argument(
+        "--batch-wait-ms",
+        type=at_least(0, float),
+        default=5.0,
+        metavar="MS",
+        help="how long a batch waits for more images once one arrives (5)",
+    )
+    sv.add_argument(
+        "--max-queue",
+        type=at_least(1),
+        default=256,
+        metavar="N",
+        help="images waiting at most; beyond them requests get 503 with Retry-After (256)",
+    )
+    sv.add_argument(
+        "--max-request-mb",
+        type=at_least(0, float, strict=True),
+        default=16.0,
+        metavar="MB",
+        help="largest request body (16); larger ones get 413",
+    )
+    sv.add_argument(
+        "--max-images",
+        type=at_least(1),
+        default=64,
+        metavar="N",
+        help="images in one request at most (64); more get 413",
+    )
+    sv.add_argument(
+        "--max-pixels",
+        type=at_least(1),
+        default=25_000_000,
+        metavar="N",
+        help="pixels of one image at most, read from its header before decoding (25000000)",
+    )
+    sv.add_argument("--device", default="auto", help="auto | cuda | mps | cpu (PyTorch runtime)")
+
     d = sub.add_parser(
         "data",
         parents=[debug],

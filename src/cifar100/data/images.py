@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cifar100.errors import DataError
+from cifar100.errors import DataError, ImageTooLarge
 
 __all__ = [
     "BACKGROUND",
@@ -53,10 +53,14 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 
 
-def decode_image(source: str | Path | bytes, size: int, name: str | None = None) -> np.ndarray:
+def decode_image(
+    source: str | Path | bytes, size: int, name: str | None = None, max_pixels: int | None = None
+) -> np.ndarray:
     """Decode a file path or encoded bytes into a uint8 (size, size, 3) RGB array.
 
     EXIF orientation is applied, the shorter side is centre-cropped square, then resized.
+    max_pixels: refuse larger images, from their header, before decoding (a lower limit than
+    Pillow's own, which always applies).
     """
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
@@ -65,14 +69,17 @@ def decode_image(source: str | Path | bytes, size: int, name: str | None = None)
     if isinstance(source, bytes) and not source:
         raise DataError(f"{name}: not a readable image (empty file)")
     try:
-        if not isinstance(source, bytes):
+        if isinstance(source, bytes):
+            if len(source) > HEADER_BYTES:
+                check_file_size(source[:HEADER_BYTES], len(source), name)
+        else:
             file_size = os.stat(source).st_size
             if file_size > HEADER_BYTES:
                 with open(source, "rb") as f:
                     check_file_size(f.read(HEADER_BYTES), file_size, name)
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
         with Image.open(fp) as im:
-            _check_pixel_count(im.size, name)
+            _check_pixel_count(im.size, name, max_pixels)
             # JPEG can decode at 1/2, 1/4 or 1/8 scale for almost nothing (DCT scaling); keep
             # at least 2x the target so the resize below still antialiases from real detail.
             # Only worth asking when it can halve: the call itself slows small decodes by 40%.
@@ -86,7 +93,7 @@ def decode_image(source: str | Path | bytes, size: int, name: str | None = None)
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
         raise DataError(f"{name}: cannot read file ({e.strerror})") from e
     except Image.DecompressionBombError as e:
-        raise DataError(_bomb_message(name, _pillow_pixels(e))) from e
+        raise ImageTooLarge(_bomb_message(name, _pillow_pixels(e))) from e
     except UnidentifiedImageError as e:
         raise DataError(f"{name}: not a readable image (not a format Pillow recognises)") from e
     except Exception as e:
@@ -168,7 +175,7 @@ def check_file_size(head: bytes, file_size: int, name: str) -> None:
         PLAIN_PNM_BYTES_PER_PIXEL if plain_pnm else BYTES_PER_PIXEL
     )
     if file_size > limit:
-        raise DataError(
+        raise ImageTooLarge(
             f"{name}: {file_size} bytes, more than a {width}x{height} image can take "
             f"({limit} at most): an animation, data appended to an image, or a decompression "
             "bomb; save it as a single still image"
@@ -182,7 +189,7 @@ def _pixel_size(head: bytes, name: str) -> tuple[int, int]:
             with Image.open(io.BytesIO(head)) as im:
                 size = im.size
         except Image.DecompressionBombError as e:
-            raise DataError(_bomb_message(name, _pillow_pixels(e))) from None
+            raise ImageTooLarge(_bomb_message(name, _pillow_pixels(e))) from None
         except Exception:  # any plugin's error: no header Pillow can read in these bytes
             raise DataError(
                 f"{name}: not a readable image (no image header in its first "
@@ -207,13 +214,19 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_pixel_count(size: tuple[int, int], name: str) -> None:
+def _check_pixel_count(size: tuple[int, int], name: str, limit: int | None = None) -> None:
     # Pillow raises only above twice its limit and merely warns above it; we refuse both, since
-    # one huge file would stall a whole folder load or a predict request.
-    limit = Image.MAX_IMAGE_PIXELS
+    # one huge file would stall a whole folder load or a predict request. A caller (the
+    # service) may set a lower limit of its own.
     width, height = size
     if limit is not None and width * height > limit:
-        raise DataError(_bomb_message(name, f"{width}x{height} = {width * height} pixels"))
+        raise ImageTooLarge(
+            f"{name}: {width}x{height} = {width * height} pixels, over this server's limit "
+            f"of {limit} (--max-pixels); send a smaller image"
+        )
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise ImageTooLarge(_bomb_message(name, f"{width}x{height} = {width * height} pixels"))
 
 
 def _pillow_pixels(e: Image.DecompressionBombError) -> str | None:

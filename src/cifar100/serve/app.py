@@ -1,0 +1,291 @@
+"""The HTTP service around one trained model: FastAPI, adaptive batching, limits, metrics.
+
+    app = create_app(cifar100.load("runs/r"), ServeSettings(max_batch=32))
+
+Routes: GET / (the page), GET /model (its card), POST /predict (multipart or a raw image
+body -> `cifar100 predict --json`'s objects), the Open Inference Protocol under /v2 (v2.py),
+GET /metrics (Prometheus), and FastAPI's /docs. Ready (/v2/health/ready) once warmed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from cifar100.cpu_threads import usable_cores
+from cifar100.data.images import decode_image
+from cifar100.errors import DataError, ImageTooLarge
+from cifar100.serve.batching import Batcher, QueueFull
+from cifar100.serve.monitoring import Monitoring
+from cifar100.trained_model import Prediction, TrainedModel
+
+log = logging.getLogger("cifar100.serve")
+
+
+@dataclass
+class ServeSettings:
+    name: str = "cifar100"  # the model's name in the Open Inference Protocol
+    max_batch: int = 32  # images per model call, gathered from concurrent requests
+    batch_wait_ms: float = 5.0  # how long the first image of a batch waits for company
+    max_queue: int = 256  # images waiting at most; beyond it: 503 with Retry-After
+    max_request_mb: float = 16.0  # 413 beyond it
+    max_images: int = 64  # images in one request; 413 beyond it
+    max_pixels: int = 25_000_000  # per image, checked from its header before decoding
+    top_k: int = 5  # /predict's default k
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * (1 << 20))
+
+
+class RequestError(Exception):
+    """A request the service refuses: its HTTP status, one line, and a kind for the metrics."""
+
+    def __init__(self, status: int, message: str, kind: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.headers = status, kind, headers or {}
+
+
+class Service:
+    """What the routes share: the model, its batcher, readiness, limits and metrics."""
+
+    def __init__(self, model: TrainedModel, settings: ServeSettings) -> None:
+        self.model, self.settings = model, settings
+        self.monitoring = Monitoring()
+        self.batcher = Batcher(
+            model.logits,
+            settings.max_batch,
+            settings.batch_wait_ms,
+            settings.max_queue,
+            on_batch=self.monitoring.observe_batch,
+        )
+        self.monitoring.watch_queue(lambda: self.batcher.waiting)
+        self.ready = False
+        # Decoding is CPU work too: off the event loop, beside the model's own thread.
+        self.decoders = ThreadPoolExecutor(max(1, len(usable_cores())), "cifar100-decode")
+
+    async def warm_up(self) -> None:
+        """One full batch through the model (allocators, kernels), then ready."""
+        size = self.model.image_size
+        zeros = np.zeros((self.settings.max_batch, size, size, 3), np.uint8)
+        await self.batcher.submit(zeros)
+        self.ready = True
+        log.info("ready: %s warmed up with a batch of %d", self.model, len(zeros))
+
+    async def read_body(self, request: Request) -> bytes:
+        """The request body, refused with 413 as soon as it passes the limit."""
+        limit = self.settings.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, self._too_large(int(declared)), "too_large")
+        chunks, received = [], 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise RequestError(413, self._too_large(received, at_least=True), "too_large")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        request._body = body  # Starlette's own cache: form() parses it from memory
+        return body
+
+    def _too_large(self, size: int, at_least: bool = False) -> str:
+        more = "more than " if at_least else ""
+        return (
+            f"request body of {more}{size} bytes is over this server's limit of "
+            f"{self.settings.max_request_bytes} ({self.settings.max_request_mb:g} MB, "
+            "--max-request-mb); send fewer or smaller images per request"
+        )
+
+    def check_count(self, n: int) -> None:
+        if n == 0:
+            raise RequestError(400, "no image in the request", "bad_request")
+        if n > self.settings.max_images:
+            raise RequestError(
+                413,
+                f"{n} images in one request, over this server's limit of "
+                f"{self.settings.max_images} (--max-images); split them",
+                "too_many",
+            )
+
+    async def decode(self, parts: list[tuple[str, bytes]]) -> np.ndarray:
+        """uint8 (n, S, S, 3) of encoded images, decoded as training decoded its files."""
+        self.check_count(len(parts))
+        size, limit = self.model.image_size, self.settings.max_pixels
+
+        def one(name: str, data: bytes) -> np.ndarray:
+            try:
+                return decode_image(data, size, name=name, max_pixels=limit)
+            except ImageTooLarge as e:
+                raise RequestError(413, str(e), "too_large") from None
+            except DataError as e:
+                raise RequestError(422, str(e), "not_image") from None
+
+        loop = asyncio.get_running_loop()
+        jobs = [loop.run_in_executor(self.decoders, one, n, d) for n, d in parts]
+        return np.stack(await asyncio.gather(*jobs))
+
+    async def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """The batcher's answer; requests during the warm-up queue behind it."""
+        try:
+            return await self.batcher.submit(pixels)
+        except QueueFull as e:
+            raise RequestError(
+                503,
+                f"busy: {e}; retry in {e.retry_after_s:.0f} s",
+                "queue_full",
+                {"Retry-After": str(int(np.ceil(e.retry_after_s)))},
+            ) from None
+
+    def predictions(self, logits: np.ndarray, names: list[str], k: int) -> list[dict]:
+        probs = torch.from_numpy(logits).softmax(1)
+        top = probs.topk(min(k, len(self.model.classes)), dim=1)
+        classes = self.model.classes
+        return [
+            Prediction(
+                [(classes[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())], name
+            ).to_dict()
+            for v, ix, name in zip(top.values, top.indices, names)
+        ]
+
+
+def create_app(model: TrainedModel, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI application serving `model`."""
+    from cifar100.serve.page import page_route
+    from cifar100.serve.v2 import v2_router
+
+    settings = settings or ServeSettings()
+    service = Service(model, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.batcher.start()
+        warming = asyncio.create_task(service.warm_up())
+        yield
+        # Uvicorn has stopped taking connections and let the requests in flight finish.
+        await asyncio.gather(warming, return_exceptions=True)
+        await service.batcher.stop()
+        service.decoders.shutdown(wait=True)
+
+    app = FastAPI(
+        title="cifar100",
+        version=_version(),
+        summary=f"{model.backbone} image classifier: {len(model.classes)} classes",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, e: RequestError) -> JSONResponse:
+        service.monitoring.error(e.kind)
+        return JSONResponse({"error": str(e)}, status_code=e.status, headers=e.headers)
+
+    @app.middleware("http")
+    async def count_and_log(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        seconds = time.perf_counter() - start
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        service.monitoring.observe_request(path, response.status_code, seconds)
+        client = request.client.host if request.client else "-"
+        log.info('%s "%s %s" %d %.1fms', client, request.method, request.url.path,
+                 response.status_code, seconds * 1000)  # fmt: skip
+        return response
+
+    @app.get("/model", summary="What the served model is (the page's model card)")
+    async def model_card() -> dict:
+        return card(service)
+
+    @app.post(
+        "/predict",
+        summary="Top-k classes of one or more images",
+        description="A multipart form with one or more image files (any field name), or one "
+        "raw image as the body (image/*, application/octet-stream). Answers one object per "
+        "image, as `cifar100 predict --json` prints: {path, predictions: [{class, "
+        "probability}]}.",
+    )
+    async def predict(request: Request, k: int = Query(None, ge=1, le=1000)) -> list[dict]:
+        parts = await image_parts(service, request)
+        pixels = await service.decode(parts)
+        logits = await service.logits(pixels)
+        service.monitoring.images(len(pixels))
+        return service.predictions(logits, [n for n, _ in parts], k or settings.top_k)
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = service.monitoring.exposition()
+        return Response(body, media_type=content_type)
+
+    app.include_router(v2_router(service))
+    app.include_router(page_route(service))
+    return app
+
+
+async def image_parts(service: Service, request: Request) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image a /predict request carries."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    await service.read_body(request)
+    if content_type == "multipart/form-data":
+        limit = service.settings.max_images
+        try:
+            form = await request.form(max_files=limit + 1, max_fields=limit + 16)
+        except Exception as e:  # Starlette's MultiPartException, HTTPException: malformed
+            detail = getattr(e, "detail", None) or str(e)
+            if "Too many files" in str(detail):
+                service.check_count(limit + 1)
+            raise RequestError(400, f"malformed multipart body ({detail})", "bad_request") from None
+        parts = []
+        for field, value in form.multi_items():
+            if hasattr(value, "read"):  # an uploaded file
+                parts.append((value.filename or field, await value.read()))
+        await form.close()
+        return parts
+    if content_type.startswith("image/") or content_type in ("application/octet-stream", ""):
+        body = request._body
+        name = request.headers.get("x-filename") or request.query_params.get("name") or "image"
+        return [(name, body)] if body else []
+    raise RequestError(
+        415,
+        f"content type {content_type!r}: send a multipart form of image files, or one image "
+        "as the body (image/*)",
+        "bad_request",
+    )
+
+
+def card(service: Service) -> dict:
+    """The model card: what the page shows, and what a client may want to know."""
+    model, info = service.model, service.model.info
+    return {
+        "name": service.settings.name,
+        "backbone": model.backbone,
+        "dataset": info.dataset,
+        "classes": model.classes,
+        "num_classes": len(model.classes),
+        "image_size": model.image_size,
+        "preprocessing": model.preprocessing,
+        "test_top1": info.test_top1,
+        "test_top5": info.test_top5,
+        "trained_at": info.saved_at,
+        "epochs": info.epoch,
+        "source": str(model.source),
+        "runtime": model.runtime,
+        "device": str(model.device),
+        "max_batch": service.settings.max_batch,
+        "max_images": service.settings.max_images,
+        "max_request_mb": service.settings.max_request_mb,
+    }
+
+
+def _version() -> str:
+    from cifar100 import __version__
+
+    return __version__

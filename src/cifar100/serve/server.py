@@ -1,0 +1,99 @@
+"""`cifar100 serve`: load a trained model, then run the service on uvicorn until SIGTERM or
+Ctrl-C, which finish the requests in flight and exit 0."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+from cifar100.errors import ModelError
+from cifar100.serve.app import ServeSettings, create_app
+from cifar100.trained_model import TrainedModel, load
+
+RUNTIMES = ("torch", "onnx")
+
+
+def load_for_serving(path: str, runtime: str | None, device: str = "auto") -> TrainedModel:
+    """The model at `path` in `runtime` (None: its own); a run or checkpoint for ONNX Runtime
+    is exported to ONNX first, checked against PyTorch as `cifar100 export` checks it."""
+    model = load(path, device=device if runtime != "onnx" else "cpu")
+    if runtime in (None, model.runtime):
+        return model
+    if runtime == "torch":
+        raise ModelError(
+            f"{path}: an ONNX export holds no PyTorch weights; serve its run, checkpoint or "
+            "safetensors export with --runtime torch, or this file with --runtime onnx"
+        )
+    import numpy as np
+
+    from cifar100.export.formats import metadata
+    from cifar100.export.onnx_file import export_onnx
+    from cifar100.export.onnx_runtime import load_onnx, seal_onnx
+
+    size = model.image_size
+    check = np.random.default_rng(0).integers(0, 256, (8, size, size, 3), np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(model.module.cpu(), size, metadata(model), onnx_path, check)
+        seal_onnx(onnx_path)
+        served = load_onnx(onnx_path)  # the session holds the graph: the file may go
+    served.source = model.source
+    return served
+
+
+def serve(
+    path: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    runtime: str | None = None,
+    device: str = "auto",
+    settings: ServeSettings | None = None,
+) -> int:
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    model = load_for_serving(path, runtime, device)
+    app = create_app(model, settings or ServeSettings())
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,  # one line per request is ours, with its latency
+        timeout_graceful_shutdown=30,
+        log_level="warning",
+    )
+    _AnnouncingServer(config, model).run()
+    return 0
+
+
+class _AnnouncingServer:
+    """uvicorn's server, printing where the page is once the socket is bound."""
+
+    def __init__(self, config, model: TrainedModel) -> None:
+        import uvicorn
+
+        outer = self
+
+        class Server(uvicorn.Server):
+            async def startup(self, sockets=None) -> None:
+                await super().startup(sockets)
+                if not self.should_exit:
+                    outer.announce(self)
+
+        self.server, self.model = Server(config), model
+
+    def announce(self, server) -> None:
+        sock = server.servers[0].sockets[0].getsockname()
+        host, port = sock[0], sock[1]
+        shown = f"[{host}]" if ":" in host else host
+        url = f"http://{shown}:{port}/"
+        print(
+            f"serving {self.model} at {url} (the page; API docs at {url}docs, Open Inference "
+            f"Protocol at {url}v2)",
+            flush=True,
+        )
+
+    def run(self) -> None:
+        self.server.run()
