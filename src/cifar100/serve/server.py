@@ -3,12 +3,13 @@ Ctrl-C, which finish the requests in flight and exit 0."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import tempfile
 from pathlib import Path
 
-from cifar100.errors import ModelError
+from cifar100.errors import ConfigError, ModelError
 from cifar100.serve.app import ServeSettings, create_app
 from cifar100.trained_model import TrainedModel, load
 
@@ -54,6 +55,7 @@ def serve(
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    _check_address(host, port)  # before the model loads: a taken port is found in a second
     model = load_for_serving(path, runtime, device)
     app = create_app(model, settings or ServeSettings())
     config = uvicorn.Config(
@@ -66,6 +68,23 @@ def serve(
     )
     _AnnouncingServer(config, model).run()
     return 0
+
+
+def _check_address(host: str, port: int) -> None:
+    """One clear line for an address that cannot be listened on (taken, or not this host's)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind(address)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or "
+            "--host"
+        ) from None
 
 
 class _AnnouncingServer:
@@ -81,6 +100,14 @@ class _AnnouncingServer:
                 await super().startup(sockets)
                 if not self.should_exit:
                     outer.announce(self)
+
+            @contextlib.contextmanager
+            def capture_signals(self):
+                # uvicorn raises a SIGTERM or SIGINT again once it has shut down, so that the
+                # process dies of it; a stop it was asked for, done cleanly, is exit 0 here.
+                with super().capture_signals():
+                    yield
+                    getattr(self, "_captured_signals", []).clear()
 
         self.server, self.model = Server(config), model
 
