@@ -62,10 +62,11 @@ def _own_cpu_s() -> float:
     return t.user + t.system
 
 
-def fit_threads(keep: int | None = None) -> int:
+def fit_threads(keep: int | None = None, reserve: int = 0) -> int:
     """Set torch's thread count to the free cores (or to `keep`, a run's own count, when the
-    machine has that many cores, so that a resumed run computes exactly as it began). Returns
-    the count; OMP_NUM_THREADS, when set, is left to decide it."""
+    machine has that many cores, so that a resumed run computes exactly as it began), less
+    `reserve` cores left for other work of this process (the service's HTTP side). Returns the
+    count; OMP_NUM_THREADS, when set, is left to decide it."""
     import torch
 
     if os.environ.get(THREADS_ENV):
@@ -75,6 +76,7 @@ def fit_threads(keep: int | None = None) -> int:
         threads = keep
     else:
         busy = busy_cores_elsewhere()
-        threads = cores if busy is None else max(1, min(cores, round(cores - busy)))
+        free = cores if busy is None else min(cores, round(cores - busy))
+        threads = max(1, free - reserve)
     torch.set_num_threads(threads)
     return threads

@@ -38,11 +38,11 @@ def resolve_config(args: argparse.Namespace):
     return apply_overrides(cfg, args.set)
 
 
-def use_free_cores(keep: int | None = None, say: bool = False) -> None:
+def use_free_cores(keep: int | None = None, say: bool = False, reserve: int = 0) -> None:
     """Torch's CPU threads: the cores other processes leave free (cifar100.cpu_threads)."""
     from cifar100.cpu_threads import fit_threads, usable_cores
 
-    threads, cores = fit_threads(keep), len(usable_cores())
+    threads, cores = fit_threads(keep, reserve), len(usable_cores())
     if say and threads < cores and keep is None:
         print(
             f"note: {cores - threads} of {cores} CPU cores are busy with other work: using "
@@ -373,7 +373,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cifar100.serve.app import ServeSettings
     from cifar100.serve.server import serve
 
-    use_free_cores()
+    # One core is left to the HTTP side (parsing, decoding, the event loop): measured faster
+    # under load on 2 cores than giving the model both (benchmarks/load_test.py).
+    use_free_cores(reserve=1)
     settings = ServeSettings(
         name=args.name,
         max_batch=args.max_batch,

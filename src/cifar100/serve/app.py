@@ -29,6 +29,9 @@ from cifar100.serve.monitoring import Monitoring
 from cifar100.trained_model import Prediction, TrainedModel
 
 log = logging.getLogger("cifar100.serve")
+# Smaller requests are decoded on the event loop: a 32x32 JPEG takes about 0.1 ms, less than the
+# hand-over to a thread; larger photos go to the decoding threads.
+INLINE_DECODE_BYTES = 64 << 10
 
 
 @dataclass
@@ -129,6 +132,8 @@ class Service:
             except DataError as e:
                 raise RequestError(422, str(e), "not_image") from None
 
+        if sum(len(d) for _, d in parts) <= INLINE_DECODE_BYTES:
+            return np.stack([one(n, d) for n, d in parts])  # well under a millisecond
         loop = asyncio.get_running_loop()
         jobs = [loop.run_in_executor(self.decoders, one, n, d) for n, d in parts]
         return np.stack(await asyncio.gather(*jobs))
@@ -188,18 +193,7 @@ def create_app(model: TrainedModel, settings: ServeSettings | None = None) -> Fa
         service.monitoring.error(e.kind)
         return JSONResponse({"error": str(e)}, status_code=e.status, headers=e.headers)
 
-    @app.middleware("http")
-    async def count_and_log(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        seconds = time.perf_counter() - start
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        service.monitoring.observe_request(path, response.status_code, seconds)
-        client = request.client.host if request.client else "-"
-        log.info('%s "%s %s" %d %.1fms', client, request.method, request.url.path,
-                 response.status_code, seconds * 1000)  # fmt: skip
-        return response
+    app.add_middleware(CountAndLog, service=service)
 
     @app.get("/model", summary="What the served model is (the page's model card)")
     async def model_card() -> dict:
@@ -213,12 +207,13 @@ def create_app(model: TrainedModel, settings: ServeSettings | None = None) -> Fa
         "image, as `cifar100 predict --json` prints: {path, predictions: [{class, "
         "probability}]}.",
     )
-    async def predict(request: Request, k: int = Query(None, ge=1, le=1000)) -> list[dict]:
+    async def predict(request: Request, k: int = Query(None, ge=1, le=1000)) -> JSONResponse:
         parts = await image_parts(service, request)
         pixels = await service.decode(parts)
         logits = await service.logits(pixels)
         service.monitoring.images(len(pixels))
-        return service.predictions(logits, [n for n, _ in parts], k or settings.top_k)
+        # A response, not a list: FastAPI would validate and re-encode every number of it.
+        return JSONResponse(service.predictions(logits, [n for n, _ in parts], k or settings.top_k))
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -259,6 +254,36 @@ async def image_parts(service: Service, request: Request) -> list[tuple[str, byt
         "as the body (image/*)",
         "bad_request",
     )
+
+
+class CountAndLog:
+    """ASGI middleware: each request counted, timed and logged in one line (a plain ASGI
+    wrapper: Starlette's @app.middleware("http") costs more per request)."""
+
+    def __init__(self, app, service: Service) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def sending(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            seconds = time.perf_counter() - start
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.service.monitoring.observe_request(route, status, seconds)
+            client = (scope.get("client") or ("-",))[0]
+            log.info('%s "%s %s" %d %.1fms', client, scope["method"], scope["path"], status,
+                     seconds * 1000)  # fmt: skip
 
 
 def card(service: Service) -> dict:

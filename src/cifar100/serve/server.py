@@ -82,8 +82,7 @@ def _check_address(host: str, port: int) -> None:
             sock.bind(address)
     except OSError as e:
         raise ConfigError(
-            f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or "
-            "--host"
+            f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host"
         ) from None
 
 
