@@ -8,6 +8,7 @@ run takes exactly the steps an unbroken one would have.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import torch
@@ -30,7 +31,8 @@ def checkpoint_state(run: Run, optimizer, phase: str, epochs_done: int) -> dict[
         "epoch": epochs_done,
         "best_val_top1": run.best,
         "wall_s": run.wall_s(),
-        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),  # when these weights were trained
+        # when these weights were trained (RFC 3339, as a browser's Date parses it)
+        "saved_at": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     if run.ema is not None:
         state["ema"] = run.ema.state_dict()

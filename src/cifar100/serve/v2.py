@@ -62,6 +62,7 @@ def v2_router(service: Service) -> APIRouter:
         return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
     @router.get("", summary="Server metadata: name, version, protocol extensions")
+    @router.get("/", include_in_schema=False)  # else the catch-all below would take it
     async def server_metadata() -> dict:
         from cifar100 import __version__
 
@@ -85,11 +86,8 @@ def v2_router(service: Service) -> APIRouter:
     @router.get("/models/{name}/versions/{version}/ready", summary="The model is ready")
     async def model_ready(name: str, version: str | None = None):
         served(name, version)
-        return (
-            {"name": name, "ready": True}
-            if service.ready
-            else not_ready({"name": name, "ready": False})
-        )
+        answer = {"name": name, "ready": service.ready}
+        return answer if service.ready else not_ready(answer)
 
     @router.get("/models/{name}/config", summary="Triton's model configuration, as JSON")
     @router.get("/models/{name}/versions/{version}/config", summary="Triton's model config")
@@ -101,9 +99,11 @@ def v2_router(service: Service) -> APIRouter:
     @router.post("/models/{name}/versions/{version}/infer", summary="Classify images")
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         served(name, version)
-        if request.headers.get("content-encoding", "identity").strip().lower() != "identity":
-            # tritonclient's request_compression_algorithm: rare, and a zip bomb to guard against
-            raise RequestError(415, "send the request body uncompressed", "bad_request")
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":  # tritonclient's request_compression_algorithm: rare
+            raise RequestError(
+                415, f"Content-Encoding {encoding}: send it uncompressed", "bad_request"
+            )
         body = await service.read_body(request)
         # Parsing a JSON list of pixels is CPU work: off the event loop, as decoding is.
         loop = asyncio.get_running_loop()
@@ -134,6 +134,13 @@ def v2_router(service: Service) -> APIRouter:
             f"this server serves one model, {settings.name!r}, loaded when it started; it "
             "cannot load or unload models (run `cifar100 serve` with another MODEL instead)"
         )
+
+    # Last: any other /v2 path answers in the protocol's error shape, which tritonclient reads
+    # (FastAPI's own {"detail": ...} would reach its user as a decoding failure).
+    @router.api_route("/{path:path}", methods=["GET", "POST"], include_in_schema=False)
+    async def unknown(path: str, request: Request) -> None:
+        message = f"{request.method} /v2/{path} is not part of this server's protocol"
+        raise RequestError(404, f"{message} (GET /v2 lists its extensions)", "not_found")
 
     return router
 
@@ -189,11 +196,8 @@ def read_request(
     if tensor.get("datatype") != "UINT8":
         raise _bad(f"input {INPUT!r} is {tensor.get('datatype')!r}: this model takes {spec}")
     shape = tensor.get("shape")
-    if not (
-        isinstance(shape, list)
-        and all(type(d) is int and d >= 0 for d in shape)
-        and shape[1:] == [size, size, 3]
-    ):
+    counts = isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)
+    if not counts or shape[1:] != [size, size, 3]:
         raise _bad(
             f"input {INPUT!r} has shape {shape}: this model takes [N, {size}, {size}, 3], RGB "
             f"pixels channels last at exactly {size}x{size} (resize on the client, as for Triton)"
@@ -228,12 +232,13 @@ def _pixels(tensor: dict, shape: list[int], binary: bytes) -> np.ndarray:
         values = np.asarray(tensor["data"]) if isinstance(tensor["data"], list) else None
     except ValueError:  # ragged nesting
         values = None
+    if values is not None and values.size != count:
+        raise _bad(f'input {INPUT!r}: "data" has {values.size} values, shape {shape} needs {count}')
     if values is None or values.dtype.kind not in "iu":
         raise _bad(f'input {INPUT!r}: "data" must be a list of integers 0..255, flat or nested')
-    if values.size != count:
-        raise _bad(f'input {INPUT!r}: "data" has {values.size} values, shape {shape} needs {count}')
     if values.min() < 0 or values.max() > 255:
-        raise _bad(f'input {INPUT!r}: "data" holds {values.min()}..{values.max()}, not 0..255')
+        low, high = values.min(), values.max()
+        raise _bad(f'input {INPUT!r}: "data" holds values {low}..{high}, outside 0..255')
     return values.astype(np.uint8).reshape(shape)
 
 
@@ -261,7 +266,7 @@ def _outputs(request: dict, default_binary: bool) -> list[_Output]:
 
 
 def respond(
-    request_id: str | None, wanted: list[_Output], name: str, logits: np.ndarray, classes: list
+    request_id: str | None, wanted: list[_Output], name: str, logits: np.ndarray, classes: list[str]
 ) -> Response:
     """The inference response: JSON, or JSON then the binary outputs in their order."""
     scores = {"logits": logits, "probabilities": torch.from_numpy(logits).softmax(1).numpy()}
