@@ -269,3 +269,24 @@ def test_a_bad_model_or_a_taken_port_is_one_line(tmp_path, run):
         busy = serve(str(run), "--port", str(port))
     assert busy.returncode == 2 and "cannot listen on 127.0.0.1" in busy.stderr
     assert len(busy.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_that_fails_is_a_json_500_and_never_ready(run, images):
+    from starlette.testclient import TestClient
+
+    import cifar100
+    from cifar100.serve.app import create_app
+
+    model = cifar100.load(run, device="cpu")
+
+    def broken(batch):
+        raise RuntimeError("the model broke")
+
+    model._batches = broken
+    files, _ = images
+    with TestClient(create_app(model), raise_server_exceptions=False) as client:
+        time.sleep(0.2)  # the warm-up has failed by now
+        assert client.get("/v2/health/ready").status_code == 503
+        answer = client.post("/predict", files={"file": ("a.jpg", files["a.jpg"])})
+    assert answer.status_code == 500
+    assert answer.json() == {"error": "internal error: RuntimeError: the model broke"}

@@ -31,10 +31,9 @@ from torch import nn
 
 import cifar100
 from cifar100.errors import ModelError
+from cifar100.export.tensor_names import INPUT, OUTPUTS
 from cifar100.fileio import atomic_path
 
-INPUT = "images"
-OUTPUTS = ("probabilities", "logits")
 BATCH_AXIS = "batch"
 # torchlib's own opset in torch 2.13 (its default, 20, adds a version-conversion pass). The
 # file's IR version is 10, which ONNX Runtime reads from 1.18 on.

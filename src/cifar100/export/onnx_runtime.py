@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 
 from cifar100.errors import CheckpointError
+from cifar100.export.tensor_names import INPUT, LOGITS
 from cifar100.fileio import atomic_path
 from cifar100.model_info import ModelInfo
 
 INFO_KEY = "cifar100.model"
 DIGEST_KEY = "cifar100.sha256"  # of the serialised graph (weights included)
-INPUT, PROBABILITIES, LOGITS = "images", "probabilities", "logits"
 
 
 def _graph_digest(model) -> str:

@@ -80,7 +80,12 @@ class Service:
         """One full batch through the model (allocators, kernels), then ready."""
         size = self.model.image_size
         zeros = np.zeros((self.settings.max_batch, size, size, 3), np.uint8)
-        await self.batcher.submit(zeros)
+        try:
+            await self.batcher.submit(zeros)
+        except Exception as e:  # the model cannot run: stay not ready, and say why
+            log.error("warm-up failed, so the server stays not ready: %s: %s",
+                      type(e).__name__, e)  # fmt: skip
+            return
         self.ready = True
         log.info("ready: %s warmed up with a batch of %d", self.model, len(zeros))
 
@@ -187,6 +192,14 @@ def create_app(model: TrainedModel, settings: ServeSettings | None = None) -> Fa
         lifespan=lifespan,
     )
     app.state.service = service
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, e: Exception) -> JSONResponse:
+        # A fault of ours (the model failed, a bug): one line to the client, as every error
+        # here is, so that a v2 client shows it; the traceback goes to the log.
+        log.error("%s %s failed", request.method, request.url.path, exc_info=e)
+        service.monitoring.error("internal")
+        return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"}, 500)
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, e: RequestError) -> JSONResponse:

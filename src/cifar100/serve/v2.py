@@ -25,12 +25,11 @@ import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from cifar100.export.tensor_names import INPUT, OUTPUTS
 from cifar100.serve.app import RequestError, Service
 
 # The ONNX export's tensor names (export/onnx_file.py INPUT and OUTPUTS), repeated so that
 # serving does not import onnx; tests/test_serve_v2.py checks that they agree.
-INPUT = "images"
-OUTPUTS = ("probabilities", "logits")
 VERSION = "1"  # one model, one version: the version directory the `triton` export writes
 PLATFORMS = {"torch": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}  # Triton's names
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
