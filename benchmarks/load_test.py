@@ -7,12 +7,13 @@ in-process batched throughput of `cifar100.load(...).predict` in the same run.
     python benchmarks/load_test.py runs/cpu-finetune --memory 10000      # RSS over 10k requests
 
 Each request is one real CIFAR-10 JPEG (from ../shared/data, else synthetic JPEGs) in a
-multipart POST /predict. Clients are threads with keep-alive connections.
+multipart POST /predict. Clients are keep-alive connections on one asyncio loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.client
 import io
@@ -24,7 +25,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -117,45 +117,52 @@ def rss_mb(pid: int) -> float:
 
 
 def load(port: int, images: list[bytes], clients: int, requests: int, limit_s: float) -> dict:
-    """`requests` POSTs from `clients` threads (keep-alive), stopping at `limit_s` in any case."""
-    bodies = [body(im) for im in images]
-    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    """`requests` POSTs from `clients` keep-alive connections, stopping at `limit_s` anyway.
+
+    The client is asyncio on raw sockets with the requests prepared beforehand: on a 2-core
+    machine it shares the cores with the server, and a thread per client spent most of one.
+    """
+    return asyncio.run(_load(port, images, clients, requests, limit_s))
+
+
+async def _load(port: int, images: list[bytes], clients: int, requests: int, limit_s: float):
+    prepared = [
+        (
+            f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            f"Content-Length: {len(b)}\r\n\r\n"
+        ).encode()
+        + b
+        for b in (body(im) for im in images)
+    ]
     latencies: list[float] = []
     errors: dict[str, int] = {}
-    lock = threading.Lock()
     counter = iter(range(requests))
-    deadline = time.monotonic() + limit_s
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
 
-    def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        while time.monotonic() < deadline:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                break
-            start = time.perf_counter()
-            try:
-                conn.request("POST", "/predict", bodies[i % len(bodies)], headers)
-                response = conn.getresponse()
-                response.read()
-                kind = None if response.status == 200 else str(response.status)
-            except (OSError, http.client.HTTPException) as e:
-                kind = type(e).__name__
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            with lock:
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while loop.time() < deadline and (i := next(counter, None)) is not None:
+                start = time.perf_counter()
+                try:
+                    writer.write(prepared[i % len(prepared)])
+                    status = await _response(reader)
+                    kind = None if status == 200 else str(status)
+                except (OSError, ValueError, asyncio.IncompleteReadError) as e:
+                    kind = type(e).__name__
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 if kind is None:
                     latencies.append(time.perf_counter() - start)
                 else:
                     errors[kind] = errors.get(kind, 0) + 1
-        conn.close()
+        finally:
+            writer.close()
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
     start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    await asyncio.gather(*(client() for _ in range(clients)))
     wall = time.perf_counter() - start
     ms = sorted(x * 1000 for x in latencies)
 
@@ -172,6 +179,16 @@ def load(port: int, images: list[bytes], clients: int, requests: int, limit_s: f
         "p95_ms": pct(95),
         "p99_ms": pct(99),
     }
+
+
+async def _response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response (Content-Length framed, as uvicorn sends JSON); its status."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    length = next(int(x.split(":", 1)[1]) for x in lines if x.lower().startswith("content-length"))
+    await reader.readexactly(length)
+    return status
 
 
 def in_process(model: str, images: list[bytes], batch: int, seconds: float) -> float:
@@ -203,6 +220,18 @@ def in_process(model: str, images: list[bytes], batch: int, seconds: float) -> f
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def onnx_export(model: str, folder: Path) -> str:
+    """`cifar100 export MODEL --format onnx` into `folder` (checked on random images)."""
+    out = folder / "model.onnx"
+    subprocess.run(
+        [sys.executable, "-m", "cifar100", "export", model, "--format", "onnx", "--out",
+         str(out), "--cache-dir", str(folder / "cache")],  # fmt: skip
+        check=True,
+        capture_output=True,
+    )
+    return str(out)
+
+
 def seed_checkpoint(folder: Path) -> str:
     """The report's seed model (random weights: speed does not depend on them) as a checkpoint."""
     from cifar100.config import load_preset
@@ -222,6 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?", help="a run, checkpoint or export to serve")
     p.add_argument("--seed", action="store_true", help="serve the seed model at 224 instead")
+    p.add_argument(
+        "--onnx", action="store_true", help="serve (and run in-process) its ONNX export instead"
+    )
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=int, default=2000, help="per load step")
     p.add_argument("--limit-s", type=float, default=120, help="per load step, at most")
@@ -235,6 +267,8 @@ def main(argv: list[str] | None = None) -> None:
         model = seed_checkpoint(Path(tmp)) if args.seed else args.model
         if model is None:
             p.error("give a MODEL, or --seed")
+        if args.onnx:
+            model = onnx_export(model, Path(tmp))
         results["model"] = model
         results["in_process_img_s"] = in_process(model, images, args.max_batch, 20)
         for label, options in (("batching", ["--max-batch", str(args.max_batch)]),

@@ -345,9 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--batch-wait-ms",
         type=at_least(0, float),
-        default=5.0,
+        default=0.0,
         metavar="MS",
-        help="how long a batch waits for more images once one arrives (5)",
+        help="how long a batch's first image waits for company (0: a batch starts when the "
+        "model is free, with the images that came while it was busy)",
     )
     sv.add_argument(
         "--max-queue",

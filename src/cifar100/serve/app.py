@@ -38,7 +38,10 @@ INLINE_DECODE_BYTES = 64 << 10
 class ServeSettings:
     name: str = "cifar100"  # the model's name in the Open Inference Protocol
     max_batch: int = 32  # images per model call, gathered from concurrent requests
-    batch_wait_ms: float = 5.0  # how long the first image of a batch waits for company
+    # How long the first image of a batch waits for company. 0: a batch starts as soon as the
+    # model is free, with every image that arrived while it was busy; measured best under load
+    # (waiting idles the model while requests are still being read: 5 ms cost 40%).
+    batch_wait_ms: float = 0.0
     max_queue: int = 256  # images waiting at most; beyond it: 503 with Retry-After
     max_request_mb: float = 16.0  # 413 beyond it
     max_images: int = 64  # images in one request; 413 beyond it

@@ -5,8 +5,10 @@ runs in a worker thread so that the event loop (health checks, the page) stays r
     await batcher.start()
     logits = await batcher.submit(pixels)      # uint8 (n, S, S, 3) -> float32 (n, classes)
 
-A batch starts as soon as `max_batch` images wait, or `wait_ms` after the first one arrived.
-The queue is bounded: beyond `max_queue` waiting images, `submit` raises QueueFull at once.
+A batch takes every image waiting when the model is free (up to `max_batch`), so batches grow
+by themselves under load and a lone request runs at once; `wait_ms` > 0 also makes the first
+image wait that long for company. The queue is bounded: beyond `max_queue` waiting images,
+`submit` raises QueueFull at once.
 """
 
 from __future__ import annotations
