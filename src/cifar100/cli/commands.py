@@ -373,9 +373,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from cifar100.serve.app import ServeSettings
     from cifar100.serve.server import serve
 
-    # One core is left to the HTTP side (parsing, decoding, the event loop): measured faster
-    # under load on 2 cores than giving the model both (benchmarks/load_test.py).
-    use_free_cores(reserve=1)
+    use_free_cores()  # a light model then leaves one to the HTTP side (serve.server)
     settings = ServeSettings(
         name=args.name,
         max_batch=args.max_batch,

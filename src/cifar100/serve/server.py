@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import torch
 
 from cifar100.errors import ConfigError, ModelError
 from cifar100.serve.app import ServeSettings, create_app
@@ -16,17 +20,52 @@ from cifar100.trained_model import TrainedModel, load
 RUNTIMES = ("torch", "onnx")
 
 
+# A model this fast per image (with every free core) leaves the HTTP side (parsing, decoding,
+# answering: about 1 ms of a core per request) as the bottleneck, so it gets one core less;
+# a slower one gets them all. Measured on 2 cores (benchmarks/load_test.py): EfficientNet-Lite0
+# at 64 px served 1,136 req/s with one model thread against 750 with two; the seed ResNet50V2
+# at 224, 24.5 with one against about twice that with two.
+LIGHT_S_PER_IMAGE = 0.005
+
+
 def load_for_serving(path: str, runtime: str | None, device: str = "auto") -> TrainedModel:
     """The model at `path` in `runtime` (None: its own); a run or checkpoint for ONNX Runtime
-    is exported to ONNX first, checked against PyTorch as `cifar100 export` checks it."""
+    is exported to ONNX first, checked against PyTorch as `cifar100 export` checks it. On the
+    CPU a light model leaves one core to the HTTP side (unless OMP_NUM_THREADS is set)."""
     model = load(path, device=device if runtime != "onnx" else "cpu")
-    if runtime in (None, model.runtime):
-        return model
-    if runtime == "torch":
+    if runtime == "torch" and model.runtime == "onnx":
         raise ModelError(
             f"{path}: an ONNX export holds no PyTorch weights; serve its run, checkpoint or "
             "safetensors export with --runtime torch, or this file with --runtime onnx"
         )
+    lighten = _is_light(model)
+    if lighten:
+        torch.set_num_threads(torch.get_num_threads() - 1)
+    if runtime == "onnx" and model.runtime == "torch":
+        return _as_onnx(model)
+    if lighten and model.runtime == "onnx":
+        from cifar100.export.onnx_runtime import load_onnx
+
+        return load_onnx(model.source)  # its session takes the thread count when it is made
+    return model
+
+
+def _is_light(model: TrainedModel) -> bool:
+    """Whether the model, on the CPU with more than one thread, is fast enough per image that
+    the HTTP side should have a core of its own."""
+    if model.device.type != "cpu" or os.environ.get("OMP_NUM_THREADS"):
+        return False
+    if torch.get_num_threads() < 2:
+        return False
+    size = model.image_size
+    batch = torch.zeros(8, size, size, 3, dtype=torch.uint8)
+    model.logits(batch, 8)  # the first call pays for allocations and kernel choice
+    start = time.perf_counter()
+    model.logits(batch, 8)
+    return (time.perf_counter() - start) / len(batch) < LIGHT_S_PER_IMAGE
+
+
+def _as_onnx(model: TrainedModel) -> TrainedModel:
     import numpy as np
 
     from cifar100.export.formats import metadata
