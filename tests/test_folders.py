@@ -202,9 +202,11 @@ def test_process_pool_path(tmp_path, monkeypatch):
         assert (len(splits.train), len(splits.test)) == (27, 9)
         _check_labels(splits.train)
         _check_labels(splits.test)
-    (root / "b" / "0005.png").write_bytes(b"broken")
-    with pytest.raises(DataError, match="b/0005.png: not a readable image"):
-        _load(root, tmp_path / "cache")
+    (root / "b" / "0005.png").write_bytes(b"broken")  # the worker's failure comes back, once
+    splits = _load(root, tmp_path / "cache", test_fraction=0.25)
+    assert len(splits.train) + len(splits.test) == 35 and splits.info["skipped"] == 1
+    with pytest.raises(DataError, match=r"\(b/0005.png: not a format Pillow recognises\)"):
+        _load(root, tmp_path / "cache", strict=True)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -244,19 +246,21 @@ def test_mismatched_class_lists_name_both_sides(tmp_path):
         _load(root, tmp_path / "cache")
 
 
-def test_non_image_and_undecodable_files_are_named(tmp_path):
+def test_non_image_and_undecodable_files_are_named_in_strict_mode(tmp_path):
+    # Skipping them by default, and the summary of many, are in test_folder_skips.py.
     root = tmp_path / "tree"
     write_classes(root, {"a": 2, "b": 2})
     (root / "b" / "labels.csv").write_text("x")
-    with pytest.raises(DataError, match="'b/labels.csv' is not an image file"):
-        _load(root, tmp_path / "cache")
+    one = "1 file in its class folders is not a readable image"
+    with pytest.raises(DataError, match=f"tree: {one} \\(b/labels.csv: not an image file\\)"):
+        _load(root, tmp_path / "cache", strict=True)
     (root / "b" / "labels.csv").unlink()
     (root / "a" / "0001.png").write_bytes(b"not really a png")
-    with pytest.raises(DataError, match="tree/a/0001.png: not a readable image"):
-        _load(root, tmp_path / "cache")
+    with pytest.raises(DataError, match=f"tree: {one} \\(a/0001.png: not a format Pillow"):
+        _load(root, tmp_path / "cache", strict=True)
     tarball = tar_directory(root, tmp_path / "tree.tar.gz")
-    with pytest.raises(DataError, match="tree/a/0001.png in .*tree.tar.gz: not a readable image"):
-        _load(tarball, tmp_path / "cache")
+    with pytest.raises(DataError, match=f"tree.tar.gz: {one} \\(tree/a/0001.png: not a format"):
+        _load(tarball, tmp_path / "cache", strict=True)
 
 
 def test_stray_image_and_train_without_test(tmp_path):

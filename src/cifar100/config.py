@@ -23,6 +23,9 @@ class DataConfig:
     test_fraction: float = 0.2  # image folders with no train/test split
     limit_train: int | None = None  # seeded subset, for quick runs
     limit_test: int | None = None
+    # image folders: refuse files in class folders that are not readable images (readme.txt,
+    # a corrupt JPEG) instead of skipping them with one warning
+    strict: bool = False
 
 
 @dataclass

@@ -28,6 +28,7 @@ def load_data(cfg: DataConfig, cache_dir: Path, seed: int = 0, progress: bool = 
             test_fraction=cfg.test_fraction,
             seed=seed,
             progress=progress,
+            strict=cfg.strict,
         )
     splits.train = limit_per_split(splits.train, cfg.limit_train, seed)
     splits.test = limit_per_split(splits.test, cfg.limit_test, seed + 1)

@@ -43,7 +43,7 @@ def _decode_chunk(
 
 class DecodePool:
     """Decodes chunks of (key, path or bytes, name): in this process while there are few, then
-    in a pool; `gather` returns the results in any order asked."""
+    in a pool; `gather` returns the results in any order asked, and the failures beside them."""
 
     def __init__(self, size: int, bar: tqdm) -> None:
         self.size, self.bar = size, bar
@@ -73,15 +73,15 @@ class DecodePool:
             self._collect(wait(self.pending, return_when=FIRST_COMPLETED).done)
         self.pending[self.pool.submit(_decode_chunk, payloads, names, self.size)] = keys
 
-    def gather(self, keys: list[str]) -> np.ndarray:
+    def gather(self, keys: list[str]) -> tuple[np.ndarray, dict[str, str]]:
+        """The images of `keys` that decoded, in that order, and {key: error message} of the
+        others: the caller decides what a failure means once it has seen them all."""
         self._collect(list(self.pending))
-        failed = next((k for k in keys if k in self.errors), None) if self.errors else None
-        if failed is not None:
-            raise DataError(self.errors[failed])
+        failed = {k: self.errors[k] for k in keys if k in self.errors} if self.errors else {}
         # Scatter each block into place: one copy of the images (a concatenate-then-index
         # would be two, and on this scale the copies are most of the cost).
-        where = {k: i for i, k in enumerate(keys)}
-        out = np.empty((len(keys), self.size, self.size, 3), np.uint8)
+        where = {k: i for i, k in enumerate(k for k in keys if k not in failed)}
+        out = np.empty((len(where), self.size, self.size, 3), np.uint8)
         filled = 0
         for block_keys, images in self.blocks:
             rows = [(r, where[k]) for r, k in enumerate(block_keys) if k in where]
@@ -89,9 +89,9 @@ class DecodePool:
                 src_rows, dst_rows = zip(*rows)
                 out[list(dst_rows)] = images[list(src_rows)]
                 filled += len(rows)
-        if filled != len(keys):
-            raise RuntimeError(f"decoded {filled} of {len(keys)} images")  # a bug, not bad data
-        return out
+        if filled != len(where):
+            raise RuntimeError(f"decoded {filled} of {len(where)} images")  # a bug, not bad data
+        return out, failed
 
     def _collect(self, futures: Iterable[Future]) -> None:
         for f in futures:

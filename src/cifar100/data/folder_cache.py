@@ -46,6 +46,7 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
 
 
 def write_cache(path: Path, train: ImageSet, test: ImageSet, meta: dict) -> None:
+    # meta (JSON) carries the files skipped as unreadable, so that a hit can report them again.
     arrays = {
         "train_images": train.images.numpy(),
         "train_labels": train.labels.numpy(),

@@ -1,5 +1,10 @@
 """The layout of an image folder: the class folders and train/test split found in a listing of
-its files, and the uint8 ImageSets built from them."""
+its files, and the uint8 ImageSets built from them.
+
+Files in class folders that are not readable images (a readme.txt, a corrupt JPEG) are all
+collected first, then skipped with one warning or, in strict mode, refused with one error
+(`report_skipped`), rather than stopping the load at each in turn.
+"""
 
 from __future__ import annotations
 
@@ -16,11 +21,15 @@ from cifar100.data.images import IMAGE_EXTENSIONS
 from cifar100.data.tensors import ImageSet, split_holdout
 from cifar100.errors import ConfigError, DataError
 
-__all__ = ["Fetch", "Listing", "build_splits", "image_set", "is_image"]
+__all__ = ["Fetch", "Listing", "build_splits", "image_set", "is_image", "report_skipped"]
 
 TEST_DIRS = ("test", "val", "valid", "validation")  # the first present is the test split
+NOT_AN_IMAGE = "not an image file"  # the reason given for a skipped non-image
+WARN_NAMES, ERROR_NAMES = 3, 8  # skipped files named in the warning, in the strict error
 
-Fetch = Callable[[list[str]], np.ndarray]  # relative paths -> uint8 (N, S, S, 3)
+# relative paths -> (uint8 (N, S, S, 3) of those that decoded, in order; {path: reason} of the
+# others, the reason a short phrase without the file's name)
+Fetch = Callable[[list[str]], tuple[np.ndarray, dict[str, str]]]
 
 
 @dataclass
@@ -54,27 +63,43 @@ def is_image(name: str) -> bool:
 def build_splits(
     src: Path, listing: Listing, fetch: Fetch, test_fraction: float, seed: int
 ) -> tuple[ImageSet, ImageSet, dict]:
-    """Check the layout, then fetch the decoded images of each split."""
+    """Check the layout, then fetch the decoded images of each split.
+
+    Files of the class folders that are not readable images are left out and listed in the
+    meta's "skipped_files" ({"path", "reason"} each, by path); what to make of them is
+    `report_skipped`'s to say. A class left with no images is an error here.
+    """
     root = _find_root(listing)
     dirs = {d.lower(): d for d in listing.subdirs(root)}
     test_dir = next((dirs[t] for t in TEST_DIRS if t in dirs), None)
+    skipped: dict[str, str] = {}
     if "train" in dirs and test_dir is not None:
         train_dir = dirs["train"]
-        train_files = _class_files(src, listing, _join(root, train_dir))
-        test_files = _class_files(src, listing, _join(root, test_dir))
+        train_files = _class_files(src, listing, _join(root, train_dir), skipped)
+        test_files = _class_files(src, listing, _join(root, test_dir), skipped)
         _check_same_classes(src, train_files, test_files, train_dir, test_dir)
         classes = sorted(train_files)
         _warn_case_twins(src, classes)
         paths, labels = _flatten(train_files, classes)
         test_paths, test_labels = _flatten(test_files, classes)
-        images = fetch(paths + test_paths)  # one call: one progress bar, one pool
-        train = image_set(images[: len(paths)], labels, classes)
-        test = image_set(images[len(paths) :], test_labels, classes)
+        images, failed = fetch(paths + test_paths)  # one call: one progress bar, one pool
+        skipped.update(failed)
+        labels = _readable(src, _join(root, train_dir), classes, paths, labels, skipped)
+        test_labels = _readable(
+            src, _join(root, test_dir), classes, test_paths, test_labels, skipped
+        )
+        train = image_set(images[: len(labels)], labels, classes)
+        test = image_set(images[len(labels) :], test_labels, classes)
         unused = sorted(set(dirs.values()) - {train_dir, test_dir})
         return (
             train,
             test,
-            {"layout": "train/test", "test_folder": test_dir, "ignored_folders": unused},
+            {
+                "layout": "train/test",
+                "test_folder": test_dir,
+                "ignored_folders": unused,
+                "skipped_files": _entries(skipped),
+            },
         )
     if "train" in dirs:
         raise DataError(
@@ -84,12 +109,66 @@ def build_splits(
         )
     if not 0.0 < test_fraction < 1.0:
         raise ConfigError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
-    files = _class_files(src, listing, root)
+    files = _class_files(src, listing, root, skipped)
     classes = sorted(files)
     _warn_case_twins(src, classes)
     paths, labels = _flatten(files, classes)
-    train, test = split_holdout(image_set(fetch(paths), labels, classes), test_fraction, seed)
-    return train, test, {"layout": "split", "test_fraction": test_fraction, "seed": seed}
+    images, failed = fetch(paths)
+    skipped.update(failed)
+    labels = _readable(src, root, classes, paths, labels, skipped)
+    train, test = split_holdout(image_set(images, labels, classes), test_fraction, seed)
+    meta = {"layout": "split", "test_fraction": test_fraction, "seed": seed}
+    return train, test, {**meta, "skipped_files": _entries(skipped)}
+
+
+def report_skipped(src: Path, skipped: list[dict], strict: bool) -> None:
+    """One warning line naming the skipped files or, if `strict`, one DataError refusing them."""
+    if not skipped:
+        return
+    n = len(skipped)
+    files = f"{n} files" if n > 1 else "1 file"
+    what = "are not readable images" if n > 1 else "is not a readable image"
+    if strict:
+        raise DataError(
+            f"{src}: {files} in its class folders {what} ({_skip_list(skipped, ERROR_NAMES)}); "
+            f"move or delete {'them' if n > 1 else 'it'}, or leave out --strict (data.strict) "
+            "to skip them with a warning"
+        )
+    print(
+        f"warning: {src}: skipped {files} that {what} ({_skip_list(skipped, WARN_NAMES)}); "
+        "--strict (data.strict) refuses them instead",
+        file=sys.stderr,
+    )
+
+
+def _skip_list(skipped: list[dict], limit: int) -> str:
+    named = "; ".join(f"{e['path']}: {e['reason']}" for e in skipped[:limit])
+    return named + (f"; and {len(skipped) - limit} more" if len(skipped) > limit else "")
+
+
+def _entries(skipped: dict[str, str]) -> list[dict]:
+    return [{"path": p, "reason": skipped[p]} for p in sorted(skipped)]
+
+
+def _readable(
+    src: Path, d: str, classes: list[str], paths: list[str], labels: np.ndarray, skipped: dict
+) -> np.ndarray:
+    """The labels of the images that decoded; an error for a class none of whose did."""
+    if not skipped:
+        return labels
+    labels = labels[np.array([p not in skipped for p in paths], bool)]
+    for c, count in zip(classes, np.bincount(labels, minlength=len(classes))):
+        if count == 0:
+            raise _unreadable_class(src, _join(d, c), skipped)
+    return labels
+
+
+def _unreadable_class(src: Path, folder: str, skipped: dict[str, str]) -> DataError:
+    entries = [e for e in _entries(skipped) if e["path"].startswith(f"{folder}/")]
+    return DataError(
+        f"{src}: class folder {folder}/ holds no readable images "
+        f"({_skip_list(entries, WARN_NAMES)}); add some or remove the folder"
+    )
 
 
 def _join(d: str, name: str) -> str:
@@ -111,16 +190,21 @@ def _find_root(listing: Listing) -> str:
         root = _join(root, subs[0])
 
 
-def _class_files(src: Path, listing: Listing, d: str) -> dict[str, list[str]]:
-    """Class name -> sorted image paths (recursive) under each subfolder of `d`."""
+def _class_files(
+    src: Path, listing: Listing, d: str, skipped: dict[str, str]
+) -> dict[str, list[str]]:
+    """Class name -> sorted image paths (recursive) under each subfolder of `d`; the other
+    files there go into `skipped`."""
     classes: dict[str, list[str]] = {c: [] for c in listing.subdirs(d)}
     prefix = f"{d}/" if d else ""
     for rel in listing.files:
         if not rel.startswith(prefix):
             continue
         head, sep, _ = rel[len(prefix) :].partition("/")
-        if sep:
+        if sep and is_image(rel):
             classes[head].append(rel)
+        elif sep:
+            skipped[rel] = NOT_AN_IMAGE
         elif is_image(rel):  # stray non-images (README, LICENSE) beside class folders are fine
             raise DataError(
                 f"{src}: image '{rel}' is outside any class folder; move it into "
@@ -137,16 +221,11 @@ def _class_files(src: Path, listing: Listing, d: str) -> dict[str, list[str]]:
             "classifier needs a subfolder for each of at least two classes"
         )
     for c, files in classes.items():
+        if not files and any(p.startswith(f"{_join(d, c)}/") for p in skipped):
+            raise _unreadable_class(src, _join(d, c), skipped)
         if not files:
             raise DataError(
                 f"{src}: class folder {_join(d, c)}/ holds no images; add some or remove the folder"
-            )
-        bad = [f for f in files if not is_image(f)]
-        if bad:
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            raise DataError(
-                f"{src}: '{bad[0]}'{more} is not an image file; class folders may "
-                f"hold only {' '.join(sorted(IMAGE_EXTENSIONS))}: move or delete it"
             )
         files.sort()
     return classes

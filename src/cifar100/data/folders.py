@@ -5,6 +5,8 @@
 Layouts: ROOT/<class>/... (a seeded, stratified test split is made), or ROOT/train/<class>/...
 beside ROOT/test/<class>/... (val/, valid/ or validation/ stand in for a missing test/).
 A single wrapping folder (cifar10-jpeg/ in cifar10-jpeg.tar.gz) is descended into.
+Files in class folders that are not readable images are skipped with one warning, or refused
+with one error where `strict` (folder_layout.report_skipped), from the cache as on a first load.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from cifar100.data.decode_pool import DecodePool
 from cifar100.data.download import file_digest
 from cifar100.data.folder_cache import cache_key, read_cache, write_cache
-from cifar100.data.folder_layout import Fetch, Listing, build_splits, is_image
+from cifar100.data.folder_layout import Fetch, Listing, build_splits, is_image, report_skipped
 from cifar100.data.images import HEADER_BYTES, check_file_size
 from cifar100.data.tensors import DataSplits
 from cifar100.errors import ConfigError, DataError
@@ -35,6 +37,7 @@ CHUNK = 256  # images per worker task: amortises the hand-over, still fine-grain
 # A task is also cut at this many encoded bytes: with 2 tasks per worker in flight, that bounds
 # what a tarball of large (or zero-filled) members holds in memory at once.
 CHUNK_BYTES = 32 << 20
+REASON_CHARS = 160  # a skipped file's reason is cut to this in the warning and the error
 
 
 def load_image_folder(
@@ -44,8 +47,13 @@ def load_image_folder(
     test_fraction: float = 0.2,
     seed: int = 0,
     progress: bool = True,
+    strict: bool = False,
 ) -> DataSplits:
-    """Decode an image folder or tarball into uint8 splits of image_size^2, cached on disk."""
+    """Decode an image folder or tarball into uint8 splits of image_size^2, cached on disk.
+
+    Files in class folders that are not readable images are skipped with one warning, listed
+    in `info["skipped_files"]`; `strict` refuses them instead (one DataError naming them).
+    """
     if not path:
         raise DataError("no image folder given: set data.path to a folder or a .tar/.tar.gz")
     if image_size < 1:
@@ -89,11 +97,17 @@ def load_image_folder(
         write_cache(cache_path, train, test, meta)
     else:
         train, test, meta = cached
+    # After the cache, so that a hit warns or refuses as the miss did; the key leaves `strict`
+    # out, so a strict refusal still leaves the cache for a run that skips. A cache from before
+    # skipping existed was only ever written with nothing to skip.
+    skipped = meta.setdefault("skipped_files", [])
+    report_skipped(src, skipped, strict)
     info = {
         "cache": "miss" if cached is None else "hit",
         "cache_path": str(cache_path),
         "image_size": image_size,
         "seconds": round(time.perf_counter() - start, 3),
+        "skipped": len(skipped),
         **meta,
     }
     return DataSplits(name=name, train=train, test=test, source=str(path), info=info)
@@ -167,11 +181,10 @@ def _stream_tarball(src: Path, decoder: DecodePool) -> tuple[Listing, Fetch]:
     for chunk in _image_chunks(src, listing, refused):
         decoder.add(chunk)
 
-    def fetch(paths: list[str]) -> np.ndarray:
-        first = next((p for p in paths if p in refused), None)
-        if first is not None:
-            raise DataError(refused[first])
-        return decoder.gather(paths)
+    def fetch(paths: list[str]) -> tuple[np.ndarray, dict[str, str]]:
+        images, failed = decoder.gather([p for p in paths if p not in refused])
+        failed.update((p, refused[p]) for p in paths if p in refused)
+        return images, {p: _reason(msg, f"{p} in {src}") for p, msg in failed.items()}
 
     return listing, fetch
 
@@ -247,11 +260,21 @@ class _CheckedInfo(tarfile.TarInfo):
 
 
 def _directory_fetch(src: Path, decoder: DecodePool) -> Fetch:
-    def fetch(paths: list[str]) -> np.ndarray:
+    def fetch(paths: list[str]) -> tuple[np.ndarray, dict[str, str]]:
         decoder.bar.reset(total=len(paths))
         jobs = ((p, str(src / p), str(src / p)) for p in paths)
         for chunk in iter(lambda: list(islice(jobs, CHUNK)), []):
             decoder.add(chunk)
-        return decoder.gather(paths)
+        images, failed = decoder.gather(paths)
+        return images, {p: _reason(msg, str(src / p)) for p, msg in failed.items()}
 
     return fetch
+
+
+def _reason(message: str, name: str) -> str:
+    """A decoding error as a short reason: without the file's name (the summary names the
+    file), the "not a readable image (...)" around it, or the advice after a ';'."""
+    reason = message.removeprefix(f"{name}: ").split("; ")[0]
+    if reason.startswith("not a readable image (") and reason.endswith(")"):
+        reason = reason[len("not a readable image (") : -1]
+    return reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 3] + "..."

@@ -74,6 +74,8 @@ def decode_image(
                 check_file_size(source[:HEADER_BYTES], len(source), name)
         else:
             file_size = os.stat(source).st_size
+            if file_size == 0:
+                raise DataError(f"{name}: not a readable image (empty file)")
             if file_size > HEADER_BYTES:
                 with open(source, "rb") as f:
                     check_file_size(f.read(HEADER_BYTES), file_size, name)
