@@ -56,12 +56,13 @@ def main() -> None:
         result = train(cfg, out=root / f"resize{factor}", cache_dir=cache, progress=False)
         wall = time.perf_counter() - start
         rows.append(
-            {"size": 32 * factor, "top1": result.test["top1"], "top5": result.test["top5"],
+            {"size": 32 * factor, "top1": result.test["top1"], "top5": result.test.get("top5"),
              "wall_s": round(wall, 1)}
         )  # fmt: skip
     print(f"\n{'size':>5} {'test top-1':>10} {'test top-5':>10} {'wall':>8}")
     for r in rows:
-        print(f"{r['size']:>5} {r['top1']:>10.2%} {r['top5']:>10.2%} {r['wall_s']:>7.0f}s")
+        top5 = f"{r['top5']:.2%}" if r["top5"] is not None else ""  # none for <= 5 classes
+        print(f"{r['size']:>5} {r['top1']:>10.2%} {top5:>10} {r['wall_s']:>7.0f}s")
     (root / "summary.json").write_text(json.dumps(rows, indent=2))
     print(f"runs in {root}")
 

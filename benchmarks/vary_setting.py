@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             {
                 key: value,
                 "top1": result.test["top1"],
-                "top5": result.test["top5"],
+                "top5": result.test.get("top5"),  # absent for 5 classes or fewer
                 "val_top1": curve,
                 "wall_s": time.perf_counter() - start,
             }
@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{key:<24} {'test top-1':>10} {'test top-5':>10} {'wall':>7}  validation top-1")
     for r in rows:
         curve = ", ".join(f"{v:.1%}" for v in r["val_top1"])
-        print(f"{r[key]:<24} {r['top1']:>10.2%} {r['top5']:>10.2%} {r['wall_s']:>6.0f}s  {curve}")
+        top5 = f"{r['top5']:.2%}" if r["top5"] is not None else ""
+        print(f"{r[key]:<24} {r['top1']:>10.2%} {top5:>10} {r['wall_s']:>6.0f}s  {curve}")
     (root / "summary.json").write_text(json.dumps(rows, indent=2))
 
 

@@ -13,8 +13,9 @@ from cifar100 import cli
 from cifar100.data.tensors import ImageSet
 from cifar100.evaluate import save_predictions
 from cifar100.inference import predict_logits
-from cifar100.metrics import classification_metrics
+from cifar100.metrics import classification_metrics, top5_applies
 from synthetic_cifar import make_cifar100_archive
+from synthetic_folders import class_image, write_split_folder
 
 TINY = ["--preset", "scratch", "--epochs", "1", "--no-progress",
         "--set", "train.batch_size=32", "--set", "train.eval_batch_size=64",
@@ -50,6 +51,19 @@ def test_perfect_confident_predictions_have_f1_one_and_no_calibration_error():
     logits = torch.nn.functional.one_hot(labels, 3).float() * 100
     m = classification_metrics(logits, labels, ["a", "b", "c"])
     assert m["macro_f1"] == 1.0 and m["calibration"]["ece"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_top5_only_with_more_than_five_classes():
+    from cifar100.engine.head_training import evaluate_head
+
+    for n, shown in ((3, False), (5, False), (6, True), (100, True)):
+        logits = torch.randn(12, n, generator=torch.Generator().manual_seed(n))
+        labels = torch.arange(12) % n
+        m = classification_metrics(logits, labels, [str(i) for i in range(n)])
+        assert ("top5" in m) is shown and top5_applies(n) is shown
+        head = nn.Linear(4, n)  # features mode's validation: the same rule
+        assert ("top5" in evaluate_head(head, torch.randn(12, 4), labels)) is shown
+    assert m["top5"] >= m["top1"]
 
 
 def _images(n: int = 6) -> torch.Tensor:
@@ -152,7 +166,7 @@ def test_evaluate_writes_predictions_and_new_metrics(runs, capsys):
     assert top1 == pytest.approx(result["top1"])
     assert cli.main(["evaluate", str(run), "--no-progress", "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out
-    assert "macro-F1" in out and "ECE" in out
+    assert "macro-F1" in out and "ECE" in out and "top-5" in out  # 100 classes
 
 
 def test_tta_and_ema_flags(runs, capsys):
@@ -202,7 +216,9 @@ def test_compare_lists_runs_and_rejects_other_directories(runs, tmp_path, capsys
     assert cli.main(["compare", str(ema), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["epochs_done"] == row["epochs"] == 1 and row["device"] == "cpu"
-    assert row["wall_s"] > 0 and row["train_images_per_s"] > 0 and row["test_top1"] is not None
+    assert row["wall_s"] > 0 and row["test_top1"] is not None and row["test_top5"] is not None
+    rates = row["train_images_per_s"]  # weights=none: no frozen phase, fine-tuning's rate alone
+    assert list(rates) == ["finetune"] and rates["finetune"] > 0
     assert cli.main(["compare", str(ema), str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert str(tmp_path) in err and "not a cifar100 run" in err and "\n" not in err
@@ -220,3 +236,69 @@ def test_compare_gives_no_image_rate_for_a_features_run(tmp_path):
     row = summarize_run(tmp_path)
     assert row["mode"] == "features" and row["train_images_per_s"] is None
     assert row["best_val_top1"] == 0.7 and row["wall_s"] == 200.0
+
+
+def test_compare_gives_each_phases_images_over_seconds_not_a_mean_of_rates(tmp_path):
+    from cifar100.compare import format_comparison, summarize_run
+    from cifar100.config import load_preset
+
+    (tmp_path / "config.json").write_text(json.dumps(load_preset("seed").to_dict()))
+    images = 1000  # every epoch trains as many; epoch_s holds validation too
+    rates = [("frozen", 400.0), ("frozen", 400.0), ("finetune", 100.0), ("finetune", 25.0),
+             ("finetune", 25.0)]  # fmt: skip
+    records = [{"epoch": i + 1, "phase": phase, "images_per_s": rate, "val_top1": 0.5,
+                "epoch_s": images / rate + 3.0}
+               for i, (phase, rate) in enumerate(rates)]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    row = summarize_run(tmp_path)
+    # Fine-tuning: 3000 images in 10 + 40 + 40 s of steps, 33 a second; the mean of its rates
+    # says 50, and the mean of all five (the old figure) 190.
+    assert row["train_images_per_s"] == pytest.approx({"frozen": 400.0, "finetune": 3000 / 90})
+    header, line = format_comparison([row]).splitlines()
+    col, width = header.index("img/s (finetune)"), len("img/s (finetune)")
+    assert line[col : col + width].strip() == "33"
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory):
+    """A one-epoch run (with an EMA) on a 3-class image folder, where top-5 is always 100%."""
+    root = tmp_path_factory.mktemp("few")
+    data = write_split_folder(root / "data", dict.fromkeys("abc", 12), dict.fromkeys("abc", 4))
+    cache = root / "cache"
+    argv = ["train", *TINY, "--dataset", "folder", "--data", str(data), "--cache-dir", str(cache),
+            "--set", "train.ema_decay=0.9", "--set", "model.backbone=efficientnet_lite0",
+            "--out", str(root / "run")]  # fmt: skip
+    assert cli.main(argv) == 0
+    return root / "run", cache
+
+
+def test_no_top5_with_five_classes_or_fewer(three_classes, runs, tmp_path, capsys):
+    from cifar100.compare import compare_runs, format_comparison
+    from cifar100.engine.runs import read_metrics
+    from cifar100.report import build_report
+
+    run, cache = three_classes
+    hundred = runs[0]
+    trained = json.loads((run / "evaluation.json").read_text())
+    assert "top5" not in trained and "top5" not in trained["ema"] and "top1" in trained
+    assert all("val_top5" not in r and "val_top1" in r for r in read_metrics(run / "metrics.jsonl"))
+    capsys.readouterr()
+    result = _evaluate(run, cache, capsys=capsys)
+    assert "top5" not in result and "top5" not in result["ema"]
+    assert cli.main(["evaluate", str(run), "--no-progress", "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "top-5" not in out
+    # compare: a blank cell beside the 100-class run's top-5
+    header, few, many = format_comparison(compare_runs([run, hundred])).splitlines()
+    col, width = header.index("test top-5"), len("test top-5")
+    assert few[col : col + width].strip() == "" and many[col : col + width].strip().endswith("%")
+    page = build_report(run, plots=False).read_text()
+    assert "top-1" in page and "top-5" not in page and "val_top5" not in page
+    page = build_report(hundred, plots=False).read_text()
+    assert "top-5" in page and "val_top5" in page
+    # predict's default 5 (and -k 5) on 3 classes: the 3 there are
+    class_image(0, 0, 32).save(tmp_path / "a.png")
+    for k in ([], ["-k", "5"]):
+        assert cli.main(["predict", str(run), str(tmp_path / "a.png"), *k, "--json"]) == 0
+        (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        assert sorted(p["class"] for p in line["predictions"]) == ["a", "b", "c"]

@@ -87,6 +87,47 @@ def test_lr_uses_log_scale_only_across_decades():
     assert plots.plot_lr(cosine).axes[0].get_yscale() == "linear"
 
 
+def _scheduled_run(tmp_path: Path, train_images: int | None = 100) -> list[dict]:
+    """A run directory whose config has a frozen epoch then three fine-tuning ones (3 steps an
+    epoch at 100 images), with the rates its epoch ends logged; `train_images` or not."""
+    from cifar100.config import apply_overrides, load_preset
+    from cifar100.engine.optim import lr_schedule
+
+    cfg = apply_overrides(load_preset("seed"), ["train.epochs=4", "train.freeze_epochs=1",
+                                                "train.batch_size=32"])  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    schedule = lr_schedule(cfg.train, 100)
+    records = [r | {"lr": schedule[3 * r["epoch"] - 1].lr} for r in _records(4, switch=1)]
+    if train_images is not None:
+        records = [r | {"train_images": train_images} for r in records]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def test_lr_is_drawn_per_step_by_phase_where_the_log_gives_the_step_count(tmp_path):
+    records = _scheduled_run(tmp_path)
+    schedule = plots.run_schedule(tmp_path, records)
+    assert len(schedule) == 12
+    ax = plots.plot_lr(records, schedule).axes[0]
+    solid = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+    assert [len(line.get_xdata()) for line in solid] == [3, 9]  # frozen, then fine-tuning
+    assert list(solid[1].get_xdata())[:2] == pytest.approx([4 / 3, 5 / 3])  # fractional epochs
+    dots = [line for line in ax.get_lines() if line.get_label() == "logged at epoch end"]
+    assert [list(d.get_xdata()) for d in dots] == [[1, 2, 3, 4]]
+    # On the line: each epoch's logged rate is its last step's.
+    assert list(dots[0].get_ydata()) == [s.lr for s in schedule[2::3]]
+    assert ax.get_yscale() == "linear"  # a cosine: most of it within two decades of its peak
+    assert "lr" in plots.plot_run(tmp_path)
+
+
+def test_lr_of_a_run_logged_before_the_step_count_is_per_epoch(tmp_path):
+    records = _scheduled_run(tmp_path, train_images=None)
+    assert plots.run_schedule(tmp_path, records) is None
+    line = plots.plot_lr(records).axes[0].get_lines()[0]
+    assert list(line.get_xdata()) == [1, 2, 3, 4]
+    assert "lr" in plots.plot_run(tmp_path)  # the per-epoch figure, as before
+
+
 def test_curves_mark_the_phase_change():
     fig = plots.plot_curves(_records(switch=3))
     for ax in fig.axes:

@@ -1,4 +1,18 @@
-"""Side-by-side summary of run directories: `cifar100 compare runs/*`."""
+"""Side-by-side summary of run directories: `cifar100 compare runs/*`.
+
+Each row (`--json` prints them) holds the run's settings and results; among them:
+
+    test_top5            None where the run has 5 classes or fewer (metrics.top5_applies)
+    train_images_per_s   {phase: images/s} for each training phase the log holds, in order,
+                         e.g. {"frozen": 301.2, "finetune": 58.7}: the images that phase
+                         trained over the seconds its steps took (validation not included);
+                         None for a features-mode run, whose epochs time the head on cached
+                         features rather than images through the backbone
+
+The table's `img/s (finetune)` column is the fine-tuning phase's rate, the one that says how
+fast a backbone trains; the frozen head warm-up runs several times faster and would inflate
+any figure that mixed it in.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +22,7 @@ from typing import Any
 
 from cifar100.engine import runs
 from cifar100.errors import CheckpointError
+from cifar100.metrics import recorded_top5
 
 
 def summarize_run(path: str | Path) -> dict[str, Any]:
@@ -22,9 +37,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     val = [r["val_top1"] for r in records if "val_top1" in r]
     # A features-mode run's epochs time the head on cached features, not images through
     # the backbone: no figure to set beside fine-tuning runs.
-    rates = [r["images_per_s"] for r in records if "images_per_s" in r]
-    if cfg.train.mode == "features":
-        rates = []
+    rates = phase_rates(records) if cfg.train.mode != "features" else {}
     return {
         "run": path.name,
         "path": str(path),
@@ -36,11 +49,27 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "epochs": cfg.train.epochs,
         "best_val_top1": max(val) if val else None,
         "test_top1": evaluation.get("top1"),
-        "test_top5": evaluation.get("top5"),
+        "test_top5": recorded_top5(evaluation),
         "wall_s": _wall_s(records, evaluation),
-        "train_images_per_s": sum(rates) / len(rates) if rates else None,
+        "train_images_per_s": rates or None,
         "device": environment.get("gpu") or environment.get("device"),
     }
+
+
+def phase_rates(records: list[dict]) -> dict[str, float]:
+    """Images per second of training steps in each phase, over all its logged epochs.
+
+    Every epoch of a run trains the same number of images (whole batches of the same split),
+    so images over seconds is the harmonic mean of the epochs' rates, not their mean: a mean
+    of rates lets short fast epochs outweigh long slow ones. (An epoch resumed mid-way logs
+    the rate of its resumed steps and counts here as a whole epoch at that rate.)
+    """
+    inverse: dict[str, list[float]] = {}
+    for r in records:
+        rate = r.get("images_per_s")
+        if isinstance(rate, (int, float)) and rate > 0:
+            inverse.setdefault(r.get("phase") or "train", []).append(1.0 / rate)
+    return {phase: len(inv) / sum(inv) for phase, inv in inverse.items()}
 
 
 def _wall_s(records: list[dict], evaluation: dict) -> float:
@@ -69,7 +98,7 @@ COLUMNS = [
     ("test top-1", "test_top1", "%"),
     ("test top-5", "test_top5", "%"),
     ("wall", "wall_s", "t"),
-    ("img/s", "train_images_per_s", "d"),
+    ("img/s (finetune)", "train_images_per_s", "r"),
     ("device", "device", "s"),
 ]
 
@@ -100,8 +129,9 @@ def _cell(row: dict[str, Any], key: str | None, kind: str) -> str:
         return f"{value:.2%}"
     if kind == "t":
         return f"{value / 60:.1f} min" if value >= 60 else f"{value:.1f} s"
-    if kind == "d":
-        return f"{value:.0f}"
+    if kind == "r":  # the fine-tuning phase's rate, of the rates per phase
+        rate = value.get("finetune")
+        return f"{rate:.0f}" if rate is not None else ""
     return str(value)
 
 

@@ -1,5 +1,7 @@
 """Classification metrics as pure functions of logits and labels: top-1, top-5, loss, per class,
-per superclass, macro-F1 and calibration. Training, evaluation and exports all use these."""
+per superclass, macro-F1 and calibration. Training, evaluation and exports all use these.
+
+Top-5 is reported only with more than 5 classes (`top5_applies`): the one rule, here."""
 
 from __future__ import annotations
 
@@ -8,7 +10,44 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["calibration", "classification_metrics", "f1_scores"]
+__all__ = [
+    "accuracy",
+    "calibration",
+    "classification_metrics",
+    "f1_scores",
+    "recorded_top5",
+    "top5_applies",
+]
+
+
+def top5_applies(num_classes: int) -> bool:
+    """Whether top-5 accuracy says anything: with 5 classes or fewer every image's true class
+    is among the top 5, so it would read 100% whatever the model. Everything that computes,
+    logs or shows top-5 leaves it out (no key, no column, no line) where this is False."""
+    return num_classes > 5
+
+
+def recorded_top5(evaluation: dict[str, Any]) -> float | None:
+    """The top-5 of an evaluation's JSON where it applies, else None: also for files written
+    before the rule, which may hold a (100%) top-5 for 5 classes or fewer."""
+    per_class = evaluation.get("per_class")
+    if isinstance(per_class, dict) and not top5_applies(len(per_class)):
+        return None
+    return evaluation.get("top5")
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Loss, top-1 and (where `top5_applies` to the logits' classes) top-5 of (N, C) logits."""
+    labels = labels.long().cpu()
+    n = len(labels)
+    result = {
+        "loss": float(F.cross_entropy(logits, labels)) if n else float("nan"),
+        "top1": float((logits.argmax(1) == labels).double().mean()) if n else float("nan"),
+    }
+    if top5_applies(logits.shape[1]):
+        top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(1)
+        result["top5"] = float(top5.double().mean()) if n else float("nan")
+    return result
 
 
 def classification_metrics(
@@ -18,20 +57,17 @@ def classification_metrics(
     fine_to_coarse: list[int] | None = None,
     coarse_classes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Loss, top-1, top-5 and per-class accuracy; per superclass where superclasses exist."""
+    """Loss, top-1, top-5 (more than 5 classes only) and per-class accuracy; per superclass
+    where superclasses exist."""
     labels = labels.long().cpu()
     n = len(labels)
     pred = logits.argmax(1)
     correct = pred == labels
-    k = min(5, logits.shape[1])
-    top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1)
     counts = torch.bincount(labels, minlength=len(classes)).clamp(min=1)
     per_class = torch.bincount(labels, weights=correct.double(), minlength=len(classes)) / counts
     result: dict[str, Any] = {
         "images": n,
-        "loss": float(F.cross_entropy(logits, labels)) if n else float("nan"),
-        "top1": float(correct.double().mean()) if n else float("nan"),
-        "top5": float(top5.double().mean()) if n else float("nan"),
+        **accuracy(logits, labels),
         "per_class": {c: round(float(a), 4) for c, a in zip(classes, per_class)},
         **f1_scores(pred, labels, classes),
         "calibration": calibration(logits, labels),

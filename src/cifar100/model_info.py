@@ -12,6 +12,7 @@ from typing import Any
 
 from cifar100.config import Config, ModelConfig, from_dict
 from cifar100.errors import CheckpointError
+from cifar100.metrics import recorded_top5
 
 FORMAT = "cifar100-model"
 VERSION = 1
@@ -132,7 +133,7 @@ class ModelInfo:
         self.run = str(run)
         evaluation = _json_file(run / "evaluation.json")
         if evaluation and Path(str(evaluation.get("checkpoint", ""))).name == path.name:
-            self.test_top1, self.test_top5 = evaluation.get("top1"), evaluation.get("top5")
+            self.test_top1, self.test_top5 = evaluation.get("top1"), recorded_top5(evaluation)
         self.commit = (_json_file(run / "environment.json") or {}).get("git_commit")
 
     def check(self, source: str | Path) -> None:

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from cifar100.engine.runs import EVALUATION, METRICS, read_evaluation, read_metrics
+from cifar100.engine.optim import ScheduledStep, lr_schedule
+from cifar100.engine.runs import EVALUATION, METRICS, read_evaluation, read_metrics, read_run_config
+from cifar100.errors import CifarError
 from cifar100.plots.confusion import (
     confusion_matrix,
     most_confused_pairs,
@@ -44,6 +46,7 @@ __all__ = [
     "plot_per_class",
     "plot_reliability",
     "plot_run",
+    "run_schedule",
     "save_figure",
     "superclass_confusion",
     "superclass_order",
@@ -68,7 +71,7 @@ def plot_run(run_dir: str | Path) -> dict[str, list[Path]]:
     records = read_metrics(run_dir / METRICS)
     if records:
         save("curves", plot_curves(records))
-        save("lr", plot_lr(records))
+        save("lr", plot_lr(records, run_schedule(run_dir, records)))
 
     per_class = None
     if (run_dir / EVALUATION).is_file():
@@ -100,6 +103,19 @@ def plot_run(run_dir: str | Path) -> dict[str, list[Path]]:
     if per_class:
         save("per_class", plot_per_class(per_class))
     return written
+
+
+def run_schedule(run_dir: Path, records: list[dict]) -> list[ScheduledStep] | None:
+    """The run's learning rate step by step, from its config.json and the training-set size
+    its metrics log records; None for a run logged before that was (its plot is per epoch)."""
+    images = next((r["train_images"] for r in reversed(records) if "train_images" in r), None)
+    if not isinstance(images, int) or images <= 0:
+        return None
+    try:
+        cfg = read_run_config(run_dir)
+    except CifarError:
+        return None
+    return lr_schedule(cfg.train, images)
 
 
 def _test_images(arrays: dict[str, np.ndarray]) -> np.ndarray:

@@ -1,12 +1,16 @@
-"""Training-curve figures from metrics.jsonl: loss and accuracy per epoch, the learning rate."""
+"""Training-curve figures from metrics.jsonl: loss and accuracy per epoch, the learning rate
+(step by step, given the run's schedule)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from cifar100.engine.optim import ScheduledStep
 
 
 def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -19,17 +23,20 @@ def _mark_phases(ax: Any, records: Sequence[dict[str, Any]]) -> None:
     """A dashed vertical line where the phase changes (frozen backbone -> fine-tuning)."""
     for prev, cur in zip(records, records[1:]):
         if prev.get("phase") != cur.get("phase"):
-            x = (prev["epoch"] + cur["epoch"]) / 2
-            ax.axvline(x, color="0.4", linestyle="--", linewidth=1)
-            ax.annotate(
-                f"{cur.get('phase')} \u2192",
-                xy=(x, 1),
-                xycoords=("data", "axes fraction"),
-                xytext=(3, -12),
-                textcoords="offset points",
-                fontsize=8,
-                color="0.3",
-            )
+            _phase_line(ax, (prev["epoch"] + cur["epoch"]) / 2, cur.get("phase"))
+
+
+def _phase_line(ax: Any, x: float, phase: Any) -> None:
+    ax.axvline(x, color="0.4", linestyle="--", linewidth=1)
+    ax.annotate(
+        f"{phase} \u2192",
+        xy=(x, 1),
+        xycoords=("data", "axes fraction"),
+        xytext=(3, -12),
+        textcoords="offset points",
+        fontsize=8,
+        color="0.3",
+    )
 
 
 def _epoch_axis(ax: Any, records: Sequence[dict[str, Any]]) -> None:
@@ -78,21 +85,48 @@ def plot_curves(records: Sequence[dict[str, Any]]) -> Figure:
     return fig
 
 
-def plot_lr(records: Sequence[dict[str, Any]]) -> Figure:
-    """Learning rate per epoch; log scale when it spans two decades or more."""
+PHASE_LABELS = {
+    "frozen": "frozen backbone: head warm-up (Adam)",
+    "finetune": "fine-tuning",
+    "features": "head on cached features",
+}
+
+
+def plot_lr(
+    records: Sequence[dict[str, Any]], schedule: Sequence[ScheduledStep] | None = None
+) -> Figure:
+    """The learning rate: step by step from `schedule` (engine.optim.lr_schedule), one line
+    per phase, with the rate logged at each epoch's end as dots; per epoch from the log alone
+    without one. Log scale when it spans two decades or more."""
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     x, y = _series(records, "lr")
-    ax.plot(x, y, "-o", markersize=3)
-    # Log scale only where most epochs run decades below the peak (steady exponential decay);
+    if schedule:
+        done = max(x, default=0)  # what ran so far: a stopped run's log ends early
+        steps = [s for s in schedule if s.epoch <= done + 1e-9]
+        values = [s.lr for s in steps]
+        for phase in dict.fromkeys(s.phase for s in steps):  # in order; a jump between them
+            part = [s for s in steps if s.phase == phase]
+            label = PHASE_LABELS.get(phase, phase)
+            ax.plot([s.epoch for s in part], [s.lr for s in part], "-", linewidth=1.2, label=label)
+        for prev, cur in zip(steps, steps[1:]):
+            if prev.phase != cur.phase:
+                _phase_line(ax, prev.epoch, cur.phase)
+        ax.plot(x, y, "o", color="black", markersize=3.5, zorder=3, label="logged at epoch end")
+        ax.legend(fontsize=8)
+        ax.set_ylabel("learning rate (per step)")
+    else:
+        values = y
+        ax.plot(x, y, "-o", markersize=3)
+        ax.set_ylabel("learning rate (at epoch end)")
+        _mark_phases(ax, records)
+    # Log scale only where most of it runs decades below the peak (steady exponential decay);
     # a cosine's tail near zero would otherwise squash the whole schedule into one corner.
-    positive = sorted(v for v in y if v > 0)
+    positive = sorted(v for v in values if v > 0)
     if positive and positive[len(positive) // 2] <= positive[-1] / 100:
         ax.set_yscale("log")
     ax.set_title("Learning rate")
-    ax.set_ylabel("learning rate (at epoch end)")
     _epoch_axis(ax, records)
-    _mark_phases(ax, records)
     return fig
 
 
