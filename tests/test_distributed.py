@@ -83,7 +83,7 @@ def standalone(tmp_path_factory):
 
 def test_two_process_ddp_matches_one_process(standalone, tmp_path):
     archive, cache, ddp_dir, stdout = standalone
-    assert stdout.count("test top1") == 1  # rank 0 alone reports
+    assert stdout.count("test top-1") == 1  # rank 0 alone reports
     assert "x 2 processes" in stdout
     assert stdout.count("train.sync_bn needs CUDA") == 1  # said once, and ignored on CPU
     assert sorted(p.name for p in ddp_dir.iterdir()) == [
@@ -94,6 +94,7 @@ def test_two_process_ddp_matches_one_process(standalone, tmp_path):
         "evaluation.json",
         "last.pt",
         "metrics.jsonl",
+        "predictions.npz",  # rank 0's too
     ]
     assert json.loads((ddp_dir / "environment.json").read_text())["world_size"] == 2
     assert len((ddp_dir / "metrics.jsonl").read_text().splitlines()) == 1

@@ -259,6 +259,21 @@ def test_evaluate_prints_and_writes_json(trained, capsys):
     assert result["checkpoint"].endswith("best.pt")
 
 
+def test_evaluate_keeps_the_runs_wall_time_and_the_predictions_training_wrote(trained, capsys):
+    from cifar100.predictions_file import read_predictions
+
+    run, cache = trained
+    trained_record = json.loads((run / "evaluation.json").read_text())
+    trained_logits = read_predictions(run / "predictions.npz")["logits"]
+    assert trained_record["predictions"] == str(run / "predictions.npz")
+    assert cli.main(["evaluate", str(run), "--cache-dir", str(cache), "--no-progress"]) == 0
+    again = json.loads((run / "evaluation.json").read_text())
+    assert again["train_wall_s"] == trained_record["train_wall_s"]  # compare shows one time
+    assert again["top1"] == trained_record["top1"]
+    assert np.allclose(read_predictions(run / "predictions.npz")["logits"], trained_logits,
+                       atol=1e-5)  # fmt: skip
+
+
 def test_predict_reports_bad_files_and_still_predicts_the_rest(trained, tmp_path, capsys):
     run, _ = trained
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), np.uint8)).save(
@@ -270,7 +285,10 @@ def test_predict_reports_bad_files_and_still_predicts_the_rest(trained, tmp_path
     assert cli.main(["predict", str(run), *files, "-k", "3", "--json"]) == 1
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["path"] for x in lines] == files
-    assert "broken.jpg" in lines[1]["error"]
+    assert lines[1]["error"].startswith("not a readable image")  # the path is its own key
+    assert cli.main(["predict", str(run), files[1]]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"{files[1]}: error: ") and err.count("broken.jpg") == 1  # once
     for good in (lines[0], lines[2]):
         probs = [p["probability"] for p in good["predictions"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
@@ -405,6 +423,7 @@ def test_features_mode_trains_the_head_on_cached_features(archive, tmp_path, cap
     first = capsys.readouterr().out
     assert "features: train computed" in first
     result = json.loads((tmp_path / "a" / "evaluation.json").read_text())
+    assert (tmp_path / "a" / "predictions.npz").is_file()  # the test logits, kept for report
     # The checkpoint is a whole model: evaluating it through the backbone gives what the
     # cached features gave.
     assert cli.main(["evaluate", str(tmp_path / "a"), "--json", "--no-progress",

@@ -19,9 +19,10 @@ def run_dir(tmp_path_factory):
     archive = make_cifar100_archive(root / "c100.tar.gz", n_train=160, n_test=60)
     run, cache = root / "run", root / "cache"
     args = ["--data", str(archive), "--cache-dir", str(cache), "--no-progress"]
+    # Training alone, no `evaluate`: its final test keeps the predictions the page needs.
     assert cli.main(["train", "--preset", "scratch", "--epochs", "2", "--out", str(run),
-                     "--set", "train.batch_size=32", *args]) == 0  # fmt: skip
-    assert cli.main(["evaluate", str(run), *args[2:]]) == 0
+                     "--set", "train.batch_size=32", "--set", "train.ema_decay=0.9",
+                     *args]) == 0  # fmt: skip
     return run
 
 
@@ -29,9 +30,36 @@ def test_report_is_one_self_contained_page(run_dir, capsys):
     assert cli.main(["report", str(run_dir)]) == 0
     page = (run_dir / "report.html").read_text()
     assert "23,564,800" in page and "Total params" in page
-    assert page.count("<figure") >= 4 and "data:image/png;base64," in page
+    # Whole right after training: the confusion matrices and example images included.
+    for figure in ("curves", "lr", "confusion", "superclass_confusion", "examples", "per_class"):
+        assert f"id='{figure}'" in page, figure
+    assert "class='note'" not in page  # nothing missing to explain
+    assert "data:image/png;base64," in page
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     assert json.loads((run_dir / "config.json").read_text())["preset"] in page
+
+
+def test_the_report_shows_other_evaluations_beside_the_runs_own(run_dir, capsys):
+    args = ["--cache-dir", str(run_dir.parent / "cache"), "--no-progress", "--json"]
+    assert cli.main(["evaluate", str(run_dir), "--tta", "flip", *args]) == 0
+    tta = json.loads(capsys.readouterr().out)
+    assert cli.main(["evaluate", str(run_dir), "--ema", *args]) == 0
+    assert cli.main(["report", str(run_dir)]) == 0
+    page = (run_dir / "report.html").read_text()
+    assert "Other evaluations" in page
+    assert "flip TTA" in page and "EMA weights" in page and f"{tta['top1']:.2%}" in page
+    (run_dir / "evaluation-tta.json").unlink()
+    (run_dir / "evaluation-ema.json").unlink()
+
+
+def test_a_report_says_why_figures_are_missing(tmp_path, run_dir):
+    old = tmp_path / "old"  # a run from before training kept its predictions
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("*.pt", "plots", "report.html"))
+    (old / "predictions.npz").unlink()
+    assert cli.main(["report", str(old)]) == 0
+    page = (old / "report.html").read_text()
+    assert "id='confusion'" not in page
+    assert f"<code>cifar100 evaluate {old}</code> writes it" in page
 
 
 def test_an_interrupted_run_is_reported_from_its_log(tmp_path, run_dir):
@@ -50,6 +78,9 @@ def test_not_a_run_is_one_line(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a cifar100 run directory" in err and "\n" not in err
+    assert cli.main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{tmp_path / 'nope'}: no such directory" in err and "\n" not in err
 
 
 @pytest.mark.skipif(

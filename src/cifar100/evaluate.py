@@ -71,7 +71,7 @@ def evaluate_checkpoint(
         average = load(model.source, device=device, ema=True)
         summary = classification_metrics(average.logits(test.images, batch_size), test.labels,
                                          test.classes)  # fmt: skip
-        metrics["ema"] = {k: summary[k] for k in ("loss", "top1", "top5")}
+        metrics["ema"] = {k: summary[k] for k in ("loss", "top1", "top5") if k in summary}
     agreement = _agreement(model, logits, test) if not tta_flip else None
     variant = variant_suffix(which, tta_flip, ema)
     if predictions_path is None:
@@ -88,6 +88,7 @@ def evaluate_checkpoint(
     return {
         "checkpoint": str(model.source),
         "epoch": info.epoch,  # whole epochs trained
+        **_train_wall(info.run, info.epoch),
         # A run stopped mid-epoch: this many steps of the next epoch are in the weights too.
         **(
             {"steps_into_next_epoch": info.steps_into_next_epoch}
@@ -100,6 +101,22 @@ def evaluate_checkpoint(
         **({"agreement": agreement} if agreement else {}),
         "predictions": str(predictions_path),
     }
+
+
+def _train_wall(run: str | None, epoch: int | None) -> dict[str, Any]:
+    """The run's whole wall time, as training recorded it in RUN/evaluation.json for these
+    weights: a fact of the run that evaluating it again keeps (compare shows it)."""
+    import json
+
+    from cifar100.engine.runs import EVALUATION
+
+    try:
+        record = json.loads((Path(run) / EVALUATION).read_text(encoding="utf-8")) if run else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or record.get("epoch") != epoch:
+        return {}
+    return {"train_wall_s": record["train_wall_s"]} if "train_wall_s" in record else {}
 
 
 def _agreement(model, logits: torch.Tensor, test: ImageSet) -> dict[str, Any] | None:

@@ -23,7 +23,8 @@ def predict_files(model: TrainedModel, paths: list[str | Path], k: int = 5) -> l
             arrays.append(decode_image(Path(r.name), model.image_size, name=r.name))
             good.append(r)
         except (DataError, OSError) as e:
-            r.error = str(e)
+            # The result carries the name: its error says what went wrong, not where again.
+            r.error = str(e).removeprefix(f"{r.name}: ")
     if arrays:
         for r, p in zip(good, model.predict(np.stack(arrays), k)):
             r.top = p.top

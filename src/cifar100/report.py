@@ -17,6 +17,7 @@ from typing import Any
 from cifar100.engine import runs
 from cifar100.errors import CheckpointError
 from cifar100.fileio import write_text_atomic
+from cifar100.metrics import recorded_top5
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 70rem;
@@ -29,12 +30,17 @@ pre { background: #f7f7f7; padding: 0.8rem; overflow-x: auto; font-size: 13px; }
 figure { margin: 1rem 0; } figcaption { color: #555; font-size: 13px; }
 img { max-width: 100%; border: 1px solid #eee; }
 .headline { font-size: 1.3rem; margin: 0.6rem 0 1rem; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.5rem 0.8rem; }
 """
 
 
 def build_report(run_dir: str | Path, plots: bool = True) -> Path:
     """Write RUN_DIR/report.html and return its path."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        what = "not a directory" if run_dir.exists() else "no such directory"
+        raise CheckpointError(f"{run_dir}: {what}; give a run directory (cifar100 train "
+                              "writes them under runs/)")  # fmt: skip
     if not (run_dir / runs.CONFIG).is_file():
         raise CheckpointError(f"{run_dir}: no {runs.CONFIG}; not a cifar100 run directory")
     config = _read_json(run_dir / runs.CONFIG)
@@ -47,8 +53,12 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
     parts += ["<h2>Model</h2>", f"<pre>{_e(_model_table(config, evaluation))}</pre>"]
     parts += ["<h2>Training</h2>", _metrics_table(records)]
     parts += [_figure(figures, name, caption) for name, caption in CAPTIONS if name in figures]
+    parts += [_missing(run_dir, config, evaluation, records)]
     if evaluation:
         parts += ["<h2>Test set</h2>", _evaluation_table(evaluation)]
+    variants = _variants(run_dir)
+    if variants:
+        parts += ["<h3>Other evaluations</h3>", _variants_table(evaluation, variants)]
     parts += ["<h2>Configuration</h2>", f"<pre>{_e(json.dumps(config, indent=2))}</pre>"]
     parts += ["<h2>Environment</h2>", f"<pre>{_e(json.dumps(environment, indent=2))}</pre>"]
     page = (
@@ -63,7 +73,7 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
 
 CAPTIONS = [
     ("curves", "Loss and accuracy per epoch, training and validation (the report's figures)."),
-    ("lr", "Learning rate per epoch."),
+    ("lr", "Learning rate per step, by phase; dots: the rate logged at each epoch's end."),
     ("confusion", "Confusion matrix of the test set, rows normalised."),
     ("superclass_confusion", "Confusion between the 20 superclasses."),
     ("confused_pairs", "The most frequent confusions (true -> predicted)."),
@@ -99,7 +109,9 @@ def _headline(config: dict, evaluation: dict | None, records: list[dict]) -> str
         f"{len(records)} of {config.get('train', {}).get('epochs', '?')} epochs",
     ]
     if evaluation:
-        words.append(f"test top-1 <b>{evaluation['top1']:.2%}</b>, top-5 {evaluation['top5']:.2%}")
+        top5 = recorded_top5(evaluation)  # none for 5 classes or fewer
+        words.append(f"test top-1 <b>{evaluation['top1']:.2%}</b>"
+                     + (f", top-5 {top5:.2%}" if top5 is not None else ""))  # fmt: skip
     return f"<p class='headline'>{' &middot; '.join(words)}</p>"
 
 
@@ -126,6 +138,8 @@ def _metrics_table(records: list[dict]) -> str:
     cols = [("epoch", "{}"), ("phase", "{}"), ("train_loss", "{:.4f}"), ("train_top1", "{:.2%}"),
             ("val_loss", "{:.4f}"), ("val_top1", "{:.2%}"), ("val_top5", "{:.2%}"),
             ("lr", "{:.2e}"), ("images_per_s", "{:.0f}"), ("epoch_s", "{:.1f}")]  # fmt: skip
+    if not any("val_top5" in r for r in records):  # 5 classes or fewer: no top-5 logged
+        cols = [c for c in cols if c[0] != "val_top5"]
     head = "".join(f"<th>{c}</th>" for c, _ in cols)
     rows = "".join(
         "<tr>" + "".join(f"<td>{_fmt(r.get(c), f)}</td>" for c, f in cols) + "</tr>"
@@ -134,9 +148,66 @@ def _metrics_table(records: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
+def _missing(run_dir: Path, config: dict, evaluation: dict | None, records: list[dict]) -> str:
+    """Why figures are absent, and the command that brings them, where they are."""
+    from cifar100.plots import PREDICTIONS
+
+    epochs = config.get("train", {}).get("epochs", "?")
+    if not evaluation:
+        why = (
+            f"training stopped after {len(records)} of {epochs} epochs"
+            if len(records) != epochs
+            else "it has no evaluation.json"
+        )
+        todo = f"<code>cifar100 train --resume {_e(run_dir)}</code> finishes it, or "
+        todo = todo if len(records) != epochs else ""
+        return (
+            f"<p class='note'>Not tested yet: {_e(why)}. {todo}<code>cifar100 evaluate "
+            f"{_e(run_dir)}</code> tests the last checkpoint and adds the test figures.</p>"
+        )
+    if not (run_dir / PREDICTIONS).is_file():
+        return (
+            f"<p class='note'>No {PREDICTIONS} in the run directory, so no confusion matrix "
+            f"or example images: <code>cifar100 evaluate {_e(run_dir)}</code> writes it, "
+            "then report again.</p>"
+        )
+    return ""
+
+
+VARIANT_WORDS = {"best": "best checkpoint", "ema": "EMA weights", "tta": "flip TTA"}
+
+
+def _variants(run_dir: Path) -> list[tuple[str, dict]]:
+    """The run's other evaluations (evaluate --checkpoint best, --ema, --tta flip), by name."""
+    found = []
+    for path in sorted(run_dir.glob("evaluation-*.json")):
+        words = path.stem.removeprefix("evaluation-").split("-")
+        e = _read_json(path)
+        if all(w in VARIANT_WORDS for w in words) and isinstance(e, dict) and "top1" in e:
+            found.append((", ".join(VARIANT_WORDS[w] for w in words), e))
+    return found
+
+
+def _variants_table(plain: dict | None, variants: list[tuple[str, dict]]) -> str:
+    has5 = any(recorded_top5(e) is not None for _, e in variants)
+    head = "<tr><th>evaluation</th><th>top-1</th>" + ("<th>top-5</th>" if has5 else "")
+    head += "<th>loss</th><th>top-1 against the plain one</th></tr>"
+    rows = []
+    for name, e in variants:
+        delta = f"{(e['top1'] - plain['top1']) * 100:+.2f} points" if plain else ""
+        top5 = f"<td>{_fmt(recorded_top5(e), '{:.2%}')}</td>" if has5 else ""
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td>{e['top1']:.2%}</td>{top5}"
+            f"<td>{_fmt(e.get('loss'), '{:.4f}')}</td><td>{_e(delta)}</td></tr>"
+        )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
 def _evaluation_table(e: dict) -> str:
+    top5 = recorded_top5(e)  # none for 5 classes or fewer
     rows = [("images", e.get("images")), ("top-1", f"{e['top1']:.2%}"),
-            ("top-5", f"{e['top5']:.2%}"), ("loss", f"{e['loss']:.4f}")]  # fmt: skip
+            *([("top-5", f"{top5:.2%}")] if top5 is not None else []),
+            ("loss", f"{e['loss']:.4f}")]  # fmt: skip
     for key, label in (("macro_f1", "macro-F1"), ("superclass_top1", "superclass top-1")):
         if key in e:
             rows.append((label, f"{e[key]:.2%}" if key != "macro_f1" else f"{e[key]:.4f}"))

@@ -24,6 +24,7 @@ def resolve_config(args: argparse.Namespace):
         "model.weights": getattr(args, "weights", None),
         "data.dataset": args.dataset,
         "data.path": getattr(args, "data", None),
+        "data.strict": getattr(args, "strict", None),
         "train.epochs": getattr(args, "epochs", None),
         "train.batch_size": getattr(args, "batch_size", None),
         "train.lr": getattr(args, "lr", None),
@@ -71,6 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "seed",
                 "init",
                 "deterministic",
+                "strict",
             )
             if getattr(args, f)
         ]
@@ -152,7 +154,7 @@ def format_evaluation(m: dict) -> str:
         + f"(epoch {m['epoch']}"
         + (f" + {m['steps_into_next_epoch']} steps" if m.get("steps_into_next_epoch") else "")
         + ")",
-        f"  top-1 {m['top1']:.2%}   top-5 {m['top5']:.2%}   loss {m['loss']:.4f}",
+        f"  top-1 {m['top1']:.2%}{_top5(m)}   loss {m['loss']:.4f}",
     ]
     if "macro_f1" in m:
         lines.append(
@@ -168,7 +170,7 @@ def format_evaluation(m: dict) -> str:
         )
     if "ema" in m:
         e = m["ema"]
-        lines.append(f"  EMA weights: top-1 {e['top1']:.2%}   top-5 {e['top5']:.2%}")
+        lines.append(f"  EMA weights: top-1 {e['top1']:.2%}{_top5(e)}")
     if "superclass_top1" in m:
         lines.append(f"  superclass top-1 {m['superclass_top1']:.2%}")
         lines.append("  per superclass (fine top-1 / superclass top-1):")
@@ -181,6 +183,11 @@ def format_evaluation(m: dict) -> str:
         lines.append(f"  hardest classes: {worst}")
         lines.append(f"  easiest classes: {best}")
     return "\n".join(lines)
+
+
+def _top5(m: dict) -> str:
+    # Absent with 5 classes or fewer (metrics.top5_applies): it would always read 100%.
+    return f"   top-5 {m['top5']:.2%}" if m.get("top5") is not None else ""
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -393,7 +400,9 @@ def cmd_data(args: argparse.Namespace) -> int:
 
     if args.dataset == "folder" and not args.data:
         raise CifarError("--dataset folder needs --data PATH (a folder or tarball)")
-    cfg = DataConfig(dataset=args.dataset, path=args.data, image_size=args.image_size)
+    cfg = DataConfig(
+        dataset=args.dataset, path=args.data, image_size=args.image_size, strict=args.strict
+    )
     splits = load_data(cfg, resolve_cache_dir(args.cache_dir), progress=not args.no_progress)
     print(
         f"{splits.name}: {len(splits.train)} train / {len(splits.test)} test images, "

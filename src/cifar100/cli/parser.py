@@ -16,6 +16,10 @@ EPILOG = """examples:
   cifar100 predict runs/20261125-120000-seed cat.jpg dog.png
   cifar100 summary --preset seed                    the report's parameter table
 """
+STRICT_HELP = (
+    "refuse an image folder holding files that are not readable images, instead of skipping "
+    "them with a warning (data.strict)"
+)
 
 
 def at_least(low: float, kind: type = int, strict: bool = False):
@@ -92,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         "best, --ema and --tta write evaluation-best.json, -ema, -tta (and predictions-...) "
         "instead, so the run's own evaluation.json stays what report and compare read.",
     )
-    e.add_argument("target", metavar="RUN_OR_CHECKPOINT", help="a run directory or a .pt file")
+    e.add_argument(
+        "target",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run directory, a checkpoint (.pt) or an export (.safetensors, .onnx)",
+    )
     e.add_argument(
         "--checkpoint",
         choices=["last", "best"],
@@ -111,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta",
         choices=["none", "flip"],
         default="none",
-        help="test-time augmentation: flip = average the image's and its mirror's softmax",
+        help="test-time augmentation: flip = average the image's and its mirror's softmax "
+        "(default: none)",
     )
     e.add_argument(
         "--ema", action="store_true", help="evaluate the checkpoint's EMA weights (train.ema_decay)"
@@ -125,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write RUN_DIR/report.html: the model table as in the report, the resolved "
         "config and environment, the metrics and every plot (PNG and SVG in RUN_DIR/plots), "
         "images embedded so it opens offline. Built from the run directory's files alone, so "
-        "an interrupted run can be reported too; run `cifar100 evaluate RUN_DIR` first for the "
-        "confusion matrices and example images.",
+        "an interrupted run can be reported too. A finished `cifar100 train` has written the "
+        "predictions the confusion matrices and example images need; for a run stopped before "
+        "its test, or an imported Keras model, run `cifar100 evaluate RUN_DIR` first.",
     )
     rp.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
 
@@ -148,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
         "or mode), prepared exactly as in training. Exit code 1 if any image "
         "could not be read; the others are still predicted.",
     )
-    r.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run directory or a .pt file")
+    r.add_argument(
+        "checkpoint",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run directory, a checkpoint (.pt) or an export (.safetensors, .onnx)",
+    )
     r.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size or mode)")
     r.add_argument(
         "-k",
@@ -217,13 +231,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="input side (default: the backbone's native size, 224 for resnet50v2)",
     )
     n.add_argument(
-        "--batch-size", type=at_least(1), default=64, metavar="N", help="images per step (64)"
+        "--batch-size",
+        type=at_least(1),
+        default=64,
+        metavar="N",
+        help="images per step (default: 64)",
     )
     n.add_argument(
-        "--steps", type=at_least(1), default=10, metavar="N", help="timed steps (median)"
+        "--steps",
+        type=at_least(1),
+        default=10,
+        metavar="N",
+        help="timed steps, of which the median is shown (default: 10)",
     )
     n.add_argument(
-        "--warmup", type=at_least(0), default=3, metavar="N", help="untimed steps first (3)"
+        "--warmup",
+        type=at_least(0),
+        default=3,
+        metavar="N",
+        help="untimed steps first (default: 3)",
     )
     n.add_argument("--compile", action="store_true", help="torch.compile the tuned variant")
     n.add_argument("--device", default="auto", help="auto | cuda | mps | cpu")
@@ -261,8 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--preprocess",
         choices=["tf", "torch", "none", "raw"],
-        help="how its inputs were scaled: tf = x/127.5-1 (ResNet50V2's, the default unless "
-        "the model has its own Rescaling layer), none = x/255, raw = 0..255 pixels",
+        help="how the Keras model's inputs were scaled (the converted model takes 0..255 pixels "
+        "and scales them itself): tf = x/127.5-1, ResNet50V2's and what a Rescaling(1/127.5, "
+        "-1) layer in the model does (default); torch = x/255, then minus the ImageNet mean "
+        "and over its std per RGB channel, as torchvision models expect; none = x/255; "
+        "raw = 0..255 pixels unscaled",
     )
     common_args(k, device=False)
 
@@ -279,7 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
         "classes, image size, settings and provenance.",
     )
     x.add_argument("target", metavar="RUN_OR_CHECKPOINT", help="a run directory or a model file")
-    x.add_argument("--format", required=True, choices=["onnx", "safetensors", "keras", "triton"])
+    x.add_argument(
+        "--format",
+        required=True,
+        choices=["onnx", "safetensors", "keras", "triton"],
+        help="onnx: uint8 images in, probabilities out; safetensors: weights and settings; "
+        "keras: a .keras file (ResNet50V2 models); triton: a Triton model repository",
+    )
     x.add_argument(
         "--out", metavar="PATH", help="default: RUN_DIR/model.FORMAT (RUN_DIR/triton for triton)"
     )
@@ -387,7 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch (or read) and cache a dataset, then print its splits "
         "and classes: useful to prepare an offline machine.",
     )
-    d.add_argument("--dataset", choices=["cifar100", "cifar10", "folder"], default="cifar100")
+    d.add_argument(
+        "--dataset",
+        choices=["cifar100", "cifar10", "folder"],
+        default="cifar100",
+        help="which data (default: cifar100); folder needs --data",
+    )
     d.add_argument("--data", metavar="PATH", help="archive, extracted folder or image folder")
     d.add_argument(
         "--image-size",
@@ -396,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="image folders are decoded to N x N (default: 32)",
     )
+    d.add_argument("--strict", action="store_true", help=STRICT_HELP)
     common_args(d, device=False)
 
     ca = sub.add_parser(
@@ -406,7 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
         "removes by default only what is rebuilt without the network (decoded data, image "
         "folders, features, partial files); name kinds, or `all`, to remove downloads too.",
     )
-    ca.add_argument("action", nargs="?", choices=["list", "clear"], default="list")
+    ca.add_argument(
+        "action",
+        nargs="?",
+        choices=["list", "clear"],
+        default="list",
+        help="list the entries by kind (default), or clear them",
+    )
     ca.add_argument(
         "kinds", nargs="*", metavar="KIND", help="downloads weights decoded folders features "
         "partial all (clear's default: decoded folders features partial)",
@@ -478,6 +525,7 @@ def config_args(p: argparse.ArgumentParser, data: bool = True) -> None:
             const="true",
             help="deterministic kernels only (train.deterministic)",
         )
+        p.add_argument("--strict", action="store_const", const="true", help=STRICT_HELP)
 
 
 def common_args(p: argparse.ArgumentParser, device: bool = True) -> None:

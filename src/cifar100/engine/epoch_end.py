@@ -17,7 +17,8 @@ from cifar100.engine import distributed, runs
 from cifar100.engine.checkpoint import save_checkpoint
 from cifar100.engine.run import Run
 from cifar100.fileio import write_json_atomic
-from cifar100.inference import evaluate_model
+from cifar100.inference import evaluate_model, predict_logits
+from cifar100.metrics import classification_metrics
 
 
 def checkpoint_state(run: Run, optimizer, phase: str, epochs_done: int) -> dict[str, Any]:
@@ -51,9 +52,11 @@ def end_epoch(
             "epoch": epoch + 1,
             "phase": phase,
             **stats,
+            # the images each epoch draws from: with the config, the per-step lr schedule
+            "train_images": len(run.train_set),
             "val_loss": val["loss"],
             "val_top1": val["top1"],
-            "val_top5": val["top5"],
+            **({"val_top5": val["top5"]} if "top5" in val else {}),  # > 5 classes only
             "epoch_s": round(time.perf_counter() - started, 2),
             "wall_s": round(run.wall_s(), 2),  # since the run began, all sessions
         }
@@ -61,10 +64,12 @@ def end_epoch(
             ema = evaluate_model(run.ema.module, run.val_set, run.device, t.eval_batch_size, t.amp)
             record.update(val_loss_ema=ema["loss"], val_top1_ema=ema["top1"])
         run.log.append(record)
+        # Accuracies in percent, as evaluate, compare and the report print them.
+        top5 = f" top-5 {val['top5']:.2%}" if "top5" in val else ""
         run.say(
             f"epoch {epoch + 1}/{t.epochs} [{phase}] loss {stats['train_loss']:.4f} "
-            f"acc {stats['train_top1']:.4f} | val loss {val['loss']:.4f} "
-            f"top1 {val['top1']:.4f} top5 {val['top5']:.4f} | {record['epoch_s']:.1f}s "
+            f"top-1 {stats['train_top1']:.2%} | val loss {val['loss']:.4f} "
+            f"top-1 {val['top1']:.2%}{top5} | {record['epoch_s']:.1f} s "
             f"{stats['images_per_s']:.0f} img/s"
         )
         improved = val["top1"] > run.best
@@ -111,24 +116,26 @@ def save_position(
     distributed.barrier(run.dist)
 
 
-def final_test(run: Run, test: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Test metrics of the final weights (unless given), written to evaluation.json (rank 0)."""
-    t = run.cfg.train
+def final_test(run: Run, logits: torch.Tensor | None = None) -> dict[str, Any]:
+    """Test metrics of the final weights, written to evaluation.json, with the logits (computed
+    unless given) in predictions.npz, as `cifar100 evaluate RUN` writes them, so the report
+    is whole right after training (rank 0)."""
+    from cifar100.evaluate import PREDICTIONS, save_predictions
+
+    t, test_set = run.cfg.train, run.splits.test
+    fine_to_coarse, coarse = run.meta["fine_to_coarse"], run.meta["coarse_classes"]
+    test = None
     if run.dist.is_main:
-        test = test or evaluate_model(
-            run.model,
-            run.splits.test,
-            run.device,
-            t.eval_batch_size,
-            t.amp,
-            run.meta["fine_to_coarse"],
-            run.meta["coarse_classes"],
-        )
+        if logits is None:
+            logits = predict_logits(run.model, test_set.images, run.device, t.eval_batch_size,
+                                    t.amp)  # fmt: skip
+        test = classification_metrics(logits, test_set.labels, test_set.classes,
+                                      fine_to_coarse, coarse)  # fmt: skip
         if run.ema is not None:
-            ema = evaluate_model(
-                run.ema.module, run.splits.test, run.device, t.eval_batch_size, t.amp
-            )
-            test["ema"] = {k: ema[k] for k in ("loss", "top1", "top5")}
+            ema = evaluate_model(run.ema.module, test_set, run.device, t.eval_batch_size, t.amp)
+            test["ema"] = {k: ema[k] for k in ("loss", "top1", "top5") if k in ema}
+        predictions = run.run_dir / PREDICTIONS
+        save_predictions(predictions, logits, test_set, fine_to_coarse, coarse)
         write_json_atomic(
             run.run_dir / runs.EVALUATION,
             {
@@ -137,6 +144,7 @@ def final_test(run: Run, test: dict[str, Any] | None = None) -> dict[str, Any]:
                 "dataset": run.splits.name,
                 "train_wall_s": round(run.wall_s(), 2),
                 **test,
+                "predictions": str(predictions),
             },
         )
     return distributed.broadcast_object(test or {}, run.dist)

@@ -27,6 +27,7 @@ class SignalStop:
     def __init__(self, quiet: bool = False) -> None:
         self.received: str | None = None
         self.quiet = quiet
+        self.unit = "step"  # what finishes before the stop: "head epoch" in features mode
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> SignalStop:
@@ -48,8 +49,8 @@ class SignalStop:
         self.received = signal.Signals(signum).name
         if not self.quiet:
             print(
-                f"\n{self.received}: finishing this step (a head epoch in features mode), "
-                "saving, then stopping (send it again to stop at once)",
+                f"\n{self.received}: finishing this {self.unit}, saving, then stopping "
+                "(send it again to stop at once)",
                 file=sys.stderr,
                 flush=True,
             )

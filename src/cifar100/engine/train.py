@@ -123,19 +123,20 @@ def _run(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart,
     signals = SignalStop(quiet=not dist_info.is_main)
     watch = StepWatch(signals, cfg.train.checkpoint_minutes, dist_info, device, stop_after_steps)
     if cfg.train.mode == "features":
-        test = fit_features(run, last, progress, watch)
-        stopped = test is None
+        logits = fit_features(run, last, progress, watch)
+        stopped = logits is None
     else:
-        test, stopped = None, fit(run, last, progress, watch)
+        logits, stopped = None, fit(run, last, progress, watch)
     if stopped or last < cfg.train.epochs:
         reason = watch.reason or "stop_after_epochs"
         wall = time.perf_counter() - start
         return TrainResult(run_dir, {}, run.epochs_done, wall, reason, run.saved_at)
-    test = final_test(run, test)
+    test = final_test(run, logits)
     wall = time.perf_counter() - start
+    top5 = f", top-5 {test['top5']:.2%}" if test.get("top5") is not None else ""
     run.say(
-        f"test top1 {test['top1']:.4f} top5 {test['top5']:.4f} "
-        f"({len(run.splits.test)} images); this session {wall:.0f}s; run saved in {run_dir}"
+        f"test top-1 {test['top1']:.2%}{top5} ({len(run.splits.test)} images); this session "
+        f"{wall:.0f} s; run saved in {run_dir} (cifar100 report {run_dir} for its page)"
     )
     return TrainResult(run_dir, test, cfg.train.epochs, wall)
 
