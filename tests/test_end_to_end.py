@@ -294,6 +294,19 @@ def test_predict_reports_bad_files_and_still_predicts_the_rest(trained, tmp_path
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1.0001
     assert cli.main(["predict", str(run), files[0]]) == 0
     assert capsys.readouterr().out.startswith(files[0] + ": ")
+    # A folder stands for its images (sorted, hidden ones left out, non-images ignored).
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "notes.txt").write_text("not an image")
+    (tmp_path / ".hidden.png").write_bytes((tmp_path / "photo.png").read_bytes())
+    (tmp_path / "sub" / "photo2.png").write_bytes((tmp_path / "photo.png").read_bytes())
+    assert cli.main(["predict", str(run), str(tmp_path), "--json"]) == 1  # broken.jpg
+    paths = [json.loads(x)["path"] for x in capsys.readouterr().out.splitlines()]
+    assert paths == sorted([*files, str(tmp_path / "sub" / "photo2.png")])
+    assert cli.main(["predict", str(run), str(tmp_path / "sub" / "photo2.png"),
+                     str(tmp_path / "empty")]) == 1  # fmt: skip
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["predict", str(run), str(tmp_path / "empty")]) == 1
+    assert "a folder holding no image files" in capsys.readouterr().err
 
 
 def test_frozen_phase_keeps_the_backbone_and_its_statistics(archive, tmp_path, monkeypatch):

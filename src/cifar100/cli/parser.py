@@ -163,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_OR_CHECKPOINT",
         help="a run directory, a checkpoint (.pt) or an export (.safetensors, .onnx)",
     )
-    r.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size or mode)")
+    r.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files (any size or mode), or folders: the images under them",
+    )
     r.add_argument(
         "-k",
         "--top",
