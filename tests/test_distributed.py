@@ -18,6 +18,7 @@ from cifar100.data.tensors import ImageSet
 from cifar100.engine.checkpoint import load_checkpoint
 from cifar100.engine.distributed import DistInfo, local_slice
 from synthetic_cifar import make_cifar100_archive
+from synthetic_folders import write_classes
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -186,3 +187,18 @@ def test_a_process_that_joined_a_group_ends_without_interpreter_shutdown(monkeyp
     monkeypatch.setattr(distributed, "_joined", True)
     distributed.exit_process(143)
     assert exits == [143] and flushed == ["out"]
+
+
+def test_rank_0_alone_warns_about_an_image_folders_skipped_files(tmp_path):
+    data = tmp_path / "images"
+    write_classes(data, {"a": 12, "b": 12})
+    (data / "a" / "readme.txt").write_text("not an image")
+    settings = ["train.batch_size=8", "data.val_fraction=0", "model.resize=1"]
+    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "cifar100", "train",
+           "--preset", "scratch", "--dataset", "folder", "--data", str(data), "--epochs", "1",
+           *[a for kv in settings for a in ("--set", kv)], "--out", str(tmp_path / "run"),
+           "--cache-dir", str(tmp_path / "cache"), "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stdout + done.stderr
+    assert said.count("skipped 1 file that is not a readable image") == 1

@@ -11,7 +11,9 @@ for bit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import sys
 import time
 from pathlib import Path
@@ -153,7 +155,10 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
     tune_backends(device, t.deterministic)
     say = _printer(progress and dist_info.is_main, dist_info.is_main)
     cache = resolve_cache_dir(cache_dir)
-    splits = load_data(cfg.data, cache, seed=t.seed, progress=progress and dist_info.is_main)
+    # Every rank loads the data; rank 0 alone says what it found (skipped files, warnings).
+    others = contextlib.redirect_stderr(io.StringIO())
+    with contextlib.nullcontext() if dist_info.is_main else others:
+        splits = load_data(cfg.data, cache, seed=t.seed, progress=progress and dist_info.is_main)
     if cfg.data.val_fraction > 0:
         train_set, val_set = split_holdout(splits.train, cfg.data.val_fraction, t.seed)
     else:
