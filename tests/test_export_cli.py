@@ -11,19 +11,12 @@ import pytest
 import cifar100
 from cifar100 import cli
 from cifar100.errors import CheckpointError
-from synthetic_cifar import make_cifar10_archive
-
-SMALL = ["--preset", "scratch", "--dataset", "cifar10", "--backbone", "efficientnet_lite0",
-         "--set", "model.resize=1", "--set", "train.batch_size=32", "--no-progress"]  # fmt: skip
+from tiny_run import train_tiny
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    archive = make_cifar10_archive(root / "c10.tar.gz", 96, 64)
-    out, cache = root / "run", root / "cache"
-    argv = ["train", *SMALL, "--data", str(archive), "--epochs", "2", "--out", str(out)]
-    assert cli.main([*argv, "--cache-dir", str(cache)]) == 0
+    out, cache, _ = train_tiny(tmp_path_factory.mktemp("export"), 96, 64, epochs=2)
     return out, cache
 
 

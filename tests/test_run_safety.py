@@ -23,10 +23,7 @@ from cifar100.engine.checkpoint import load_checkpoint, save_checkpoint
 from cifar100.engine.run_lock import RunLock
 from cifar100.errors import CheckpointError, WriteError
 from synthetic_cifar import make_cifar10_archive
-
-# EfficientNet-Lite0 from scratch at 32x32: a 30 MB checkpoint, two epochs in about a second.
-SMALL = ["--preset", "scratch", "--dataset", "cifar10", "--backbone", "efficientnet_lite0",
-         "--set", "model.resize=1", "--set", "train.batch_size=32", "--no-progress"]  # fmt: skip
+from tiny_run import SMALL
 
 
 @pytest.fixture(scope="module")

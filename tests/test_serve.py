@@ -18,20 +18,12 @@ from PIL import Image
 
 from cifar100 import cli
 from serve_server import multipart, running_server
-from synthetic_cifar import make_cifar10_archive
-
-SMALL = ["--preset", "scratch", "--dataset", "cifar10", "--backbone", "efficientnet_lite0",
-         "--set", "model.resize=1", "--set", "train.batch_size=32", "--no-progress"]  # fmt: skip
+from tiny_run import train_tiny
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    archive = make_cifar10_archive(root / "c10.tar.gz", 64, 32)
-    out = root / "run"
-    argv = ["train", *SMALL, "--data", str(archive), "--epochs", "1", "--out", str(out)]
-    assert cli.main([*argv, "--cache-dir", str(root / "cache")]) == 0
-    return out
+    return train_tiny(tmp_path_factory.mktemp("serve"))[0]
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,15 @@ import numpy as np
 import pytest
 
 import cifar100
-from cifar100 import cli
 from cifar100.serve import v2
 from cifar100.serve.app import ServeSettings, create_app
 from serve_server import running_server
-from synthetic_cifar import CIFAR10_CLASSES, make_cifar10_archive
+from synthetic_cifar import CIFAR10_CLASSES
+from tiny_run import train_tiny
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
 
-SMALL = ["--preset", "scratch", "--dataset", "cifar10", "--backbone", "efficientnet_lite0",
-         "--set", "model.resize=1", "--set", "train.batch_size=32", "--no-progress"]  # fmt: skip
 SIZE, CLASSES = 32, len(CIFAR10_CLASSES)
 HEADER = "Inference-Header-Content-Length"
 INFER = "v2/models/cifar100/infer"
@@ -32,12 +30,7 @@ INFER = "v2/models/cifar100/infer"
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("v2")
-    archive = make_cifar10_archive(root / "c10.tar.gz", 64, 32)
-    out = root / "run"
-    argv = ["train", *SMALL, "--data", str(archive), "--epochs", "1", "--out", str(out)]
-    assert cli.main([*argv, "--cache-dir", str(root / "cache")]) == 0
-    return out
+    return train_tiny(tmp_path_factory.mktemp("v2"))[0]
 
 
 @pytest.fixture(scope="module")

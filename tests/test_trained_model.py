@@ -16,20 +16,12 @@ import cifar100
 from cifar100 import cli
 from cifar100.data.images import decode_image
 from cifar100.errors import CheckpointError, DataError
-from synthetic_cifar import make_cifar10_archive
-
-SMALL = ["--preset", "scratch", "--dataset", "cifar10", "--backbone", "efficientnet_lite0",
-         "--set", "model.resize=1", "--set", "train.batch_size=32", "--no-progress"]  # fmt: skip
+from tiny_run import SMALL, train_tiny
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    archive = make_cifar10_archive(root / "c10.tar.gz", 64, 32)
-    out, cache = root / "run", root / "cache"
-    argv = ["train", *SMALL, "--data", str(archive), "--epochs", "2", "--out", str(out)]
-    assert cli.main([*argv, "--cache-dir", str(cache)]) == 0
-    return out, cache, archive
+    return train_tiny(tmp_path_factory.mktemp("api"), epochs=2)
 
 
 @pytest.fixture(scope="module")
