@@ -21,7 +21,15 @@ from cifar100.data.images import IMAGE_EXTENSIONS
 from cifar100.data.tensors import ImageSet, split_holdout
 from cifar100.errors import ConfigError, DataError
 
-__all__ = ["Fetch", "Listing", "build_splits", "image_set", "is_image", "report_skipped"]
+__all__ = [
+    "Fetch",
+    "Listing",
+    "build_splits",
+    "image_set",
+    "is_image",
+    "report_skipped",
+    "warn_case_twins",
+]
 
 TEST_DIRS = ("test", "val", "valid", "validation")  # the first present is the test split
 NOT_AN_IMAGE = "not an image file"  # the reason given for a skipped non-image
@@ -79,7 +87,6 @@ def build_splits(
         test_files = _class_files(src, listing, _join(root, test_dir), skipped)
         _check_same_classes(src, train_files, test_files, train_dir, test_dir)
         classes = sorted(train_files)
-        _warn_case_twins(src, classes)
         paths, labels = _flatten(train_files, classes)
         test_paths, test_labels = _flatten(test_files, classes)
         images, failed = fetch(paths + test_paths)  # one call: one progress bar, one pool
@@ -111,7 +118,6 @@ def build_splits(
         raise ConfigError(f"data.test_fraction must be in (0, 1), got {test_fraction}")
     files = _class_files(src, listing, root, skipped)
     classes = sorted(files)
-    _warn_case_twins(src, classes)
     paths, labels = _flatten(files, classes)
     images, failed = fetch(paths)
     skipped.update(failed)
@@ -246,7 +252,7 @@ def _check_same_classes(
         )
 
 
-def _warn_case_twins(src: Path, classes: list[str]) -> None:
+def warn_case_twins(src: Path, classes: list[str]) -> None:
     """Warn (once) about class folders whose names differ only in letter case.
 
     A warning, not an error: "A" and "a" may be two real classes (letters), and they load as two

@@ -25,7 +25,14 @@ from tqdm import tqdm
 from cifar100.data.decode_pool import DecodePool
 from cifar100.data.download import file_digest
 from cifar100.data.folder_cache import cache_key, read_cache, write_cache
-from cifar100.data.folder_layout import Fetch, Listing, build_splits, is_image, report_skipped
+from cifar100.data.folder_layout import (
+    Fetch,
+    Listing,
+    build_splits,
+    is_image,
+    report_skipped,
+    warn_case_twins,
+)
 from cifar100.data.images import HEADER_BYTES, check_file_size
 from cifar100.data.tensors import DataSplits
 from cifar100.errors import ConfigError, DataError
@@ -102,6 +109,7 @@ def load_image_folder(
     # skipping existed was only ever written with nothing to skip.
     skipped = meta.setdefault("skipped_files", [])
     report_skipped(src, skipped, strict)
+    warn_case_twins(src, train.classes)  # after the cache too: a hit says it again
     info = {
         "cache": "miss" if cached is None else "hit",
         "cache_path": str(cache_path),
