@@ -8,9 +8,8 @@ import shutil
 import pytest
 
 from cifar100 import cli
+from headless_chromium import launch, needs_chromium
 from synthetic_cifar import make_cifar100_archive
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
@@ -83,20 +82,13 @@ def test_not_a_run_is_one_line(tmp_path, capsys):
     assert f"{tmp_path / 'nope'}: no such directory" in err and "\n" not in err
 
 
-@pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="Chromium not installed (.ci/run installs Debian's chromium for this test)",
-)
+@needs_chromium
 def test_report_renders_in_a_headless_browser(run_dir):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     assert cli.main(["report", str(run_dir)]) == 0
     errors = []
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
+        browser = launch(p)
         try:
             page = browser.new_page()
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -23,10 +23,10 @@ import pytest
 from PIL import Image
 
 from cifar100 import cli
+from headless_chromium import launch, needs_chromium
 from serve_server import multipart, running_server
 from synthetic_cifar import make_cifar10_archive
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REAL_JPEGS = Path(__file__).parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 # (class folder, file) of the real test images uploaded, where they exist
 PICKS = [("cat", "0001"), ("ship", "0002"), ("dog", "0003"), ("airplane", "0004"),
@@ -36,10 +36,7 @@ TINY = ["--preset", "scratch", "--dataset", "cifar10", "--backbone", "efficientn
         "--no-progress"]  # fmt: skip
 LIMIT_MB = 0.02  # the server's --max-request-mb: small, so that a 413 is cheap to provoke
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="Chromium not installed (.ci/run installs Debian's chromium for this test)",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +83,7 @@ def server(model):
 def browser():
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     with playwright.sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
+        chromium = launch(p)
         yield chromium
         chromium.close()
 

@@ -10,10 +10,9 @@ import numpy as np
 import torch
 
 from cifar100.data.tensors import ImageSet, fine_to_coarse
+from cifar100.engine import runs
 from cifar100.errors import DataError
 from cifar100.metrics import classification_metrics
-
-PREDICTIONS = "predictions.npz"  # beside evaluation.json in a run directory
 
 
 def variant_suffix(which: str = "last", tta_flip: bool = False, ema: bool = False) -> str:
@@ -108,10 +107,9 @@ def _train_wall(run: str | None, epoch: int | None) -> dict[str, Any]:
     weights: a fact of the run that evaluating it again keeps (compare shows it)."""
     import json
 
-    from cifar100.engine.runs import EVALUATION
-
     try:
-        record = json.loads((Path(run) / EVALUATION).read_text(encoding="utf-8")) if run else {}
+        path = Path(run) / runs.EVALUATION if run else None
+        record = json.loads(path.read_text(encoding="utf-8")) if path else {}
     except (OSError, ValueError):
         return {}
     if not isinstance(record, dict) or record.get("epoch") != epoch:
@@ -125,7 +123,7 @@ def _agreement(model, logits: torch.Tensor, test: ImageSet) -> dict[str, Any] | 
     from cifar100.errors import CifarError
     from cifar100.predictions_file import read_predictions
 
-    record = Path(model.info.run or "") / PREDICTIONS
+    record = Path(model.info.run or "") / runs.PREDICTIONS
     if model.source.suffix == ".pt" or not model.info.run or not record.is_file():
         return None
     try:

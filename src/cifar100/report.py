@@ -150,8 +150,6 @@ def _metrics_table(records: list[dict]) -> str:
 
 def _missing(run_dir: Path, config: dict, evaluation: dict | None, records: list[dict]) -> str:
     """Why figures are absent, and the command that brings them, where they are."""
-    from cifar100.plots import PREDICTIONS
-
     epochs = config.get("train", {}).get("epochs", "?")
     if not evaluation:
         why = (
@@ -165,9 +163,9 @@ def _missing(run_dir: Path, config: dict, evaluation: dict | None, records: list
             f"<p class='note'>Not tested yet: {_e(why)}. {todo}<code>cifar100 evaluate "
             f"{_e(run_dir)}</code> tests the last checkpoint and adds the test figures.</p>"
         )
-    if not (run_dir / PREDICTIONS).is_file():
+    if not (run_dir / runs.PREDICTIONS).is_file():
         return (
-            f"<p class='note'>No {PREDICTIONS} in the run directory, so no confusion matrix "
+            f"<p class='note'>No {runs.PREDICTIONS} in the run directory, so no confusion matrix "
             f"or example images: <code>cifar100 evaluate {_e(run_dir)}</code> writes it, "
             "then report again.</p>"
         )

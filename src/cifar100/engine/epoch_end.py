@@ -120,7 +120,7 @@ def final_test(run: Run, logits: torch.Tensor | None = None) -> dict[str, Any]:
     """Test metrics of the final weights, written to evaluation.json, with the logits (computed
     unless given) in predictions.npz, as `cifar100 evaluate RUN` writes them, so the report
     is whole right after training (rank 0)."""
-    from cifar100.evaluate import PREDICTIONS, save_predictions
+    from cifar100.evaluate import save_predictions
 
     t, test_set = run.cfg.train, run.splits.test
     fine_to_coarse, coarse = run.meta["fine_to_coarse"], run.meta["coarse_classes"]
@@ -134,7 +134,7 @@ def final_test(run: Run, logits: torch.Tensor | None = None) -> dict[str, Any]:
         if run.ema is not None:
             ema = evaluate_model(run.ema.module, test_set, run.device, t.eval_batch_size, t.amp)
             test["ema"] = {k: ema[k] for k in ("loss", "top1", "top5") if k in ema}
-        predictions = run.run_dir / PREDICTIONS
+        predictions = run.run_dir / runs.PREDICTIONS
         save_predictions(predictions, logits, test_set, fine_to_coarse, coarse)
         write_json_atomic(
             run.run_dir / runs.EVALUATION,

@@ -17,6 +17,7 @@ CONFIG = "config.json"
 ENVIRONMENT = "environment.json"
 METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
+PREDICTIONS = "predictions.npz"  # the test logits beside it, for the plots
 
 
 def new_run_dir(root: str | Path, preset: str) -> Path:

@@ -15,7 +15,14 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cifar100.engine.optim import ScheduledStep, lr_schedule
-from cifar100.engine.runs import EVALUATION, METRICS, read_evaluation, read_metrics, read_run_config
+from cifar100.engine.runs import (
+    EVALUATION,
+    METRICS,
+    PREDICTIONS,
+    read_evaluation,
+    read_metrics,
+    read_run_config,
+)
 from cifar100.errors import CifarError
 from cifar100.plots.confusion import (
     confusion_matrix,
@@ -52,7 +59,6 @@ __all__ = [
     "superclass_order",
 ]
 
-PREDICTIONS = "predictions.npz"
 PLOTS_DIR = "plots"
 
 
