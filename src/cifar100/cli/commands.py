@@ -175,11 +175,14 @@ def format_evaluation(m: dict) -> str:
         lines.append(f"  superclass top-1 {m['superclass_top1']:.2%}")
         lines.append("  per superclass (fine top-1 / superclass top-1):")
         for name, v in m["per_superclass"].items():
+            name = display_name(name, NAME_LIMIT)
             lines.append(f"    {name:<32} {v['fine_top1']:7.2%}  {v['superclass_top1']:7.2%}")
     per_class = sorted(m["per_class"].items(), key=lambda kv: kv[1])
     if per_class:
-        worst = ", ".join(f"{c} {a:.0%}" for c, a in per_class[:5])
-        best = ", ".join(f"{c} {a:.0%}" for c, a in per_class[::-1][:5])
+        # Names as shown (controls visible, long ones cut); the JSON keeps them whole.
+        shown = dict(zip(m["per_class"], display_names(list(m["per_class"]), NAME_LIMIT)))
+        worst = ", ".join(f"{shown[c]} {a:.0%}" for c, a in per_class[:5])
+        best = ", ".join(f"{shown[c]} {a:.0%}" for c, a in per_class[::-1][:5])
         lines.append(f"  hardest classes: {worst}")
         lines.append(f"  easiest classes: {best}")
     return "\n".join(lines)
@@ -194,16 +197,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     from cifar100.report import build_report
 
     out = build_report(args.run_dir)
-    print(f"wrote {out} (plots in {out.parent / 'plots'})")
+    print(visible(f"wrote {out} (plots in {out.parent / 'plots'})"))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from cifar100.compare import compare_runs, format_comparison
+    from cifar100.compare import format_comparison, read_runs
 
-    rows = compare_runs(args.runs)
-    print(json.dumps(rows, indent=2) if args.json else format_comparison(rows))
-    return 0
+    # The runs that can be read are compared; each that cannot is one line: exit 1 then, and
+    # 2 when none could be read.
+    rows, broken = read_runs(args.runs)
+    for line in broken:
+        print(f"cifar100 compare: skipped: {line}", file=sys.stderr)
+    if rows:
+        print(json.dumps(rows, indent=2) if args.json else format_comparison(rows))
+    return 0 if not broken else 1 if rows else 2
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -389,8 +397,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_request_mb=args.max_request_mb,
         max_images=args.max_images,
         max_pixels=args.max_pixels,
+        max_request_pixels=args.max_request_pixels,
+        max_inflight_mb=args.max_inflight_mb,
+        max_json_mb=args.max_json_mb,
+        max_head_kb=args.max_head_kb,
+        head_timeout_s=args.head_timeout,
+        body_timeout_s=args.body_timeout,
     )
-    return serve(args.model, args.host, args.port, args.runtime, args.device, settings)
+    return serve(
+        args.model, args.host, args.port, args.runtime, args.device, settings, args.workers
+    )
 
 
 def cmd_data(args: argparse.Namespace) -> int:

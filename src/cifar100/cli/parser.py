@@ -418,6 +418,60 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="pixels of one image at most, read from its header before decoding (25000000)",
     )
+    sv.add_argument(
+        "--max-request-pixels",
+        type=at_least(1),
+        default=50_000_000,
+        metavar="N",
+        help="pixels of all of a request's images together at most, read from their headers "
+        "before any is decoded (50000000)",
+    )
+    sv.add_argument(
+        "--max-inflight-mb",
+        type=at_least(0, float, strict=True),
+        default=256.0,
+        metavar="MB",
+        help="request bodies held at once across all requests (256); beyond it: 503 with "
+        "Retry-After",
+    )
+    sv.add_argument(
+        "--max-json-mb",
+        type=at_least(0, float, strict=True),
+        default=1.0,
+        metavar="MB",
+        help="largest JSON part of a v2 inference request (1); larger ones get 413 (send "
+        "binary tensor data instead)",
+    )
+    sv.add_argument(
+        "--max-head-kb",
+        type=at_least(1, float),
+        default=16.0,
+        metavar="KB",
+        help="largest request head, the request line and headers (16); larger ones get 431",
+    )
+    sv.add_argument(
+        "--head-timeout",
+        type=at_least(0, float, strict=True),
+        default=10.0,
+        metavar="S",
+        help="seconds for a request head to arrive (10); then 408 and the connection closes",
+    )
+    sv.add_argument(
+        "--body-timeout",
+        type=at_least(0, float, strict=True),
+        default=30.0,
+        metavar="S",
+        help="seconds for a request body to arrive after its head (30); then 408 and the "
+        "connection closes",
+    )
+    sv.add_argument(
+        "--workers",
+        type=at_least(1),
+        default=1,
+        metavar="N",
+        help="server processes, each with its own copy of the model, sharing one port (1); "
+        "on the CPU they share the cores",
+    )
     sv.add_argument("--device", default="auto", help="auto | cuda | mps | cpu (PyTorch runtime)")
 
     d = sub.add_parser(

@@ -53,10 +53,12 @@ class Batcher:
         wait_ms: float = 5.0,
         max_queue: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
+        on_queue: Callable[[int], None] | None = None,
     ) -> None:
         self.run, self.max_batch, self.wait_s = run, max_batch, wait_ms / 1000
         self.max_queue = max_queue
         self.on_batch = on_batch  # (images, seconds) after each model call, for metrics
+        self.on_queue = on_queue or (lambda waiting: None)  # each change of `waiting`
         self.waiting = 0  # images queued, not yet in a batch
         self._queue: asyncio.Queue[_Job | None] | None = None
         self._task: asyncio.Task | None = None
@@ -84,6 +86,7 @@ class Batcher:
             raise QueueFull(self.waiting, max(1.0, batches * self._mean_batch_s))
         job = _Job(pixels, asyncio.get_running_loop().create_future())
         self.waiting += len(pixels)
+        self.on_queue(self.waiting)
         self._queue.put_nowait(job)
         return await job.future
 
@@ -113,6 +116,7 @@ class Batcher:
                 jobs.append(more)
                 count += len(more.pixels)
             self.waiting -= count
+            self.on_queue(self.waiting)
             await self._run(loop, jobs, count)
 
     async def _run(self, loop, jobs: list[_Job], count: int) -> None:

@@ -1,9 +1,11 @@
 """The service's Prometheus metrics (prometheus-client), in a registry of its own so that two
-services in one process (tests) never share counters."""
+services in one process (tests) never share counters. Under `serve --workers N` (workers.py
+sets PROMETHEUS_MULTIPROC_DIR) every worker writes its values to that directory and /metrics,
+whichever worker answers it, reads them all: counts are summed, the queue is the live sum."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -12,6 +14,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -35,14 +38,17 @@ class Monitoring:
             "cifar100_batch_seconds", "Time of one model call", buckets=LATENCY_BUCKETS,
             registry=r,
         )  # fmt: skip
-        self.queue = Gauge("cifar100_queue_images", "Images waiting for the model", registry=r)
+        self.queue = Gauge(
+            "cifar100_queue_images", "Images waiting for the model", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.errors = Counter(
             "cifar100_errors", "Requests refused or failed, by kind", ["kind"], registry=r
         )
         self.predicted = Counter("cifar100_images", "Images classified", registry=r)
 
-    def watch_queue(self, waiting: Callable[[], int]) -> None:
-        self.queue.set_function(waiting)
+    def queue_changed(self, waiting: int) -> None:
+        self.queue.set(waiting)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -59,4 +65,9 @@ class Monitoring:
         self.predicted.inc(n)
 
     def exposition(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not shared:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        everyone = CollectorRegistry()
+        multiprocess.MultiProcessCollector(everyone, shared)
+        return generate_latest(everyone), CONTENT_TYPE_LATEST

@@ -1,5 +1,6 @@
 """`cifar100 serve`: load a trained model, then run the service on uvicorn until SIGTERM or
-Ctrl-C, which finish the requests in flight and exit 0."""
+Ctrl-C, which finish the requests in flight and exit 0. With `workers` > 1, that many processes
+(workers.py) each load the model and take connections from one listening socket."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import torch
 
 from cifar100.errors import ConfigError, ModelError
 from cifar100.serve.app import ServeSettings, create_app
+from cifar100.serve.limits import return_large_blocks_at_once
+from cifar100.serve.protocol import guarded_protocol
 from cifar100.trained_model import TrainedModel, load
 
 RUNTIMES = ("torch", "onnx")
@@ -28,17 +31,20 @@ RUNTIMES = ("torch", "onnx")
 LIGHT_S_PER_IMAGE = 0.005
 
 
-def load_for_serving(path: str, runtime: str | None, device: str = "auto") -> TrainedModel:
+def load_for_serving(
+    path: str, runtime: str | None, device: str = "auto", may_lighten: bool = True
+) -> TrainedModel:
     """The model at `path` in `runtime` (None: its own); a run or checkpoint for ONNX Runtime
     is exported to ONNX first, checked against PyTorch as `cifar100 export` checks it. On the
-    CPU a light model leaves one core to the HTTP side (unless OMP_NUM_THREADS is set)."""
+    CPU a light model leaves one core to the HTTP side (unless OMP_NUM_THREADS is set, or
+    `may_lighten` is False: a worker of several has its share of the cores already)."""
     model = load(path, device=device if runtime != "onnx" else "cpu")
     if runtime == "torch" and model.runtime == "onnx":
         raise ModelError(
             f"{path}: an ONNX export holds no PyTorch weights; serve its run, checkpoint or "
             "safetensors export with --runtime torch, or this file with --runtime onnx"
         )
-    lighten = _is_light(model)
+    lighten = may_lighten and _is_light(model)
     if lighten:
         torch.set_num_threads(torch.get_num_threads() - 1)
     if runtime == "onnx" and model.runtime == "torch":
@@ -90,45 +96,80 @@ def serve(
     runtime: str | None = None,
     device: str = "auto",
     settings: ServeSettings | None = None,
+    workers: int = 1,
 ) -> int:
+    setup_logging()
+    settings = settings or ServeSettings()
+    sock = listen(host, port)  # before the model loads: a taken port is found in a second
+    if workers > 1:
+        from cifar100.serve.workers import run_workers
+
+        return run_workers(sock, path, runtime, device, settings, workers)
+    model = load_for_serving(path, runtime, device)
+    return run_server(model, settings, sock, announce=True)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    return_large_blocks_at_once()
+
+
+def run_server(model: TrainedModel, settings: ServeSettings, sock, all_ready=None,
+               announce: bool = False) -> int:  # fmt: skip
+    """The service of `model` on uvicorn, taking connections from the listening `sock`, until
+    SIGTERM or Ctrl-C; `all_ready` as create_app takes it."""
     import uvicorn
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    _check_address(host, port)  # before the model loads: a taken port is found in a second
-    model = load_for_serving(path, runtime, device)
-    app = create_app(model, settings or ServeSettings())
+    app = create_app(model, settings, all_ready)
+    monitoring = app.state.service.monitoring
     config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
+        http=guarded_protocol(settings.connection_limits(), monitoring.error),
         access_log=False,  # one line per request is ours, with its latency
         timeout_graceful_shutdown=30,
         log_level="warning",
     )
-    _AnnouncingServer(config, model).run()
+    _AnnouncingServer(config, model if announce else None).run(sock)
     return 0
 
 
-def _check_address(host: str, port: int) -> None:
-    """One clear line for an address that cannot be listened on (taken, or not this host's)."""
+def listen(host: str, port: int):
+    """A socket listening on host:port, or one clear line for an address that cannot be
+    listened on (taken, or not this host's)."""
     import socket
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, address = infos[0]
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-            sock.bind(address)
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(2048)  # uvicorn's default backlog
+        sock.set_inheritable(True)
     except OSError as e:
         raise ConfigError(
             f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host"
         ) from None
+    return sock
+
+
+def announce(sock, what: object) -> None:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/"
+    print(
+        f"serving {what} at {url} (the page; API docs at {url}docs, Open Inference Protocol "
+        f"at {url}v2)",
+        flush=True,
+    )
 
 
 class _AnnouncingServer:
     """uvicorn's server, printing where the page is once the socket is bound."""
 
-    def __init__(self, config, model: TrainedModel) -> None:
+    def __init__(self, config, model: TrainedModel | None) -> None:
         import uvicorn
 
         outer = self
@@ -136,8 +177,8 @@ class _AnnouncingServer:
         class Server(uvicorn.Server):
             async def startup(self, sockets=None) -> None:
                 await super().startup(sockets)
-                if not self.should_exit:
-                    outer.announce(self)
+                if not self.should_exit and outer.model is not None:
+                    announce(self.servers[0].sockets[0], outer.model)
 
             @contextlib.contextmanager
             def capture_signals(self):
@@ -149,16 +190,5 @@ class _AnnouncingServer:
 
         self.server, self.model = Server(config), model
 
-    def announce(self, server) -> None:
-        sock = server.servers[0].sockets[0].getsockname()
-        host, port = sock[0], sock[1]
-        shown = f"[{host}]" if ":" in host else host
-        url = f"http://{shown}:{port}/"
-        print(
-            f"serving {self.model} at {url} (the page; API docs at {url}docs, Open Inference "
-            f"Protocol at {url}v2)",
-            flush=True,
-        )
-
-    def run(self) -> None:
-        self.server.run()
+    def run(self, sock) -> None:
+        self.server.run(sockets=[sock])

@@ -26,7 +26,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from cifar100.export.tensor_names import INPUT, OUTPUTS
-from cifar100.serve.app import RequestError, Service
+from cifar100.serve.app import Service
+from cifar100.serve.limits import RequestError
 
 # The ONNX export's tensor names (export/onnx_file.py INPUT and OUTPUTS), repeated so that
 # serving does not import onnx; tests/test_serve_v2.py checks that they agree.
@@ -175,6 +176,15 @@ def read_request(
 ) -> tuple[str | None, np.ndarray, list[_Output]]:
     """The id, images (uint8 N, S, S, 3) and requested outputs of an inference request."""
     head, binary = _split(body, header_length)
+    limit = int(service.settings.max_json_mb * (1 << 20))
+    if len(head) > limit:  # json.loads holds the interpreter (and the event loop) throughout
+        raise RequestError(
+            413,
+            f"JSON part of {len(head)} bytes, over this server's limit of {limit} "
+            f"({service.settings.max_json_mb:g} MB, --max-json-mb); send the images as binary "
+            "tensor data (tritonclient's binary_data=True, its default) or fewer per request",
+            "too_large",
+        )
     request = _json(head, "the inference request")
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise _bad('the inference request must be a JSON object with a list of "inputs"')
@@ -321,6 +331,8 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
 def _json(text: bytes, what: str) -> object:
     try:
         return json.loads(text)
+    except RecursionError:  # nesting deeper than the interpreter's stack: the client's doing
+        raise _bad(f"malformed JSON in {what}: nested too deeply") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         # The usual cause of "Extra data": binary tensor data sent without its header.
         extra = getattr(e, "msg", "") == "Extra data"

@@ -1,0 +1,178 @@
+"""What a request may cost the service, checked before the cost is paid.
+
+- bytes: one body at most `max_request_mb` (413), all bodies held at once at most
+  `max_inflight_mb` (503 with Retry-After), counted as they arrive;
+- images: at most `max_images` in one request (413);
+- pixels: each image at most `max_pixels` and a request's images together at most
+  `max_request_pixels`, as their headers declare them, before any is decoded (413).
+
+Every refusal is a RequestError: an HTTP status, one line for the client, a kind for the metrics.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import io
+import logging
+import threading
+
+from PIL import Image
+from starlette.requests import ClientDisconnect, Request
+
+from cifar100.serve.protocol import TIMED_OUT
+
+log = logging.getLogger("cifar100.serve")
+HELD = "cifar100.held_bytes"  # in a request's scope: what it holds of the byte budget
+
+
+class RequestError(Exception):
+    """A request the service refuses: its HTTP status, one line, and a kind for the metrics."""
+
+    def __init__(self, status: int, message: str, kind: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.headers = status, kind, headers or {}
+
+
+class InflightBytes:
+    """The request bodies held at once, across requests, against one budget. Once a burst is
+    over, the memory it took is handed back to the operating system."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held, self._peak = limit, 0, 0
+        self._lock = threading.Lock()  # released from the event loop, trimmed from a thread
+
+    def take(self, scope: dict, n: int) -> None:
+        """Count `n` more bytes for this request, or refuse it (503) if the budget is spent."""
+        if n <= 0:
+            return
+        if self.held + n > self.limit:
+            raise RequestError(
+                503,
+                f"busy: request bodies of {self.held} bytes are being read or processed, and "
+                f"{n} more would pass this server's limit of {self.limit} (--max-inflight-mb); "
+                "retry in 1 s",
+                "inflight_full",
+                {"Retry-After": "1"},
+            )
+        self.held += n
+        self._peak = max(self._peak, self.held)
+        scope[HELD] = scope.get(HELD, 0) + n
+
+    def release(self, scope: dict) -> bool:
+        """Give back what the request held; True when a burst has just ended (nothing held
+        now, after more than TRIM_AFTER_BYTES at once), when memory is worth trimming."""
+        self.held -= scope.pop(HELD, 0)
+        if self.held == 0 and self._peak > TRIM_AFTER_BYTES:
+            self._peak = 0
+            return True
+        return False
+
+    def trim(self) -> None:
+        """glibc keeps freed memory in its heaps for reuse: hand it back (a few ms)."""
+        with self._lock:
+            _malloc_trim()
+
+
+TRIM_AFTER_BYTES = 32 << 20
+
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def _malloc_trim() -> None:
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def return_large_blocks_at_once() -> None:
+    """Large allocations (request bodies, decoded photos) come straight from the operating
+    system and go straight back when freed. glibc otherwise raises this threshold to the size
+    of the largest block freed (up to 32 MB), after which 15 MB bodies stay in its heap."""
+    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD, fixed at 1 MiB
+
+
+async def read_body(request: Request, max_bytes: int, inflight: InflightBytes) -> bytes:
+    """The request body, refused with 413 as soon as it passes `max_bytes` (or declares more),
+    and with 503 once the bodies held across requests would pass their budget. Bytes count as
+    they arrive, not as declared, so that slow clients cannot hold the budget with promises."""
+    declared = request.headers.get("content-length", "")
+    length = int(declared) if declared.isascii() and declared.isdigit() else None
+    if length is not None and length > max_bytes:
+        raise RequestError(413, _too_large(length, max_bytes), "too_large")
+    chunks, received = [], 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise RequestError(413, _too_large(received, max_bytes, True), "too_large")
+            inflight.take(request.scope, len(chunk))
+            chunks.append(chunk)
+    except ClientDisconnect:
+        if request.scope.get(TIMED_OUT):  # protocol.py has answered 408 already
+            raise RequestError(408, "request body timed out", "body_timeout") from None
+        # nginx's "client closed request": nobody reads it, the log and metrics do
+        raise RequestError(499, "client closed the connection mid-body", "disconnected") from None
+    body = b"".join(chunks)
+    request._body = body  # Starlette's own cache, as request.body() keeps it
+    return body
+
+
+def _too_large(size: int, limit: int, at_least: bool = False) -> str:
+    more = "more than " if at_least else ""
+    return (
+        f"request body of {more}{size} bytes is over this server's limit of {limit} "
+        f"({limit / (1 << 20):g} MB, --max-request-mb); send fewer or smaller images per request"
+    )
+
+
+def check_count(n: int, max_images: int) -> None:
+    if n == 0:
+        raise RequestError(400, "no image in the request", "bad_request")
+    if n > max_images:
+        raise RequestError(
+            413,
+            f"{n} images in one request, over this server's limit of {max_images} "
+            "(--max-images); split them",
+            "too_many",
+        )
+
+
+def decode_cost(data: bytes, size: int) -> int:
+    """The pixels decoding `data` at `size` will produce, from its header alone: width x height,
+    less what JPEG's reduced-size decoding saves (data/images.py decodes a large JPEG at the
+    smallest of 1/2, 1/4, 1/8 that keeps 2x `size`). 0 for what is not an image: decoding then
+    refuses it as cheaply as this could."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            jpeg = im.format == "JPEG"
+    except Exception:  # any plugin's error, or a decompression bomb: decode_image says which
+        return 0
+    if jpeg and min(width, height) >= 4 * size:
+        scale = min(width, height) // (2 * size)
+        shrink = next(s for s in (8, 4, 2, 1) if scale >= s)
+        width, height = -(-width // shrink), -(-height // shrink)
+    return width * height
+
+
+def check_pixels(costs: list[int], limit: int) -> None:
+    total = sum(costs)
+    if total > limit:
+        raise RequestError(
+            413,
+            f"{len(costs)} images of {total} pixels to decode in all (as their headers "
+            f"declare them), over this server's limit of {limit} per request "
+            "(--max-request-pixels); send fewer or smaller images per request",
+            "too_large",
+        )
