@@ -12,6 +12,9 @@ Each row (`--json` prints them) holds the run's settings and results; among them
 The table's `img/s (finetune)` column is the fine-tuning phase's rate, the one that says how
 fast a backbone trains; the frozen head warm-up runs several times faster and would inflate
 any figure that mixed it in.
+
+A run that cannot be read (not a run, a damaged config.json or evaluation.json) does not stop
+the others: `read_runs` gives the rows it could read and one line for each it could not.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cifar100.display_text import DISPLAY_LIMIT, display_name, visible
 from cifar100.engine import runs
-from cifar100.errors import CheckpointError
+from cifar100.errors import CheckpointError, CifarError
 from cifar100.metrics import recorded_top5
 
 
@@ -31,8 +35,10 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory; give cifar100 run directories")
     cfg = runs.read_run_config(path)  # raises CheckpointError when it is not a run
-    records = runs.read_metrics(path / runs.METRICS)
-    evaluation = _read_json(path / runs.EVALUATION)
+    # Values of another type than training writes (a hand-edited or damaged file) are left
+    # out, as read_metrics leaves out lines that are not JSON.
+    records = [_numbers_only(r) for r in runs.read_metrics(path / runs.METRICS)]
+    evaluation = _numbers_only(_read_json(path / runs.EVALUATION))
     environment = _read_json(path / runs.ENVIRONMENT)
     val = [r["val_top1"] for r in records if "val_top1" in r]
     # A features-mode run's epochs time the head on cached features, not images through
@@ -52,8 +58,25 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "test_top5": recorded_top5(evaluation),
         "wall_s": _wall_s(records, evaluation),
         "train_images_per_s": rates or None,
-        "device": environment.get("gpu") or environment.get("device"),
+        "device": _text(environment.get("gpu") or environment.get("device")),
     }
+
+
+NUMERIC = ("epoch", "val_top1", "images_per_s", "wall_s", "epoch_s", "top1", "top5",
+           "train_wall_s")  # fmt: skip
+
+
+def _numbers_only(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` without the NUMERIC keys whose values are not numbers."""
+    return {
+        k: v
+        for k, v in record.items()
+        if k not in NUMERIC or (isinstance(v, (int, float)) and not isinstance(v, bool))
+    }
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def phase_rates(records: list[dict]) -> dict[str, float]:
@@ -68,7 +91,7 @@ def phase_rates(records: list[dict]) -> dict[str, float]:
     for r in records:
         rate = r.get("images_per_s")
         if isinstance(rate, (int, float)) and rate > 0:
-            inverse.setdefault(r.get("phase") or "train", []).append(1.0 / rate)
+            inverse.setdefault(str(r.get("phase") or "train"), []).append(1.0 / rate)
     return {phase: len(inv) / sum(inv) for phase, inv in inverse.items()}
 
 
@@ -83,8 +106,27 @@ def _wall_s(records: list[dict], evaluation: dict) -> float:
 
 
 def compare_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """A summary row per run directory, in the order given."""
+    """A summary row per run directory, in the order given (the first unreadable one raises)."""
     return [summarize_run(p) for p in paths]
+
+
+def read_runs(paths: list[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """(a row per run that could be read, in order; one line per run that could not, naming
+    it and what is wrong)."""
+    rows, broken = [], []
+    for p in paths:
+        try:
+            rows.append(summarize_run(p))
+        except (CifarError, OSError) as e:
+            broken.append(_problem(Path(p), e))
+    return rows, broken
+
+
+def _problem(path: Path, e: Exception) -> str:
+    if isinstance(e, OSError):  # e.g. a folder it may not read
+        e = CheckpointError(f"{e.filename or path}: {e.strerror or e}")
+    text = str(e)
+    return visible(text if str(path) in text else f"{path}: {text}")
 
 
 COLUMNS = [
@@ -125,6 +167,8 @@ def _cell(row: dict[str, Any], key: str | None, kind: str) -> str:
     value = row.get(key)
     if value is None:
         return ""
+    if key == "run":  # a directory's name: shown (controls visible, cut), not obeyed
+        return display_name(value, DISPLAY_LIMIT)  # --json keeps it whole
     if kind == "%":
         return f"{value:.2%}"
     if kind == "t":
@@ -132,7 +176,7 @@ def _cell(row: dict[str, Any], key: str | None, kind: str) -> str:
     if kind == "r":  # the fine-tuning phase's rate, of the rates per phase
         rate = value.get("finetune")
         return f"{rate:.0f}" if rate is not None else ""
-    return str(value)
+    return visible(str(value))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cifar100.display_text import visible
 from cifar100.engine import runs
 from cifar100.errors import CheckpointError
 from cifar100.fileio import write_text_atomic
@@ -49,7 +50,9 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
     records = runs.read_metrics(run_dir / runs.METRICS)
     figures = _make_plots(run_dir) if plots else {}
 
-    parts = [f"<h1>cifar100 run: {_e(run_dir.name)}</h1>", _headline(config, evaluation, records)]
+    # <bdi>: a right-to-left name stays in its own box, not reordering the words around it.
+    title = f"cifar100 run: <bdi>{_e(run_dir.name)}</bdi>"
+    parts = [f"<h1>{title}</h1>", _headline(config, evaluation, records)]
     parts += ["<h2>Model</h2>", f"<pre>{_e(_model_table(config, evaluation))}</pre>"]
     parts += ["<h2>Training</h2>", _metrics_table(records)]
     parts += [_figure(figures, name, caption) for name, caption in CAPTIONS if name in figures]
@@ -59,8 +62,12 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
     variants = _variants(run_dir)
     if variants:
         parts += ["<h3>Other evaluations</h3>", _variants_table(evaluation, variants)]
-    parts += ["<h2>Configuration</h2>", f"<pre>{_e(json.dumps(config, indent=2))}</pre>"]
-    parts += ["<h2>Environment</h2>", f"<pre>{_e(json.dumps(environment, indent=2))}</pre>"]
+    # Other scripts as themselves (ensure_ascii would write CJK as \u escapes); _e shows the
+    # controls among them.
+    config_text = json.dumps(config, indent=2, ensure_ascii=False)
+    environment_text = json.dumps(environment, indent=2, ensure_ascii=False)
+    parts += ["<h2>Configuration</h2>", f"<pre>{_e(config_text)}</pre>"]
+    parts += ["<h2>Environment</h2>", f"<pre>{_e(environment_text)}</pre>"]
     page = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>cifar100 run {_e(run_dir.name)}</title><style>{STYLE}</style></head>"
@@ -106,7 +113,7 @@ def _headline(config: dict, evaluation: dict | None, records: list[dict]) -> str
         f"preset <b>{_e(config.get('preset', '?'))}</b>",
         f"{_e(m.get('backbone', '?'))} ({_e(m.get('weights', '?'))})",
         f"data {_e(d.get('dataset', '?'))}",
-        f"{len(records)} of {config.get('train', {}).get('epochs', '?')} epochs",
+        f"{len(records)} of {_e(config.get('train', {}).get('epochs', '?'))} epochs",
     ]
     if evaluation:
         top5 = recorded_top5(evaluation)  # none for 5 classes or fewer
@@ -231,5 +238,7 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _e(text: str) -> str:
-    return html.escape(str(text), quote=True)
+def _e(text: Any) -> str:
+    """Text for the page: its controls shown (display_text.visible: a right-to-left override
+    in a run or folder name would reorder what is read), then HTML-escaped."""
+    return html.escape(visible(str(text)), quote=True)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from cifar100.display_text import DISPLAY_LIMIT, display_name, display_names, visible
 from cifar100.errors import CifarError
 
 
@@ -175,12 +176,12 @@ def format_evaluation(m: dict) -> str:
         lines.append(f"  superclass top-1 {m['superclass_top1']:.2%}")
         lines.append("  per superclass (fine top-1 / superclass top-1):")
         for name, v in m["per_superclass"].items():
-            name = display_name(name, NAME_LIMIT)
+            name = display_name(name, DISPLAY_LIMIT)
             lines.append(f"    {name:<32} {v['fine_top1']:7.2%}  {v['superclass_top1']:7.2%}")
     per_class = sorted(m["per_class"].items(), key=lambda kv: kv[1])
     if per_class:
         # Names as shown (controls visible, long ones cut); the JSON keeps them whole.
-        shown = dict(zip(m["per_class"], display_names(list(m["per_class"]), NAME_LIMIT)))
+        shown = dict(zip(m["per_class"], display_names(list(m["per_class"]), DISPLAY_LIMIT)))
         worst = ", ".join(f"{shown[c]} {a:.0%}" for c, a in per_class[:5])
         best = ", ".join(f"{shown[c]} {a:.0%}" for c, a in per_class[::-1][:5])
         lines.append(f"  hardest classes: {worst}")

@@ -11,6 +11,10 @@ import numpy as np
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 
+from cifar100.plots.figure import label_inches, plain_text, plot_names
+
+PAIR_LIMIT = 28  # characters of each name in "true -> predicted"
+
 
 def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts: rows are true classes, columns predicted classes."""
@@ -32,7 +36,11 @@ def _row_normalise(counts: np.ndarray) -> np.ndarray:
 def _matrix_figure(matrix: np.ndarray, names: Sequence[str], title: str) -> tuple[Figure, Any]:
     """Heatmap of a row-normalised matrix, sized so that every class name is readable."""
     k = len(names)
-    side = max(6.0, 0.18 * k + 3)
+    font = 9 if k <= 20 else max(5.5, min(8.0, 500 / k))
+    labels = plot_names(names)  # as written, cut to NAME_LIMIT: a 250-character name squashed it
+    # Long names get room of their own rather than taking it from the cells (short ones, such
+    # as CIFAR-100's, fit in the first 1.2 inches).
+    side = max(6.0, 0.18 * k + 3) + max(0.0, label_inches(labels, font) - 1.2)
     fig = Figure(figsize=(side + 1.2, side), layout="constrained")
     ax = fig.subplots()
     cmap = matplotlib.colormaps["Blues"].with_extremes(bad="0.85")
@@ -42,10 +50,9 @@ def _matrix_figure(matrix: np.ndarray, names: Sequence[str], title: str) -> tupl
     norm = PowerNorm(gamma=0.5, vmin=0, vmax=1)
     im = ax.imshow(shown, cmap=cmap, norm=norm, interpolation="nearest")
     fig.colorbar(im, ax=ax, shrink=0.6, label="fraction of the true class (sqrt scale)")
-    font = 9 if k <= 20 else max(5.5, min(8.0, 500 / k))
     ticks = np.arange(k)
-    ax.set_xticks(ticks, labels=names, rotation=90, fontsize=font)
-    ax.set_yticks(ticks, labels=names, fontsize=font)
+    ax.set_xticks(ticks, labels=labels, rotation=90, fontsize=font)
+    ax.set_yticks(ticks, labels=labels, fontsize=font)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title(title)
@@ -59,6 +66,7 @@ def _matrix_figure(matrix: np.ndarray, names: Sequence[str], title: str) -> tupl
     return fig, ax
 
 
+@plain_text
 def plot_confusion(
     labels: np.ndarray,
     preds: np.ndarray,
@@ -84,6 +92,7 @@ def plot_confusion(
     return fig
 
 
+@plain_text
 def superclass_confusion(
     labels: np.ndarray,
     preds: np.ndarray,
@@ -111,11 +120,15 @@ def most_confused_pairs(
     return [(classes[i // n], classes[i % n], int(flat[i])) for i in top if flat[i] > 0]
 
 
+@plain_text
 def plot_confused_pairs(pairs: Sequence[tuple[str, str, int]]) -> Figure:
     """Horizontal bars "true -> predicted", the most frequent mistake at the top."""
-    fig = Figure(figsize=(7, max(2.5, 0.32 * len(pairs) + 1.2)), layout="constrained")
+    unique = list(dict.fromkeys(n for t, p, _ in pairs for n in (t, p)))
+    shown = dict(zip(unique, plot_names(unique, PAIR_LIMIT)))
+    names = [f"{shown[t]} \u2192 {shown[p]}" for t, p, _ in pairs]
+    width = 7 + max(0.0, label_inches(names, 9) - 2.5)  # long names widen it, not squash it
+    fig = Figure(figsize=(width, max(2.5, 0.32 * len(pairs) + 1.2)), layout="constrained")
     ax = fig.subplots()
-    names = [f"{t} \u2192 {p}" for t, p, _ in pairs]
     counts = [c for _, _, c in pairs]
     ax.barh(range(len(pairs)), counts, color="#d1495b")
     ax.set_yticks(range(len(pairs)), labels=names, fontsize=9)

@@ -11,11 +11,13 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cifar100.plots.confusion import confusion_matrix
+from cifar100.plots.figure import NAME_LIMIT, label_inches, plain_text, plot_names
 
 CORRECT, WRONG = "#1a7f37", "#cf222e"  # green / red that stay distinct on white
 
 
 EXAMPLES = 36  # images in each grid
+TITLE_LIMIT = 20  # characters of a name above a 1.6-inch image
 
 
 def example_indices(
@@ -32,6 +34,7 @@ def example_indices(
     return np.sort(rng.choice(pool, size=min(n, len(pool)), replace=False))
 
 
+@plain_text
 def plot_examples(
     images: np.ndarray,
     labels: np.ndarray,
@@ -52,12 +55,13 @@ def plot_examples(
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax in axes:
         ax.set_axis_off()
+    shown = plot_names(classes, TITLE_LIMIT)
     for ax, i in zip(axes, picked):
         # nearest: a 32x32 image scaled up shows its real pixels, not a blur of them.
         ax.imshow(images[i], interpolation="nearest")
         ok = labels[i] == preds[i]
         ax.set_title(
-            f"{classes[labels[i]]}\n/ {classes[preds[i]]}",
+            f"{shown[labels[i]]}\n/ {shown[preds[i]]}",
             fontsize=7,
             color=CORRECT if ok else WRONG,
         )
@@ -73,16 +77,19 @@ def plot_examples(
     return fig
 
 
+@plain_text
 def plot_per_class(per_class: dict[str, float]) -> Figure:
     """Test accuracy per class, best first, with the mean marked; tall enough for 100 classes."""
     items = sorted(per_class.items(), key=lambda kv: (-kv[1], kv[0]))
     k = len(items)
-    fig = Figure(figsize=(7, max(3.0, 0.17 * k + 1.2)), layout="constrained")
+    font = 9 if k <= 20 else 7
+    names = plot_names([name for name, _ in items], NAME_LIMIT)
+    width = 7 + max(0.0, label_inches(names, font) - 1.2)  # long names widen it, not squash it
+    fig = Figure(figsize=(width, max(3.0, 0.17 * k + 1.2)), layout="constrained")
     ax = fig.subplots()
     values = [100 * v for _, v in items]
     ax.barh(range(k), values, color="#3b7dd8", height=0.75)
-    font = 9 if k <= 20 else 7
-    ax.set_yticks(range(k), labels=[name for name, _ in items], fontsize=font)
+    ax.set_yticks(range(k), labels=names, fontsize=font)
     ax.invert_yaxis()
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:.1f}", va="center", fontsize=font - 1)
@@ -106,6 +113,7 @@ def per_class_from(labels: np.ndarray, preds: np.ndarray, classes: Sequence[str]
     return {c: float(counts[i, i] / totals[i]) for i, c in enumerate(classes) if totals[i]}
 
 
+@plain_text
 def plot_reliability(calibration: dict[str, Any]) -> Figure:
     """Reliability diagram: accuracy against confidence per bin, with the ECE in the title."""
     fig = Figure(figsize=(5.5, 5), layout="constrained")

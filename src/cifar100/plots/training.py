@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from cifar100.plots.figure import plain_text, plot_text
+
 if TYPE_CHECKING:
     from cifar100.engine.optim import ScheduledStep
 
@@ -29,7 +31,7 @@ def _mark_phases(ax: Any, records: Sequence[dict[str, Any]]) -> None:
 def _phase_line(ax: Any, x: float, phase: Any) -> None:
     ax.axvline(x, color="0.4", linestyle="--", linewidth=1)
     ax.annotate(
-        f"{phase} \u2192",
+        f"{plot_text(str(phase))} \u2192",
         xy=(x, 1),
         xycoords=("data", "axes fraction"),
         xytext=(3, -12),
@@ -46,6 +48,7 @@ def _epoch_axis(ax: Any, records: Sequence[dict[str, Any]]) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
 
 
+@plain_text
 def plot_curves(records: Sequence[dict[str, Any]]) -> Figure:
     """Loss and top-1 accuracy per epoch (train, val, EMA val where logged), side by side."""
     fig = Figure(figsize=(12, 4.5), layout="constrained")
@@ -92,6 +95,7 @@ PHASE_LABELS = {
 }
 
 
+@plain_text
 def plot_lr(
     records: Sequence[dict[str, Any]], schedule: Sequence[ScheduledStep] | None = None
 ) -> Figure:
@@ -107,7 +111,7 @@ def plot_lr(
         values = [s.lr for s in steps]
         for phase in dict.fromkeys(s.phase for s in steps):  # in order; a jump between them
             part = [s for s in steps if s.phase == phase]
-            label = PHASE_LABELS.get(phase, phase)
+            label = PHASE_LABELS.get(phase) or plot_text(str(phase))  # a name from the log
             ax.plot([s.epoch for s in part], [s.lr for s in part], "-", linewidth=1.2, label=label)
         for prev, cur in zip(steps, steps[1:]):
             if prev.phase != cur.phase:
