@@ -13,42 +13,60 @@ from cifar100.trained_model import Prediction, TrainedModel
 
 __all__ = ["image_files", "predict_files"]
 
+NO_IMAGES = "a folder holding no image files (" + " ".join(sorted(IMAGE_EXTENSIONS)) + ")"
+
 
 def image_files(paths: list[str | Path]) -> list[str]:
     """The paths, with each folder replaced by the image files under it (by suffix, sorted,
     hidden names left out); a folder without any stays, to be reported as such."""
-    out: list[str] = []
-    for p in map(Path, paths):
-        if not p.is_dir():
-            out.append(str(p))
-            continue
-        found = sorted(
-            str(f)
-            for f in p.rglob("*")
-            if f.suffix.lower() in IMAGE_EXTENSIONS
-            and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            and f.is_file()
-        )
-        out.extend(found or [str(p)])
-    return out
+    return [name for name, _ in _expand(paths)]
 
 
 def predict_files(model: TrainedModel, paths: list[str | Path], k: int = 5) -> list[Prediction]:
     """One Prediction per image, in order, named by its path (a folder: each image in it)."""
-    results = [Prediction(name=p) for p in image_files(paths)]
+    results = []
     good, arrays = [], []
-    for r in results:
-        if Path(r.name).is_dir():
-            r.error = "a folder holding no image files (" + " ".join(sorted(IMAGE_EXTENSIONS))
-            r.error += ")"
+    for name, error in _expand(paths):
+        r = Prediction(name=name, error=error)
+        results.append(r)
+        if error is not None:
             continue
         try:
-            arrays.append(decode_image(Path(r.name), model.image_size, name=r.name))
+            arrays.append(decode_image(Path(name), model.image_size, name=name))
             good.append(r)
-        except (DataError, OSError) as e:
+        except DataError as e:
             # The result carries the name: its error says what went wrong, not where again.
-            r.error = str(e).removeprefix(f"{r.name}: ")
+            r.error = str(e).removeprefix(f"{name}: ")
     if arrays:
         for r, p in zip(good, model.predict(np.stack(arrays), k)):
             r.top = p.top
     return results
+
+
+def _expand(paths: list[str | Path]) -> list[tuple[str, str | None]]:
+    """(path, None) for each file to predict, a folder's images in its place; (folder, why)
+    for a folder that gives none."""
+    out: list[tuple[str, str | None]] = []
+    for p in map(Path, paths):
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # a name too long, a symlink loop...: decode_image says which
+            is_dir = False
+        if not is_dir:
+            out.append((str(p), None))
+            continue
+        try:
+            found = sorted(
+                str(f)
+                for f in p.rglob("*")
+                if f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                and not f.is_dir()  # a FIFO or a broken link named .png: reported, not lost
+            )
+        except OSError as e:
+            out.append((str(p), f"cannot read folder ({e.strerror or e})"))
+            continue
+        out.extend((f, None) for f in found)
+        if not found:
+            out.append((str(p), NO_IMAGES))
+    return out

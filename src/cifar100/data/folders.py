@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tarfile
 import time
 from collections.abc import Iterator
@@ -143,16 +144,25 @@ def _scan_directory(root: Path) -> Listing:
                     if _ignored(e.name):
                         continue
                     r = f"{rel}/{e.name}" if rel else e.name
-                    if e.is_dir():  # follows symlinks, so a linked class folder is read
+                    s = _follow(e)
+                    if stat.S_ISDIR(s.st_mode):  # followed: a linked class folder is read
                         walk(Path(e.path), r)
                     else:
-                        s = e.stat()
                         listing.add_file(r, s.st_size, s.st_mtime_ns)
         except OSError as err:
             raise DataError(f"{err.filename or d}: cannot read ({err.strerror})") from err
 
     walk(root, "")
     return listing
+
+
+def _follow(entry: os.DirEntry) -> os.stat_result:
+    """The entry's stat, following a link; the link's own where it cannot be followed (a loop,
+    a missing target): decoding then skips that one file, saying why."""
+    try:
+        return entry.stat()
+    except OSError:
+        return entry.stat(follow_symlinks=False)
 
 
 def _member_path(src: Path, m: tarfile.TarInfo) -> str | None:

@@ -92,13 +92,15 @@ def decode_image(
             return _square_rgb(im, size)
     except DataError:
         raise
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        raise DataError(f"{name}: cannot read file ({e.strerror})") from e
     except Image.DecompressionBombError as e:
         raise ImageTooLarge(_bomb_message(name, _pillow_pixels(e))) from e
     except UnidentifiedImageError as e:
         raise DataError(f"{name}: not a readable image (not a format Pillow recognises)") from e
     except Exception as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            # The system refused the file itself (ENAMETOOLONG, ELOOP, ENOTDIR, EACCES, EIO...);
+            # Pillow's own OSErrors about a file's contents carry no errno.
+            raise DataError(f"{name}: cannot read file ({e.strerror or e})") from e
         # Pillow's plugins raise many types on malformed input (OSError, SyntaxError,
         # struct.error, IndexError, ...): any of them means the file cannot be used.
         detail = str(e) or type(e).__name__
