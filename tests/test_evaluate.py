@@ -219,9 +219,13 @@ def test_compare_lists_runs_and_rejects_other_directories(runs, tmp_path, capsys
     assert row["wall_s"] > 0 and row["test_top1"] is not None and row["test_top5"] is not None
     rates = row["train_images_per_s"]  # weights=none: no frozen phase, fine-tuning's rate alone
     assert list(rates) == ["finetune"] and rates["finetune"] > 0
-    assert cli.main(["compare", str(ema), str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
+    # Another directory among them: the runs are compared, it is named in one line, exit 1.
+    assert cli.main(["compare", str(ema), str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip()
     assert str(tmp_path) in err and "not a cifar100 run" in err and "\n" not in err
+    assert captured.out.splitlines()[1].startswith("ema ")
+    assert cli.main(["compare", str(tmp_path)]) == 2  # none could be read
 
 
 def test_compare_gives_no_image_rate_for_a_features_run(tmp_path):

@@ -98,6 +98,13 @@ def resolve_checkpoint(target: str | Path, which: str = "last") -> Path:
     target = Path(target)
     if target.is_dir():
         path = target / f"{which}.pt"
+        if not path.is_file() and which == "best" and (target / "last.pt").is_file():
+            raise CheckpointError(
+                f"{target}: no best.pt beside last.pt: writing it failed (a full disk?) or it "
+                f"was removed; `cifar100 train --resume {target}` writes it again if last.pt "
+                "holds the best epoch (and says so if not), or --checkpoint last uses the "
+                "last weights"
+            )
         if not path.is_file():
             raise CheckpointError(
                 f"{target}: no {which}.pt in this run directory "

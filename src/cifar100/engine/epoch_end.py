@@ -31,6 +31,8 @@ def checkpoint_state(run: Run, optimizer, phase: str, epochs_done: int) -> dict[
         "phase": phase,
         "epoch": epochs_done,
         "best_val_top1": run.best,
+        # Which epoch best.pt holds: a resume can tell a best.pt whose save failed (below).
+        "best_epoch": run.best_epoch,
         "wall_s": run.wall_s(),
         # when these weights were trained (RFC 3339, as a browser's Date parses it)
         "saved_at": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -74,11 +76,45 @@ def end_epoch(
         )
         improved = val["top1"] > run.best
         run.best = max(run.best, val["top1"])
+        run.best_epoch = epoch + 1 if improved else run.best_epoch
         state = {**checkpoint_state(run, optimizer, phase, epoch + 1), "val_top1": val["top1"]}
         best = [run.run_dir / "best.pt"] if improved else []
         save_checkpoint(state, run.run_dir / "last.pt", *best)
     run.epochs_done, run.saved_at = epoch + 1, f"the end of epoch {epoch + 1}"
     distributed.barrier(run.dist)
+
+
+def recorded_best_epoch(state: dict[str, Any]) -> int:
+    """The epoch whose weights best.pt should hold, as last.pt records it; for checkpoints
+    written before it did, last.pt's own epoch when it ended as the best so far; else 0."""
+    if isinstance(state.get("best_epoch"), int):
+        return state["best_epoch"]
+    if not state.get("position") and state.get("val_top1") == state.get("best_val_top1"):
+        return int(state["epoch"])
+    return 0
+
+
+def restore_best(run: Run, state: dict[str, Any]) -> None:
+    """On resume, write best.pt again when its save failed (a full disk stops the run right
+    after last.pt was written, so last.pt holds those very weights), or say that it is lost.
+
+    best.pt is written just after last.pt, so one older than last.pt while last.pt says its
+    epoch is the best missed that save."""
+    best, last = run.run_dir / "best.pt", run.run_dir / "last.pt"
+    epoch = recorded_best_epoch(state)
+    if not epoch:
+        return
+    if epoch == state["epoch"] and not state.get("position"):
+        if best.is_file() and best.stat().st_mtime >= last.stat().st_mtime:
+            return
+        save_checkpoint(state, best)
+        run.say(f"{best}: written again from last.pt (epoch {epoch}, the best; its save failed)")
+    elif not best.is_file():
+        run.say(
+            f"note: {best} is missing and last.pt holds epoch {state['epoch']}, not the best "
+            f"one ({epoch}): those weights cannot be brought back; --checkpoint last evaluates "
+            "or exports the last ones"
+        )
 
 
 def save_position(

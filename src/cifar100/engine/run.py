@@ -45,6 +45,7 @@ class Run:
     state: dict[str, Any] | None = None  # the checkpoint resumed from
     start_epoch: int = 0
     best: float = -1.0
+    best_epoch: int = 0  # the epoch whose weights best.pt holds (0: none yet, or not known)
     log: MetricsLog | None = field(default=None, repr=False)
     ema: ModelEMA | None = field(default=None, repr=False)
     epochs_done: int = 0

@@ -27,7 +27,7 @@ from cifar100.data import load_data, split_holdout
 from cifar100.data.tensors import fine_to_coarse
 from cifar100.engine import distributed, runs
 from cifar100.engine.checkpoint import load_checkpoint, load_weights
-from cifar100.engine.epoch_end import final_test
+from cifar100.engine.epoch_end import final_test, recorded_best_epoch, restore_best
 from cifar100.engine.finetune import fit
 from cifar100.engine.head_training import fit_features
 from cifar100.engine.interrupt import SignalStop, StepWatch
@@ -196,6 +196,9 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
         run.state = state
         load_weights(model, state["model"], run_dir / "last.pt")
         run.start_epoch, run.best = int(state["epoch"]), float(state["best_val_top1"])
+        run.best_epoch = recorded_best_epoch(state)
+        if dist_info.is_main:
+            restore_best(run, state)
         run.epochs_done = run.start_epoch
         run.wall_before = float(state.get("wall_s", 0.0))
         if state.get("position"):
