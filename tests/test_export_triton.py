@@ -118,7 +118,7 @@ def test_a_graph_with_a_fixed_batch_is_refused(tmp_path):
 def test_classes_must_match_the_outputs(onnx_path, tmp_path):
     with pytest.raises(ModelError, match="no output has one score per class .9 class names"):
         write_triton_repository(onnx_path, tmp_path, "m", CLASSES[:9])
-    with pytest.raises(ModelError, match="on one line"):
+    with pytest.raises(ModelError, match=r"class 10 of 10, 'two\\nlines', holds \\n, which"):
         write_triton_repository(onnx_path, tmp_path, "m", [*CLASSES[:9], "two\nlines"])
 
 

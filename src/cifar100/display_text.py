@@ -28,13 +28,14 @@ _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 def _hidden(c: str) -> bool:
     # Control characters (C0, DEL, C1: a terminal obeys ESC sequences) and the line and
-    # paragraph separators break a line where none should be; bidi controls reorder it.
-    return c in BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Zl", "Zp")
+    # paragraph separators break a line where none should be; bidi controls reorder it; a
+    # lone surrogate (a file name's undecodable byte) cannot even be printed.
+    return c in BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs")
 
 
 def visible(text: str) -> str:
-    """`text` with its control, line-separator and bidi characters shown as escapes (`\\n`,
-    `\\x1b`, `\\u202e`); every other character, any script, as it is."""
+    """`text` with its control, line-separator, bidi and lone surrogate characters shown as
+    escapes (`\\n`, `\\x1b`, `\\u202e`, `\\udcff`); every other character, any script, as it is."""
     if not any(_hidden(c) for c in text):
         return text
     return "".join(_escape(c) if _hidden(c) else c for c in text)

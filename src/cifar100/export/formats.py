@@ -66,6 +66,10 @@ def export_model(
         raise ConfigError(f"--quantize {quantize!r}: only int8 is offered")
     if quantize and fmt not in ("onnx", "triton"):
         raise ConfigError("--quantize int8 is for ONNX (and Triton) exports")
+    if fmt == "triton":  # before the slow ONNX export: a name labels.txt cannot hold
+        from cifar100.export.triton_repo import check_label_names
+
+        check_label_names(model.classes)
     out = Path(out) if out else default_output(model, fmt, quantize)
     if fmt != "triton" and out.exists() and not force:  # a repository may hold other models
         raise ConfigError(f"{out} exists; pass --force to replace it, or another --out")

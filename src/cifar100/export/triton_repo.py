@@ -15,6 +15,8 @@ import os
 import re
 import secrets
 import shutil
+import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -22,6 +24,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
 import cifar100
+from cifar100.display_text import display_name, visible
 from cifar100.errors import ModelError, WriteError
 from cifar100.fileio import check_free_space, write_failure
 
@@ -73,8 +76,7 @@ def write_triton_repository(
         raise ModelError(f"max_batch={max_batch}: Triton batching needs at least 1")
     if version < 1:
         raise ModelError(f"version={version}: Triton model versions start at 1")
-    if not classes or any(not c or "\n" in c or "\r" in c for c in classes):
-        raise ModelError("class names: need at least one, each non-empty and on one line")
+    check_label_names(classes)
     graph = _load_graph(onnx_path)
     initializers = {t.name for t in graph.initializer}
     inputs = [_tensor(v, onnx_path) for v in graph.input if v.name not in initializers]
@@ -97,6 +99,27 @@ def write_triton_repository(
         )
     _write_entry(target, config, classes, onnx_path, version)
     return target
+
+
+def check_label_names(classes: Sequence[str]) -> None:
+    """Refuse class names that labels.txt, one name a line in UTF-8, cannot hold as they are:
+    a control character (a newline, but also a vertical tab or U+0085, which other readers
+    split lines at too), a line or paragraph separator, a lone surrogate (an undecodable byte
+    of a folder name), or nothing at all. Refused, not encoded: a client reads the names
+    from the file as they are. The ONNX export keeps any name, as JSON in its metadata."""
+    if not classes:
+        raise ModelError("class names: Triton's labels.txt needs at least one")
+    for i, name in enumerate(classes, 1):
+        bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs")), "")
+        if name and not bad:
+            continue
+        what = f"holds {visible(bad)}" if bad else "is empty"
+        raise ModelError(
+            f"class {i} of {len(classes)}, '{display_name(name, 60)}', {what}, which would break "
+            f"Triton's {LABELS_FILE} (one name a line): rename that class (its folder, or its "
+            "--class-names line) and train again, or export --format onnx, whose metadata "
+            "keeps any name"
+        )
 
 
 def _load_graph(onnx_path: Path) -> onnx.GraphProto:
