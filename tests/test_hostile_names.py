@@ -165,6 +165,25 @@ def test_names_show_their_controls_in_plots_and_terminal_output(hostile_run, tmp
     assert no_controls(page) and "run\\u202eevil" in page
 
 
+def test_data_and_predict_show_names_as_text(hostile_run, tmp_path, capsys):
+    run, cache = hostile_run
+    data = run.parent / "data"
+    capsys.readouterr()
+    argv = ["data", "--dataset", "folder", "--data", str(data), "--cache-dir", str(cache)]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert (
+        no_controls(out) and "abc\\u202edcba.exe" in out and max(map(len, out.splitlines())) < 250
+    )
+    image = tmp_path / "odd\u202egnp.png"  # a file name that would read "oddpng.png"
+    shutil.copy(next((data / "test" / "猫咪").iterdir()), image)
+    assert cli.main(["predict", str(run), str(image), "-k", "7"]) == 0
+    out = capsys.readouterr().out
+    assert no_controls(out) and "odd\\u202egnp.png" in out and "abc\\u202edcba.exe" in out
+    assert cli.main(["predict", str(run), str(image), "--json"]) == 0  # the data: exact
+    assert json.loads(capsys.readouterr().out)["path"] == str(image)
+
+
 def test_the_serve_page_shows_names_as_text_with_their_controls_visible(tmp_path):
     """page.html puts names in as text only, isolated, and through one function that shows
     bidi controls as escapes; that function is run here in a real JavaScript engine."""

@@ -225,10 +225,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for r in results:
         if args.json:
             print(json.dumps(r.to_dict()))
-        elif r.error:
-            print(f"{r.name}: error: {r.error}", file=sys.stderr)
+        elif r.error:  # names shown, not obeyed (display_text); --json keeps them exact
+            print(visible(f"{r.name}: error: {r.error}"), file=sys.stderr)
         else:
-            print(f"{r.name}: " + ", ".join(f"{c} {p:.1%}" for c, p in r.top))
+            top = ", ".join(f"{display_name(c, DISPLAY_LIMIT)} {p:.1%}" for c, p in r.top)
+            print(f"{visible(r.name)}: {top}")
     return 1 if any(r.error for r in results) else 0
 
 
@@ -425,10 +426,10 @@ def cmd_data(args: argparse.Namespace) -> int:
         f"{splits.name}: {len(splits.train)} train / {len(splits.test)} test images, "
         f"{splits.train.image_size}x{splits.train.image_size}, {len(splits.classes)} classes"
     )
-    print(f"  source: {splits.source}")
-    print(f"  classes: {', '.join(splits.classes)}")
+    print(visible(f"  source: {splits.source}"))
+    print(f"  classes: {', '.join(display_names(splits.classes, DISPLAY_LIMIT))}")
     if splits.train.coarse_classes:
-        print(f"  superclasses: {', '.join(splits.train.coarse_classes)}")
+        print(f"  superclasses: {', '.join(display_names(splits.train.coarse_classes))}")
     return 0
 
 
