@@ -337,3 +337,32 @@ def _png(path: Path) -> bytes:
     buffer = io.BytesIO()
     Image.open(path).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_names_are_shown_as_text_with_their_controls_visible(visit, server, images, tmp_path):
+    from cifar100.display_text import visible
+
+    classes = ["abc\u202edcba.exe", "$\\undefinedcmd{x}$ <b>math</b>", "猫咪", "قطة", "L" * 250]
+    v = visit()
+    card = {**server.json("model"), "classes": classes, "num_classes": len(classes)}
+    v.page.route("**/model", lambda route: route.fulfill(json=card))
+    answer = [{"predictions": [{"class": c, "probability": 0.2} for c in classes]}]
+    v.page.route("**/predict*", lambda route: route.fulfill(json=answer))
+    v.page.reload()
+    v.page.wait_for_selector("#facts [data-fact=backbone]")
+    shown = v.page.eval_on_selector_all(
+        "#facts [data-fact=classes] li",
+        "lis => lis.map(li => [li.textContent, getComputedStyle(li).unicodeBidi])",
+    )
+    assert shown == [[visible(c), "isolate"] for c in classes]
+    odd = tmp_path / "odd\u202egnp.jpg"  # would read "oddpng.jpg"
+    odd.write_bytes(images[0].read_bytes())
+    v.page.set_input_files("#files", str(odd))
+    result = v.results()[odd.name]  # data-name: the exact name
+    assert [c for c, *_ in result["bars"]] == classes  # data-class: the exact names
+    texts = v.page.eval_on_selector_all(".bars .cls", "cs => cs.map(c => c.textContent)")
+    assert texts == [visible(c) for c in classes]
+    assert v.page.text_content("li.result .name") == "odd\\u202egnp.jpg"
+    assert "\u202e" not in result["alt"]
+    assert v.page.eval_on_selector_all("b", "bs => bs.length") == 0  # no markup from a name
+    v.check_clean()
