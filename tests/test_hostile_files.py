@@ -5,7 +5,10 @@ named like hidden ones, and small files that decode into a lot of memory. Each i
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,156 @@ def test_a_link_that_cannot_be_followed_in_a_class_folder_is_skipped(tmp_path, c
         {"path": "b/gone.png", "reason": f"cannot read file ({os.strerror(errno.ENOENT)})"},
     ]
     assert capsys.readouterr().err.count("\n") == 1
+
+
+# --- 4: special files are named for what they are, and never block -----------------------------
+
+# The words each special file is given, after "not a regular file".
+FIFO, DEVICE, PROC = "(a FIFO)", "(a character device)", "(size 0, yet not empty"
+ENTRIES = ["predict-image", "predict-model", "evaluate-model", "data-folder", "data-cifar",
+           "weights", "config"]  # fmt: skip
+CLI_SCRIPT = """
+import json, resource, signal, sys
+# A regression must fail, not hang on a FIFO or fill the memory from /dev/zero.
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+def stop(*_):
+    raise TimeoutError("blocked for 20 s")
+signal.signal(signal.SIGALRM, stop)
+from cifar100 import cli
+import contextlib, io
+results = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    signal.alarm(20)
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli.main(argv)
+    signal.alarm(0)
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def _special_paths(tmp_path: Path) -> dict[str, tuple[str, str]]:
+    """kind -> (a special file's path, the words that describe it)."""
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    return {"fifo": (str(fifo), FIFO), "device": ("/dev/zero", DEVICE),
+            "proc": ("/proc/self/status", PROC)}  # fmt: skip
+
+
+def _entry_points(run: Path, archive: Path, good: Path, cache: Path, out: Path) -> dict:
+    """entry -> (argv with {} for the path, the exit status, how the error line starts)."""
+    small = ["--preset", "scratch", "--dataset", "cifar10", "--backbone", "efficientnet_lite0",
+             "--set", "model.resize=1", "--no-progress", "--epochs", "1",
+             "--cache-dir", str(cache), "--out", str(out)]  # fmt: skip
+    data = ["--no-progress", "--cache-dir", str(cache)]
+    return {
+        "predict-image": (["predict", str(run), "{}", str(good)], 1, "{}: error: "),
+        "predict-model": (["predict", "{}", str(good)], 2, "cifar100 predict: error: {}: "),
+        "evaluate-model": (["evaluate", "{}"], 2, "cifar100 evaluate: error: {}: "),
+        "data-folder": (
+            ["data", "--dataset", "folder", "--data", "{}", *data],
+            2,
+            "cifar100 data: error: {}: ",
+        ),
+        "data-cifar": (
+            ["data", "--dataset", "cifar10", "--data", "{}", *data],
+            2,
+            "cifar100 data: error: {}: ",
+        ),
+        "weights": (
+            ["train", *small, "--data", str(archive), "--weights", "{}"],
+            2,
+            "cifar100 train: error: {}: ",
+        ),
+        "config": (
+            ["train", "--config", "{}", "--data", str(archive), *small[2:]],
+            2,
+            "cifar100 train: error: {}: ",
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def special_results(run, tmp_path_factory) -> dict[tuple[str, str], tuple[int, str, int, str]]:
+    """(entry, kind) -> (exit status, stderr, the status and the line start expected), every
+    command run in one fresh interpreter with a memory limit and a 20 s alarm per command."""
+    tmp = tmp_path_factory.mktemp("special")
+    good = tmp / "good.png"
+    class_image(1, 0, size=16).save(good)
+    archive = run.parent / "c10.tar.gz"
+    entries = _entry_points(run, archive, good, run.parent / "cache", tmp / "runs")
+    cases, argvs = [], []
+    for kind, (path, words) in _special_paths(tmp).items():
+        for entry, (argv, status, start) in entries.items():
+            cases.append((entry, kind, status, start.format(path) + "not a regular file " + words))
+            argvs.append([a.format(path) for a in argv])
+    done = subprocess.run(
+        [sys.executable, "-c", CLI_SCRIPT, json.dumps(argvs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    return {
+        (entry, kind): (code, err, status, want)
+        for (entry, kind, status, want), (code, err) in zip(cases, results)
+    }
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "proc"])
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_a_special_file_is_one_line_saying_what_it_is(special_results, entry, kind):
+    code, err, status, want = special_results[entry, kind]
+    assert "Traceback" not in err and "unexpected error" not in err, err
+    lines = [line for line in err.splitlines() if not line.startswith("note: ")]
+    assert code == status, err
+    assert lines and lines[0].startswith(want), err
+    assert len(lines) == 1 or entry == "predict-image", err
+
+
+def test_special_files_in_a_class_folder_are_skipped_saying_what_they_are(tmp_path, capsys):
+    from cifar100.data.folders import load_image_folder
+
+    root = tmp_path / "set"
+    write_classes(root, {"a": 2, "b": 2})
+    os.mkfifo(root / "a" / "fifo.png")
+    (root / "a" / "zero.png").symlink_to("/dev/zero")
+    (root / "b" / "status.png").symlink_to("/proc/self/status")
+    splits = load_image_folder(root, 8, tmp_path / "cache", test_fraction=0.5, progress=False)
+    assert len(splits.train) + len(splits.test) == 4
+    reasons = {e["path"]: e["reason"] for e in splits.info["skipped_files"]}
+    assert reasons["a/fifo.png"] == "not a regular file " + FIFO
+    assert reasons["a/zero.png"] == "not a regular file " + DEVICE
+    assert reasons["b/status.png"].startswith("not a regular file " + PROC)
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_predict_of_a_folder_reports_a_fifo_in_it(run, good, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    os.mkfifo(folder / "fifo.png")
+    good.rename(folder / "good.png")
+    status, out, err = _predict(run, capsys, folder)
+    assert status == 1 and len(out) == 1
+    assert err == [f"{folder / 'fifo.png'}: error: not a regular file {FIFO}"]
+
+
+def test_a_fifo_in_an_extracted_cifar_folder_is_named(tmp_path):
+    import tarfile
+
+    import synthetic_cifar as sc
+    from cifar100.data.cifar import load_cifar
+    from cifar100.errors import DataError
+
+    with tarfile.open(sc.make_cifar10_archive(tmp_path / "c.tar.gz")) as tar:
+        tar.extractall(tmp_path, filter="data")
+    member = tmp_path / "cifar-10-batches-py" / "test_batch"
+    member.unlink()
+    os.mkfifo(member)
+    with pytest.raises(DataError) as e:
+        load_cifar("cifar10", tmp_path, tmp_path / "cache", progress=False)
+    assert str(e.value) == (
+        f"{member}: not a regular file {FIFO}; extract cifar-10-python.tar.gz again"
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cifar100.errors import ConfigError
+from cifar100.fileio import file_problem
 
 
 @dataclass
@@ -120,6 +121,9 @@ def load_preset(name: str) -> Config:
 
 def load_config_file(path: str | Path) -> Config:
     path = Path(path)
+    problem = file_problem(path)  # before reading: a FIFO would block, /dev/zero never ends
+    if problem:
+        raise ConfigError(f"{path}: {problem}; a config file is a TOML text file")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

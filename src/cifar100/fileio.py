@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +176,40 @@ def describe_os_error(error: BaseException) -> str:
         return "no space left on the device; free some space"
     text = getattr(error, "strerror", None) or str(error).strip().splitlines()[0][:160]
     return text or type(error).__name__
+
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def file_problem(path: str | os.PathLike, folder_ok: bool = False) -> str | None:
+    """Why a user's `path` cannot be read as a file, in a few words, or None if it can (or if
+    it does not exist: the caller's own "not found" says that best).
+
+    Decided from os.stat before anything opens it: opening a FIFO waits for a writer, and a
+    device such as /dev/zero never ends. A file of /proc or /sys reports size 0 yet has text,
+    so an empty-looking file is read one byte to tell.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:  # a name too long, a symlink loop, a path through a file, EACCES, EIO
+        return f"cannot read file ({e.strerror or e})"
+    if stat.S_ISDIR(st.st_mode):
+        return None if folder_ok else "a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((k for test, k in _KINDS if test(st.st_mode)), "a special file")
+        return f"not a regular file ({kind})"
+    if st.st_size == 0:
+        try:
+            with open(path, "rb") as f:
+                if f.read(1):
+                    return "not a regular file (size 0, yet not empty: a file of /proc or /sys)"
+        except OSError as e:
+            return f"cannot read file ({e.strerror or e})"
+    return None

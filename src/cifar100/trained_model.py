@@ -22,6 +22,7 @@ import torch
 
 from cifar100.data.images import prepare_images
 from cifar100.errors import CheckpointError, ModelError
+from cifar100.fileio import file_problem
 from cifar100.inference import model_batches, run_batches, with_flip
 from cifar100.model_info import ModelInfo
 
@@ -133,6 +134,11 @@ def load(
     """
     from cifar100.engine.checkpoint import resolve_checkpoint
 
+    problem = file_problem(path, folder_ok=True)  # before anything opens it: a FIFO would block
+    if problem:
+        raise CheckpointError(
+            f"{path}: {problem}; give a run directory, a checkpoint (.pt) or an export"
+        )
     path = resolve_checkpoint(path, checkpoint)
     kind = SUFFIXES.get(path.suffix.lower(), "checkpoint")
     if ema and kind != "checkpoint":

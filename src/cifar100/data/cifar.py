@@ -32,6 +32,7 @@ from cifar100.data.cifar_unpickler import unpickle_arrays
 from cifar100.data.download import fetch_cached, file_digest, size_limit
 from cifar100.data.tensors import DataSplits, ImageSet
 from cifar100.errors import DataError
+from cifar100.fileio import file_problem
 
 
 def load_cifar(
@@ -62,6 +63,12 @@ def load_cifar(
         # fetch_cached has just verified it against the published digest.
         return _from_archive(source, archive, source.md5, url, cache_dir)
     path = Path(path).expanduser()
+    problem = file_problem(path, folder_ok=True)  # before anything opens it: a FIFO would block
+    if problem:
+        raise DataError(
+            f"{path}: {problem}; give {source.filename} or its extracted folder, or leave out "
+            "--data to download it"
+        )
     if path.is_dir():
         folder = _find_folder(source, path)
         arrays = _decode(source, _read_folder(source, folder), f"{folder}/")
@@ -127,7 +134,8 @@ def _read_archive(source: CifarSource, archive: Path) -> dict[str, Any]:
 
 def _find_folder(source: CifarSource, path: Path) -> Path:
     for folder in (path, path / source.folder):
-        if all((folder / m).is_file() for m in source.members):
+        # exists, not is_file: a member that is a FIFO or a device is then named for what it is
+        if all((folder / m).exists() for m in source.members):
             return folder
     raise DataError(
         f"{path}: not an extracted {source.title} folder: expected "
@@ -139,6 +147,9 @@ def _read_folder(source: CifarSource, folder: Path) -> dict[str, Any]:
     found = {}
     for m in source.members:
         path = folder / m
+        problem = file_problem(path)
+        if problem:
+            raise DataError(f"{path}: {problem}; extract {source.filename} again")
         try:
             with path.open("rb") as f:
                 _check_size(source, m, os.fstat(f.fileno()).st_size, str(path))

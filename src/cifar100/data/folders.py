@@ -37,6 +37,7 @@ from cifar100.data.folder_layout import (
 from cifar100.data.images import HEADER_BYTES, check_file_size
 from cifar100.data.tensors import DataSplits
 from cifar100.errors import ConfigError, DataError
+from cifar100.fileio import file_problem
 
 __all__ = ["load_image_folder"]
 
@@ -67,6 +68,12 @@ def load_image_folder(
     if image_size < 1:
         raise ConfigError(f"data.image_size must be a positive number, got {image_size}")
     src = Path(path).expanduser()
+    problem = file_problem(src, folder_ok=True)  # before anything opens it: a FIFO would block
+    if problem:
+        raise DataError(
+            f"{src}: {problem}; give an image folder (one subfolder per class) or a "
+            ".tar/.tar.gz of one"
+        )
     try:
         is_tar = src.is_file() and tarfile.is_tarfile(src)
         digest = file_digest(src, "sha256") if is_tar else None

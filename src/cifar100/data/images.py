@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifar100.errors import DataError, ImageTooLarge
+from cifar100.fileio import file_problem
 
 __all__ = [
     "BACKGROUND",
@@ -73,6 +74,9 @@ def decode_image(
             if len(source) > HEADER_BYTES:
                 check_file_size(source[:HEADER_BYTES], len(source), name)
         else:
+            problem = file_problem(source)
+            if problem:
+                raise DataError(f"{name}: {problem}")
             file_size = os.stat(source).st_size
             if file_size == 0:
                 raise DataError(f"{name}: not a readable image (empty file)")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cifar100.errors import ModelError
+from cifar100.fileio import file_problem
 from cifar100.models.head import IMAGENET_MEAN, IMAGENET_STD
 
 TIMM_PREFIX = "timm:"
@@ -114,6 +115,9 @@ def load_timm_weights(backbone: TimmBackbone, source: str | os.PathLike) -> None
     kwargs: dict[str, Any] = {"pretrained": True}
     if str(source).lower() != "imagenet":
         path = os.path.expanduser(os.fspath(source))
+        problem = file_problem(path)  # before anything opens it: a FIFO would block
+        if problem:
+            raise ModelError(f"{path}: {problem}; give a weights file (or --weights imagenet)")
         if not os.path.isfile(path):
             raise ModelError(f"{path}: no such weights file (or use --weights imagenet / none)")
         kwargs["pretrained_cfg_overlay"] = {"file": path}

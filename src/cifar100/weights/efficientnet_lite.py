@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from cifar100.errors import ModelError
+from cifar100.fileio import file_problem
 from cifar100.models.efficientnet_lite import HEAD_CHANNELS, LITE_VARIANTS, EfficientNetLite
 
 
@@ -97,6 +98,9 @@ def resolve_lite_weights(name: str, source: str | os.PathLike) -> Path:
     if str(source).lower() == "imagenet":
         return packaged_weights_path(name)
     path = Path(source).expanduser()
+    problem = file_problem(path)  # before anything opens it: a FIFO would block
+    if problem:
+        raise ModelError(f"{path}: {problem}; give a weights file (or --weights imagenet / none)")
     if not path.is_file():
         raise ModelError(f"{path}: no such weights file (or use --weights imagenet / none)")
     return path

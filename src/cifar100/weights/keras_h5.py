@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from cifar100.errors import ModelError
+from cifar100.fileio import file_problem
 
 # Bounds on what a weights file may make us read. h5py reads a dataset whole into memory, and a
 # tiny file can declare gigabytes: a compressed dataset, or one never written (read as its fill
@@ -62,6 +63,9 @@ def _h5py():
 def open_keras_file(path: str | os.PathLike) -> Iterator[tuple[Any, dict | None]]:
     """(the weights HDF5 file, the model config or None for a weights-only file)."""
     path = Path(path)
+    problem = file_problem(path)  # before anything opens it: a FIFO would block
+    if problem:
+        raise ModelError(f"{path}: {problem}; give a Keras .h5 or .keras file")
     if not path.is_file():
         raise ModelError(f"{path}: no such file")
     try:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cifar100.data.download import fetch_cached, size_limit
 from cifar100.errors import ModelError
+from cifar100.fileio import file_problem
 from cifar100.paths import resolve_cache_dir
 
 # A base URL that replaces every file's own location: a local mirror, or a test server.
@@ -92,6 +93,9 @@ def resolve_weights(
             "--weights none"
         )
     path = Path(source).expanduser()
+    problem = file_problem(path)  # before anything opens it: a FIFO would block
+    if problem:
+        raise ModelError(f"{path}: {problem}; give a Keras .h5 weights file (or --weights none)")
     if not path.is_file():
         raise ModelError(
             f"weights file {path} not found; --weights takes 'imagenet', a Keras .h5 file, or "
