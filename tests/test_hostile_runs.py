@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,52 @@ def test_a_config_json_that_is_a_folder_is_one_line(tmp_path, capsys):
     assert cli.main(["compare", str(run)]) == 2
     (line,) = lines_of(capsys.readouterr().err)
     assert str(run) in line
+
+
+# --- 6. report, with a run's files damaged or holding values of the wrong type ------------------
+
+
+@pytest.fixture(scope="module")
+def trained(archive, tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    assert cli.main(train_args(archive, root / "run", root / "cache")) == 0
+    return root / "run"
+
+
+def copy_run(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns("*.pt", "plots", "report.html"))
+    return to
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("config.json", b"\xff\xfe binary"),
+        ("config.json", b"[1, 2]"),
+        ("evaluation.json", b'{"top1": "90%"}'),
+        ("evaluation.json", b"{}"),
+    ],
+)
+def test_report_of_a_damaged_run_file_is_one_line(trained, tmp_path, capsys, name, content):
+    run = copy_run(trained, tmp_path / "run")
+    (run / name).write_bytes(content)
+    capsys.readouterr()
+    assert cli.main(["report", str(run)]) == 2
+    (line,) = lines_of(capsys.readouterr().err)
+    assert str(run / name) in line
+
+
+def test_report_leaves_out_values_of_the_wrong_type(trained, tmp_path, capsys):
+    run = copy_run(trained, tmp_path / "run")
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    records.insert(0, {"epoch": "zero", "val_top1": "high", "train_loss": [1], "phase": None})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    evaluation |= {"loss": "low", "ema": 3, "calibration": [1], "images": None}
+    evaluation["per_class"] = {**evaluation["per_class"], "odd": "n/a"}
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    capsys.readouterr()
+    assert cli.main(["report", str(run)]) == 0
+    assert lines_of(capsys.readouterr().err) == []
+    page = (run / "report.html").read_text()
+    assert "id='curves'" in page and "id='per_class'" in page

@@ -44,9 +44,11 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
                               "writes them under runs/)")  # fmt: skip
     if not (run_dir / runs.CONFIG).is_file():
         raise CheckpointError(f"{run_dir}: no {runs.CONFIG}; not a cifar100 run directory")
-    config = _read_json(run_dir / runs.CONFIG)
+    # A damaged config.json or evaluation.json is one line naming it (not a page built on
+    # half of it); environment.json only fills a table, so a damaged one is left out.
+    config = runs.read_config_json(run_dir)
     environment = _read_json(run_dir / runs.ENVIRONMENT) or {}
-    evaluation = _read_json(run_dir / runs.EVALUATION)
+    evaluation = _evaluation(run_dir / runs.EVALUATION)
     records = runs.read_metrics(run_dir / runs.METRICS)
     figures = _make_plots(run_dir) if plots else {}
 
@@ -118,7 +120,7 @@ def _headline(config: dict, evaluation: dict | None, records: list[dict]) -> str
     if evaluation:
         top5 = recorded_top5(evaluation)  # none for 5 classes or fewer
         words.append(f"test top-1 <b>{evaluation['top1']:.2%}</b>"
-                     + (f", top-5 {top5:.2%}" if top5 is not None else ""))  # fmt: skip
+                     + (f", top-5 {_fmt(top5, '{:.2%}')}" if top5 is not None else ""))  # fmt: skip
     return f"<p class='headline'>{' &middot; '.join(words)}</p>"
 
 
@@ -188,7 +190,7 @@ def _variants(run_dir: Path) -> list[tuple[str, dict]]:
     for path in sorted(run_dir.glob("evaluation-*.json")):
         words = path.stem.removeprefix("evaluation-").split("-")
         e = _read_json(path)
-        if all(w in VARIANT_WORDS for w in words) and isinstance(e, dict) and "top1" in e:
+        if all(w in VARIANT_WORDS for w in words) and isinstance(e, dict) and _top1(e):
             found.append((", ".join(VARIANT_WORDS[w] for w in words), e))
     return found
 
@@ -210,15 +212,15 @@ def _variants_table(plain: dict | None, variants: list[tuple[str, dict]]) -> str
 
 def _evaluation_table(e: dict) -> str:
     top5 = recorded_top5(e)  # none for 5 classes or fewer
-    rows = [("images", e.get("images")), ("top-1", f"{e['top1']:.2%}"),
-            *([("top-5", f"{top5:.2%}")] if top5 is not None else []),
-            ("loss", f"{e['loss']:.4f}")]  # fmt: skip
-    for key, label in (("macro_f1", "macro-F1"), ("superclass_top1", "superclass top-1")):
-        if key in e:
-            rows.append((label, f"{e[key]:.2%}" if key != "macro_f1" else f"{e[key]:.4f}"))
-    if "ema" in e:
-        rows.append(("EMA weights top-1", f"{e['ema']['top1']:.2%}"))
-    body = "".join(f"<tr><td>{_e(k)}</td><td>{_e(str(v))}</td></tr>" for k, v in rows)
+    ema = e.get("ema") if isinstance(e.get("ema"), dict) else {}
+    rows = [("images", e.get("images"), "{}"), ("top-1", e["top1"], "{:.2%}"),
+            ("top-5", top5, "{:.2%}"), ("loss", e.get("loss"), "{:.4f}"),
+            ("macro-F1", e.get("macro_f1"), "{:.4f}"),
+            ("superclass top-1", e.get("superclass_top1"), "{:.2%}"),
+            ("EMA weights top-1", ema.get("top1"), "{:.2%}")]  # fmt: skip
+    body = "".join(
+        f"<tr><td>{_e(k)}</td><td>{_fmt(v, spec)}</td></tr>" for k, v, spec in rows if v is not None
+    )
     return f"<table>{body}</table>"
 
 
@@ -229,6 +231,25 @@ def _fmt(value: Any, spec: str) -> str:
         return _e(spec.format(value))
     except (ValueError, TypeError):
         return _e(str(value))
+
+
+def _evaluation(path: Path) -> dict | None:
+    """The run's evaluation.json, None where there is none yet; one clear error when it is
+    damaged or holds no test top-1 (a page of blanks would hide that)."""
+    if not path.is_file():
+        return None
+    evaluation = runs.read_evaluation(path)
+    if not _top1(evaluation):
+        raise CheckpointError(
+            f"{path}: damaged (no test top-1 in it); `cifar100 evaluate {path.parent}` writes "
+            "it again"
+        )
+    return evaluation
+
+
+def _top1(evaluation: dict) -> bool:
+    top1 = evaluation.get("top1")
+    return isinstance(top1, (int, float)) and not isinstance(top1, bool)
 
 
 def _read_json(path: Path) -> dict | None:

@@ -67,6 +67,11 @@ def read_run_config(path: Path) -> Config:
     return from_dict(raw, preset=raw.get("preset", "custom"))
 
 
+def read_config_json(path: Path) -> dict[str, Any]:
+    """The run's config.json as written (for display); one clear error when it is damaged."""
+    return _json_object(path / CONFIG, "run config", "unreadable")
+
+
 def _json_object(file: Path, what: str, damaged: str) -> dict[str, Any]:
     """A JSON object from one of the run's files; one clear error when it is not one."""
     try:

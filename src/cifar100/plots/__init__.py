@@ -82,9 +82,10 @@ def plot_run(run_dir: str | Path) -> dict[str, list[Path]]:
     per_class = None
     if (run_dir / EVALUATION).is_file():
         evaluation = read_evaluation(run_dir / EVALUATION)
-        per_class = evaluation.get("per_class")
-        if evaluation.get("calibration", {}).get("bins"):
-            save("reliability", plot_reliability(evaluation["calibration"]))
+        per_class = _numbers(evaluation.get("per_class"))
+        calibration = evaluation.get("calibration")
+        if isinstance(calibration, dict) and calibration.get("bins"):
+            save("reliability", plot_reliability(calibration))
 
     if (run_dir / PREDICTIONS).is_file():
         arrays = read_predictions(run_dir / PREDICTIONS)
@@ -122,6 +123,13 @@ def run_schedule(run_dir: Path, records: list[dict]) -> list[ScheduledStep] | No
     except CifarError:
         return None
     return lr_schedule(cfg.train, images)
+
+
+def _numbers(values: object) -> dict[str, float] | None:
+    """A name -> number mapping from a file, without the values that are not numbers."""
+    if not isinstance(values, dict):
+        return None
+    return {str(k): v for k, v in values.items() if isinstance(v, (int, float))} or None
 
 
 def _test_images(arrays: dict[str, np.ndarray]) -> np.ndarray:

@@ -17,12 +17,21 @@ if TYPE_CHECKING:
 
 def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     """(epochs, values) for the records that carry `key` (EMA keys appear only in some runs)."""
-    pairs = [(r["epoch"], r[key]) for r in records if r.get(key) is not None and "epoch" in r]
+    # Numbers only: a hand-edited or damaged log's other values are left out, as read_metrics
+    # leaves out lines that are not JSON.
+    pairs = [
+        (r["epoch"], r[key]) for r in records if _number(r.get(key)) and _number(r.get("epoch"))
+    ]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _mark_phases(ax: Any, records: Sequence[dict[str, Any]]) -> None:
     """A dashed vertical line where the phase changes (frozen backbone -> fine-tuning)."""
+    records = [r for r in records if _number(r.get("epoch"))]
     for prev, cur in zip(records, records[1:]):
         if prev.get("phase") != cur.get("phase"):
             _phase_line(ax, (prev["epoch"] + cur["epoch"]) / 2, cur.get("phase"))
