@@ -255,3 +255,92 @@ def test_a_fifo_in_an_extracted_cifar_folder_is_named(tmp_path):
     assert str(e.value) == (
         f"{member}: not a regular file {FIFO}; extract cifar-10-python.tar.gz again"
     )
+
+
+# --- 3: a name starting with '.' is left out with a warning, junk without one ----------------
+
+
+def _hidden_folder(root: Path) -> Path:
+    """Classes a and b, a class folder and an image whose names start with '.', and the
+    well-known junk of macOS, Windows, git and thumbnailers, which holds images too."""
+    write_classes(root, {"a": 2, "b": 2, ".cats": 2})
+    class_image(0, 9).save(root / "a" / ".x.png")
+    (root / "a" / ".DS_Store").write_bytes(b"junk")
+    (root / "Thumbs.db").write_bytes(b"junk")
+    for junk in ("__MACOSX/a/._0000.png", "a/._0001.png", ".git/x.png", "b/.thumbnails/0.png"):
+        (root / junk).parent.mkdir(parents=True, exist_ok=True)
+        class_image(0, 7).save(root / junk, format="PNG")
+    return root
+
+
+HIDDEN_WARNING = (
+    "left out 2 names as hidden, each starting with '.' (.cats/, a/.x.png); rename them "
+    "without the dot to use their images"
+)
+
+
+@pytest.mark.parametrize("kind", ["dir", "tar"])
+def test_hidden_class_folders_and_images_are_left_out_with_one_warning(tmp_path, capsys, kind):
+    from cifar100.data.folders import load_image_folder
+    from synthetic_folders import tar_directory
+
+    root = _hidden_folder(tmp_path / "set")
+    source = root if kind == "dir" else tar_directory(root, tmp_path / "set.tar.gz")
+    prefix = "" if kind == "dir" else "set/"
+    for cache in ("miss", "hit"):
+        splits = load_image_folder(source, 8, tmp_path / "cache", test_fraction=0.5, progress=False)
+        assert splits.info["cache"] == cache and splits.classes == ["a", "b"]
+        assert len(splits.train) + len(splits.test) == 4 and splits.info["skipped"] == 0
+        assert splits.info["hidden"] == [f"{prefix}.cats/", f"{prefix}a/.x.png"]
+        warning = HIDDEN_WARNING.replace(".cats/", f"{prefix}.cats/").replace(" a/", f" {prefix}a/")
+        assert capsys.readouterr().err == f"warning: {source}: {warning}\n"
+
+
+def test_only_junk_is_left_out_without_a_word(tmp_path, capsys):
+    from cifar100.data.folders import load_image_folder
+
+    root = _hidden_folder(tmp_path / "set")
+    (root / "a" / ".x.png").unlink()
+    for f in (root / ".cats").iterdir():
+        f.unlink()
+    (root / ".cats").rmdir()
+    splits = load_image_folder(root, 8, tmp_path / "cache", test_fraction=0.5, progress=False)
+    assert splits.info["hidden"] == [] and capsys.readouterr().err == ""
+
+
+def test_one_hidden_class_folder_reads_in_the_singular(tmp_path, capsys):
+    from cifar100.data.folders import load_image_folder
+
+    root = tmp_path / "set"
+    write_classes(root, {"a": 2, "b": 2, "..\\..\\x": 2})  # a name made on Windows
+    load_image_folder(root, 8, tmp_path / "cache", test_fraction=0.5, progress=False)
+    assert capsys.readouterr().err == (
+        f"warning: {root}: left out ..\\..\\x/ as hidden, its name starting with '.'; rename "
+        "it without the dot to use its images\n"
+    )
+
+
+def test_a_class_left_alone_by_a_hidden_one_says_so(tmp_path):
+    from cifar100.data.folders import load_image_folder
+    from cifar100.errors import DataError
+
+    root = tmp_path / "set"
+    write_classes(root, {"a": 2, ".b": 2})
+    with pytest.raises(DataError) as e:
+        load_image_folder(root, 8, tmp_path / "cache", progress=False)
+    assert str(e.value).startswith(f"{root}: only one class folder (a/)")
+    assert "left out as hidden: .b/" in str(e.value)
+
+
+def test_predict_of_a_folder_warns_about_hidden_images(run, good, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    (folder / ".thumbnails").mkdir(parents=True)
+    good.rename(folder / "good.png")
+    class_image(2, 0).save(folder / ".hidden.png")
+    class_image(2, 0).save(folder / ".thumbnails" / "good.png")  # junk: not a word
+    status, out, err = _predict(run, capsys, folder)
+    assert status == 0 and [line.split(":")[0] for line in out] == [str(folder / "good.png")]
+    assert err == [
+        f"warning: {folder}: left out .hidden.png as hidden, its name starting with '.'; "
+        "rename it without the dot to use its images"
+    ]

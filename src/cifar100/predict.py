@@ -3,10 +3,13 @@ error, and the others are still predicted. A folder stands for the images in it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
+from cifar100.data.folder_layout import is_image
+from cifar100.data.hidden_names import holds_images, is_hidden, is_junk, warn_hidden
 from cifar100.data.images import IMAGE_EXTENSIONS, decode_image
 from cifar100.errors import DataError
 from cifar100.trained_model import Prediction, TrainedModel
@@ -18,7 +21,7 @@ NO_IMAGES = "a folder holding no image files (" + " ".join(sorted(IMAGE_EXTENSIO
 
 def image_files(paths: list[str | Path]) -> list[str]:
     """The paths, with each folder replaced by the image files under it (by suffix, sorted,
-    hidden names left out); a folder without any stays, to be reported as such."""
+    hidden names and junk left out); a folder without any stays, to be reported as such."""
     return [name for name, _ in _expand(paths)]
 
 
@@ -56,17 +59,35 @@ def _expand(paths: list[str | Path]) -> list[tuple[str, str | None]]:
             out.append((str(p), None))
             continue
         try:
-            found = sorted(
-                str(f)
-                for f in p.rglob("*")
-                if f.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                and not f.is_dir()  # a FIFO or a broken link named .png: reported, not lost
-            )
+            found, hidden = _folder_images(p)
         except OSError as e:
-            out.append((str(p), f"cannot read folder ({e.strerror or e})"))
+            out.append((str(p), f"cannot read {e.filename or 'folder'} ({e.strerror or e})"))
             continue
+        warn_hidden(p, hidden)  # as an image folder for training says it
         out.extend((f, None) for f in found)
         if not found:
             out.append((str(p), NO_IMAGES))
     return out
+
+
+def _folder_images(folder: Path) -> tuple[list[str], list[str]]:
+    """The image files under `folder` (by suffix, sorted), and the names starting with '.'
+    left out as hidden that are images or hold some (relative to `folder`); junk is skipped
+    without a word, as in image folders (hidden_names.is_junk)."""
+    found, hidden = [], []
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    for d, dirs, files in os.walk(folder, onerror=fail):
+        rel = Path(d).relative_to(folder)
+        hidden += [f"{rel / x}/" for x in dirs if is_hidden(x) and holds_images(Path(d, x))]
+        dirs[:] = [x for x in dirs if not x.startswith(".") and not is_junk(x)]
+        for f in filter(is_image, files):
+            if is_hidden(f):
+                hidden.append(str(rel / f))
+            elif not is_junk(f):
+                # Not checked to be a regular file: a FIFO or a broken link named .png gets
+                # its own error rather than being lost.
+                found.append(os.path.join(d, f))
+    return sorted(found), sorted(hidden)

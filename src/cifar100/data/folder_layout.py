@@ -46,6 +46,8 @@ class Listing:
 
     files: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime)
     dirs: set[str] = field(default_factory=set)
+    # Names starting with '.' that were left out: folders ('x/') holding images, and images.
+    hidden: set[str] = field(default_factory=set)
 
     def add_file(self, rel: str, size: int, mtime: int) -> None:
         self.files[rel] = (size, mtime)
@@ -98,6 +100,7 @@ def build_splits(
         train = image_set(images[: len(labels)], labels, classes)
         test = image_set(images[len(labels) :], test_labels, classes)
         unused = sorted(set(dirs.values()) - {train_dir, test_dir})
+        hidden = _hidden(listing, _join(root, train_dir)) + _hidden(listing, _join(root, test_dir))
         return (
             train,
             test,
@@ -106,6 +109,7 @@ def build_splits(
                 "test_folder": test_dir,
                 "ignored_folders": unused,
                 "skipped_files": _entries(skipped),
+                "hidden": hidden,
             },
         )
     if "train" in dirs:
@@ -124,7 +128,11 @@ def build_splits(
     labels = _readable(src, root, classes, paths, labels, skipped)
     train, test = split_holdout(image_set(images, labels, classes), test_fraction, seed)
     meta = {"layout": "split", "test_fraction": test_fraction, "seed": seed}
-    return train, test, {**meta, "skipped_files": _entries(skipped)}
+    return (
+        train,
+        test,
+        {**meta, "skipped_files": _entries(skipped), "hidden": _hidden(listing, root)},
+    )
 
 
 def report_skipped(src: Path, skipped: list[dict], strict: bool) -> None:
@@ -145,6 +153,12 @@ def report_skipped(src: Path, skipped: list[dict], strict: bool) -> None:
         "--strict (data.strict) refuses them instead",
         file=sys.stderr,
     )
+
+
+def _hidden(listing: Listing, d: str) -> list[str]:
+    """What was left out as hidden in or under folder `d`: would-be classes and images."""
+    prefix = f"{d}/" if d else ""
+    return sorted(h for h in listing.hidden if h.startswith(prefix))
 
 
 def _skip_list(skipped: list[dict], limit: int) -> str:
@@ -216,14 +230,16 @@ def _class_files(
                 f"{src}: image '{rel}' is outside any class folder; move it into "
                 "the subfolder named after its class"
             )
+    hidden = [h for h in _hidden(listing, d) if h.endswith("/") and "/" not in h[len(prefix) : -1]]
+    aside = f" (left out as hidden: {', '.join(hidden)}; rename without the dot)" if hidden else ""
     if not classes:
         raise DataError(
-            f"{src}: no class folders in {_show(d)}; an image folder needs one "
+            f"{src}: no class folders in {_show(d)}{aside}; an image folder needs one "
             "subfolder per class holding its images (e.g. cat/001.jpg)"
         )
     if len(classes) < 2:
         raise DataError(
-            f"{src}: only one class folder ({_join(d, next(iter(classes)))}/); a "
+            f"{src}: only one class folder ({_join(d, next(iter(classes)))}/){aside}; a "
             "classifier needs a subfolder for each of at least two classes"
         )
     for c, files in classes.items():

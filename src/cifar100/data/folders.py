@@ -7,6 +7,8 @@ beside ROOT/test/<class>/... (val/, valid/ or validation/ stand in for a missing
 A single wrapping folder (cifar10-jpeg/ in cifar10-jpeg.tar.gz) is descended into.
 Files in class folders that are not readable images are skipped with one warning, or refused
 with one error where `strict` (folder_layout.report_skipped), from the cache as on a first load.
+Junk (.DS_Store, __MACOSX, .git...) is left out silently; any other name starting with '.' is
+left out as hidden, with one warning where it holds images (hidden_names.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from cifar100.data.folder_layout import (
     report_skipped,
     warn_case_twins,
 )
+from cifar100.data.hidden_names import holds_images, is_junk, warn_hidden
 from cifar100.data.images import HEADER_BYTES, check_file_size
 from cifar100.data.tensors import DataSplits
 from cifar100.errors import ConfigError, DataError
@@ -41,7 +44,6 @@ from cifar100.fileio import file_problem
 
 __all__ = ["load_image_folder"]
 
-IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx"})  # plus any '.name'
 CHUNK = 256  # images per worker task: amortises the hand-over, still fine-grained for the bar
 # A task is also cut at this many encoded bytes: with 2 tasks per worker in flight, that bounds
 # what a tarball of large (or zero-filled) members holds in memory at once.
@@ -82,6 +84,8 @@ def load_image_folder(
     if src.is_dir():
         listing = _scan_directory(src)
         material = {"kind": "dir", "files": sorted([k, *v] for k, v in listing.files.items())}
+        if listing.hidden:  # only then: the keys of folders cached before stay as they were
+            material["hidden"] = sorted(listing.hidden)
         name = src.resolve().name
     elif is_tar:
         listing, material = None, {"kind": "tar", "sha256": digest}
@@ -117,6 +121,7 @@ def load_image_folder(
     # skipping existed was only ever written with nothing to skip.
     skipped = meta.setdefault("skipped_files", [])
     report_skipped(src, skipped, strict)
+    warn_hidden(src, meta.setdefault("hidden", []))  # a cache from before: none was recorded
     warn_case_twins(src, train.classes)  # after the cache too: a hit says it again
     info = {
         "cache": "miss" if cached is None else "hit",
@@ -132,10 +137,6 @@ def load_image_folder(
 # --- listing ----------------------------------------------------------------------------------
 
 
-def _ignored(part: str) -> bool:
-    return part.startswith(".") or part.lower() in IGNORED_NAMES
-
-
 def _scan_directory(root: Path) -> Listing:
     listing, seen = Listing(), set()
 
@@ -148,11 +149,16 @@ def _scan_directory(root: Path) -> Listing:
             listing.add_dir(rel)
             with os.scandir(d) as entries:
                 for e in entries:
-                    if _ignored(e.name):
+                    if is_junk(e.name):
                         continue
                     r = f"{rel}/{e.name}" if rel else e.name
                     s = _follow(e)
-                    if stat.S_ISDIR(s.st_mode):  # followed: a linked class folder is read
+                    if e.name.startswith("."):
+                        if stat.S_ISDIR(s.st_mode) and holds_images(e.path):
+                            listing.hidden.add(f"{r}/")
+                        elif is_image(e.name):
+                            listing.hidden.add(r)
+                    elif stat.S_ISDIR(s.st_mode):  # followed: a linked class folder is read
                         walk(Path(e.path), r)
                     else:
                         listing.add_file(r, s.st_size, s.st_mtime_ns)
@@ -172,8 +178,9 @@ def _follow(entry: os.DirEntry) -> os.stat_result:
         return entry.stat(follow_symlinks=False)
 
 
-def _member_path(src: Path, m: tarfile.TarInfo) -> str | None:
-    """The member's normalised relative path; None if ignored; DataError if unsafe."""
+def _member_path(src: Path, m: tarfile.TarInfo, listing: Listing) -> str | None:
+    """The member's normalised relative path; None if left out (junk, or hidden: an image
+    there goes into `listing.hidden`); DataError if unsafe."""
     # Backslashes count as separators too: a Windows-made '..\\evil.jpg' is refused as well.
     name = m.name.replace("\\", "/")
     parts = [p for p in name.split("/") if p not in ("", ".")]
@@ -191,7 +198,13 @@ def _member_path(src: Path, m: tarfile.TarInfo) -> str | None:
             f"{src}: refusing member '{m.name}' ({reason}); a dataset tarball may "
             "hold only plain files and folders under relative paths"
         )
-    if not parts or any(_ignored(p) for p in parts):
+    if not parts or any(is_junk(p) for p in parts):
+        return None
+    hidden = next((i for i, p in enumerate(parts) if p.startswith(".")), None)
+    if hidden is not None:
+        if m.isfile() and is_image(parts[-1]):
+            top = "/".join(parts[: hidden + 1])
+            listing.hidden.add(top if hidden == len(parts) - 1 else f"{top}/")
         return None
     return "/".join(parts)
 
@@ -227,7 +240,7 @@ def _image_chunks(
     try:
         with tarfile.open(src, tarinfo=_CheckedInfo) as tar:
             for m in tar:
-                rel = _member_path(src, m)
+                rel = _member_path(src, m, listing)
                 if rel is None:
                     continue
                 if m.isdir():
