@@ -184,6 +184,16 @@ def test_data_and_predict_show_names_as_text(hostile_run, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["path"] == str(image)
 
 
+def test_training_output_shows_the_controls_in_a_run_directory_name(hostile_run, capsys):
+    run, cache = hostile_run
+    odd = run.parent / "run\u202eevil"
+    argv = ["train", *TRAIN, "--data", str(run.parent / "data"), "--cache-dir", str(cache)]
+    capsys.readouterr()
+    assert cli.main([*argv, "--out", str(odd)]) == 0
+    out = capsys.readouterr().out
+    assert no_controls(out) and "run\\u202eevil" in out
+
+
 def test_the_serve_page_shows_names_as_text_with_their_controls_visible(tmp_path):
     """page.html puts names in as text only, isolated, and through one function that shows
     bidi controls as escapes; that function is run here in a real JavaScript engine."""

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from cifar100.config import Config, validate
 from cifar100.data import load_data, split_holdout
 from cifar100.data.tensors import fine_to_coarse
+from cifar100.display_text import visible
 from cifar100.engine import distributed, runs
 from cifar100.engine.checkpoint import load_checkpoint, load_weights
 from cifar100.engine.epoch_end import final_test, recorded_best_epoch, restore_best
@@ -242,6 +243,9 @@ def _printer(bars: bool, enabled: bool = True):
     def say(message: str) -> None:
         if not enabled:
             return
+        # Paths and names shown, not obeyed: a right-to-left override in a folder name would
+        # reorder the line (display_text.visible).
+        message = visible(message)
         if bars:
             tqdm.write(message, file=sys.stdout)
         else:
