@@ -124,6 +124,7 @@ class Service:
         gc.collect()
         gc.freeze()
         self._warm = True
+        self._all_ready(True)  # other workers learn of it now, not when first asked
         log.info("ready: %s warmed up with a batch of %d", self.model, len(zeros))
 
     @property

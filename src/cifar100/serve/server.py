@@ -109,8 +109,10 @@ def serve(
     return run_server(model, settings, sock, announce=True)
 
 
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+def setup_logging(worker: int | None = None) -> None:
+    who = "" if worker is None else f"worker-{worker} "
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {who}%(message)s",
+                        stream=sys.stderr)  # fmt: skip
     return_large_blocks_at_once()
 
 

@@ -68,7 +68,6 @@ def run_workers(sock, path: str, runtime: str | None, device: str, settings: Ser
                 ready[i] = 0
                 _forget_metrics(p.pid)
                 if not was_ready[i]:  # it could not start: the others will not either
-                    log.error("worker %d stopped before it was ready (exit %s)", i, p.exitcode)
                     failed = True
                     stop.append(signal.SIGTERM)
                     break
@@ -90,7 +89,7 @@ def run_workers(sock, path: str, runtime: str | None, device: str, settings: Ser
         sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
     if failed:
-        why = errors.get() if not errors.empty() else "see the log above"
+        why = errors.get() if not errors.empty() else "a worker stopped before it was ready"
         raise ModelError(why)
     return 0 if all(p.exitcode == 0 for p in processes) else 1
 
@@ -108,7 +107,7 @@ def _worker(index: int, sock, path: str, runtime: str | None, device: str,
 
     from cifar100.serve.server import load_for_serving, run_server, setup_logging
 
-    setup_logging()
+    setup_logging(index)
     torch.set_num_threads(threads)
 
     def all_ready(mine: bool) -> bool:
