@@ -107,8 +107,10 @@ def restore_best(run: Run, state: dict[str, Any]) -> None:
     if epoch == state["epoch"] and not state.get("position"):
         if best.is_file() and best.stat().st_mtime >= last.stat().st_mtime:
             return
+        # "missing or older": a copy of a run (cp -r) may also leave it older; same weights.
+        what = "was older than last.pt" if best.is_file() else "was missing (its save failed?)"
         save_checkpoint(state, best)
-        run.say(f"{best}: written again from last.pt (epoch {epoch}, the best; its save failed)")
+        run.say(f"{best} {what}: written again from last.pt, which holds the best epoch ({epoch})")
     elif not best.is_file():
         run.say(
             f"note: {best} is missing and last.pt holds epoch {state['epoch']}, not the best "
