@@ -16,6 +16,7 @@ from cifar100.config import load_preset
 from cifar100.engine import checkpoint as checkpoint_module
 from cifar100.engine.checkpoint import load_checkpoint, save_checkpoint
 from synthetic_cifar import make_cifar10_archive
+from test_run_safety import grow, small_filesystem
 from tiny_run import SMALL
 
 
@@ -68,6 +69,21 @@ def test_a_best_pt_the_disk_refused_is_written_when_the_run_resumes(
     assert best["epoch"] == last["epoch"] == 1
     assert all(torch.equal(best["model"][k], v) for k, v in last["model"].items())
     assert (out / "evaluation.json").is_file()
+
+
+def test_a_disk_that_fills_between_last_pt_and_best_pt_loses_no_best_pt(archive, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    with small_filesystem(tmp_path / "disk", 45) as disk:
+        out = disk / "run"
+        # epoch 1: last.pt (30 MB) fits, best.pt beside it does not
+        assert cli.main(train_args(archive, out, cache)) == 2
+        (line,) = lines_of(capsys.readouterr().err)
+        assert f"no space left on {disk}" in line and "best.pt" in line
+        assert (out / "last.pt").is_file() and not (out / "best.pt").exists()
+        grow(disk, 200)
+        assert cli.main(["train", "--resume", str(out), "--cache-dir", str(cache)]) == 0
+        assert "was missing" in capsys.readouterr().out
+        assert load_checkpoint(out / "best.pt")["epoch"] == 1
 
 
 def test_evaluate_says_why_best_pt_is_missing_and_what_to_do(archive, tmp_path, capsys):
