@@ -296,3 +296,10 @@ def test_onnx_metadata_keeps_the_names_exactly_as_json(hostile_run):
     assert json.loads(facts["classes"]) == sorted(HOSTILE)
     assert json.loads(facts["cifar100.model"])["classes"] == sorted(HOSTILE)
     assert all(no_controls(v) and "\n" not in v for v in facts.values())
+
+
+def test_an_error_line_shows_the_controls_in_a_path(tmp_path, capsys):
+    missing = tmp_path / "run\u202eexe.txt"
+    assert cli.main(["report", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "\\u202e" in err and "\u202e" not in err and len(err.strip().splitlines()) == 1

@@ -24,6 +24,7 @@ from cifar100.cli.commands import (
     cmd_train,
 )
 from cifar100.cli.parser import build_parser
+from cifar100.display_text import visible
 from cifar100.errors import CifarError
 
 COMMANDS = {
@@ -65,7 +66,8 @@ def _main(argv: list[str] | None) -> int:
     except CifarError as e:
         if args.debug:
             raise
-        print(f"cifar100 {args.command}: error: {e}", file=sys.stderr)
+        # A path or class name in the message is shown, controls and all, never obeyed.
+        print(f"cifar100 {args.command}: error: {visible(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:  # a user's file or folder: missing, unreadable, unwritable, disk full
         if args.debug:
@@ -73,7 +75,8 @@ def _main(argv: list[str] | None) -> int:
         from cifar100.fileio import describe_os_error
 
         where = f"{e.filename}: " if e.filename else ""
-        print(f"cifar100 {args.command}: error: {where}{describe_os_error(e)}", file=sys.stderr)
+        message = visible(f"{where}{describe_os_error(e)}")
+        print(f"cifar100 {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
