@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from cifar100 import cli
-from synthetic_folders import class_image, write_classes
+from cifar100.data.images import HEADER_BYTES
+from hostile_images import flat_png, peak_run, png_head, sparse_file, webp_head
+from synthetic_folders import ZeroRun, class_image, encode, tar_zero_runs, write_classes
 from tiny_run import train_tiny
 
 LONG_NAME = "a" * 300 + ".png"  # over NAME_MAX (255) on every common file system
@@ -344,3 +347,121 @@ def test_predict_of_a_folder_warns_about_hidden_images(run, good, tmp_path, caps
         f"warning: {folder}: left out .hidden.png as hidden, its name starting with '.'; "
         "rename it without the dot to use its images"
     ]
+
+
+# --- 1: no small file takes much memory ------------------------------------------------------
+
+MIB = 1 << 20
+BOUND = 400 * MIB  # what any one of these files may add to the peak, all of it decoded pixels
+SIDE = 9000  # 81 M pixels: under Pillow's limit (89 M), 324 MB once decoded (4 bytes each)
+# Just under what check_file_size lets a SIDE x SIDE image take (HEADER_BYTES + 10 per pixel).
+LARGEST = HEADER_BYTES + 10 * SIDE * SIDE - 64
+LOAD_SETUP = """
+from pathlib import Path
+from PIL import Image
+from cifar100.data.folders import load_image_folder
+Image.init()
+"""
+
+
+def _load(source: Path, cache: Path) -> str:
+    return f"load_image_folder({str(source)!r}, 8, Path({str(cache)!r}), progress=False)"
+
+
+def _good_members() -> list[tuple[str, ZeroRun]]:
+    image = encode(class_image(0, 0))
+    return [(f"set/{c}/{i}.png", ZeroRun(image, 0)) for c in "ab" for i in range(3)]
+
+
+def _assert_skipped_with_one_warning(stderr: str, source: Path, paths: list[str]) -> None:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    n = len(paths)
+    what = f"{n} files that are not readable images" if n > 1 else "1 file that is not a readable"
+    assert lines[0].startswith(f"warning: {source}: skipped {what}")
+    assert all(p in lines[0] for p in paths[:3])
+
+
+@pytest.mark.parametrize("count", [1, pytest.param(4, marks=pytest.mark.slow)])
+def test_tar_members_that_expand_from_zeros_are_skipped_in_bounded_memory(tmp_path, count):
+    # The report: a 0.79 MB .tar.gz whose member, a 9000x9000 PNG header and then zeros up to
+    # what that size allows, peaked at 1.84 GB; four of them at 2.64 GB.
+    head = png_head(SIDE, SIDE)
+    bombs = [(f"set/a/x{i}.png", ZeroRun(head, LARGEST - len(head))) for i in range(count)]
+    tarball = tar_zero_runs(tmp_path / "set.tar.gz", [*_good_members(), *bombs], level=6)
+    assert tarball.stat().st_size < count * MIB
+    growth, message, stderr = peak_run(LOAD_SETUP, _load(tarball, tmp_path / "cache"))
+    assert message == "no error"
+    assert growth < BOUND, f"peak memory grew by {growth / MIB:.0f} MiB"
+    _assert_skipped_with_one_warning(stderr, tarball, [name for name, _ in bombs])
+    assert "bytes from" in stderr and "of the compressed tarball" in stderr
+
+
+def _bombs() -> dict[str, bytes]:
+    """name -> the start of a file, to be followed by zeros up to LARGEST bytes: what its
+    reader would hold whole. A WebP (Pillow reads it at once), a real 9000x9000 PNG followed by a
+    private chunk (Pillow keeps those), and a PNG header followed by zeros."""
+    png = flat_png(SIDE, SIDE, end=False)
+    chunk = struct.pack(">I", LARGEST - len(png) - 12) + b"prIv"  # its data, then its CRC
+    return {"x.webp": webp_head(SIDE, SIDE), "y.png": png + chunk, "z.png": png_head(SIDE, SIDE)}
+
+
+def _sparse_bombs(folder: Path) -> list[str]:
+    """The _bombs as sparse files in `folder`: a few KB on disk each."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, head in _bombs().items():
+        sparse_file(folder / name, head, LARGEST)
+    return list(_bombs())
+
+
+def test_sparse_files_in_a_folder_are_skipped_in_bounded_memory(tmp_path):
+    root = tmp_path / "set"
+    write_classes(root, {"a": 3, "b": 3})
+    names = _sparse_bombs(root / "a")
+    growth, message, stderr = peak_run(LOAD_SETUP, _load(root, tmp_path / "cache"))
+    assert message == "no error"
+    assert growth < BOUND, f"peak memory grew by {growth / MIB:.0f} MiB"
+    _assert_skipped_with_one_warning(stderr, root, [f"a/{n}" for n in names])
+    assert "on disk (a sparse file)" in stderr
+
+
+def test_the_same_files_in_a_tarball_are_skipped_in_bounded_memory(tmp_path):
+    bombs = [(f"set/a/{n}", ZeroRun(head, LARGEST - len(head))) for n, head in _bombs().items()]
+    tarball = tar_zero_runs(tmp_path / "set.tar.gz", [*_good_members(), *bombs])
+    growth, message, stderr = peak_run(LOAD_SETUP, _load(tarball, tmp_path / "cache"))
+    assert message == "no error"
+    assert growth < BOUND, f"peak memory grew by {growth / MIB:.0f} MiB"
+    _assert_skipped_with_one_warning(stderr, tarball, [name for name, _ in bombs])
+
+
+@pytest.mark.parametrize(
+    "colour, depth", [(6, 8), (4, 8), (0, 16)], ids=["rgba", "grey-alpha", "grey-16-bit"]
+)
+def test_a_large_flat_image_decodes_within_the_bound(tmp_path, colour, depth):
+    # A real image, a few hundred KB: it loads, but its conversion to RGB made 3 or 4 copies
+    # of its 9000x9000 pixels (1.5 GB); now only its decoded pixels are held at full size.
+    root = tmp_path / "set"
+    write_classes(root, {"a": 3, "b": 3})
+    (root / "a" / "flat.png").write_bytes(flat_png(SIDE, SIDE, colour, depth))
+    assert (root / "a" / "flat.png").stat().st_size < MIB
+    growth, message, stderr = peak_run(LOAD_SETUP, _load(root, tmp_path / "cache"))
+    assert message == "no error" and stderr == ""
+    assert growth < BOUND, f"peak memory grew by {growth / MIB:.0f} MiB"
+
+
+def test_predict_of_such_files_stays_within_the_bound(run, good, tmp_path):
+    names = _sparse_bombs(tmp_path)
+    (tmp_path / "flat.png").write_bytes(flat_png(SIDE, SIDE, 6))
+    files = [str(tmp_path / n) for n in [*names, "flat.png"]] + [str(good)]
+    setup = f"""
+import json
+from cifar100 import load
+from cifar100.predict import predict_files
+model = load({str(run)!r})
+"""
+    call = f"print(json.dumps([r.error for r in predict_files(model, {files!r})]), file=sys.stderr)"
+    growth, message, stderr = peak_run(setup, call)
+    assert message == "no error"
+    assert growth < BOUND, f"peak memory grew by {growth / MIB:.0f} MiB"
+    errors = json.loads(stderr.splitlines()[-1])
+    assert all(errors[: len(names)]) and errors[len(names) :] == [None, None], errors

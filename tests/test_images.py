@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar100.data import images
+from cifar100.data import images, pixels
 from cifar100.data.images import BACKGROUND, IMAGE_EXTENSIONS, decode_image
 from cifar100.errors import DataError
 from synthetic_folders import encode
@@ -176,3 +176,37 @@ def test_extensions_and_size_check():
     assert all(e == e.lower() and e.startswith(".") for e in IMAGE_EXTENSIONS)
     with pytest.raises(ValueError):
         decode_image(b"x", 0)
+
+
+def _modes(rng: np.random.Generator, width: int, height: int) -> dict[str, Image.Image]:
+    """A noisy image in each mode decode_image meets, with alpha that varies."""
+    rgba = Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8), "RGBA")
+    wide = rng.integers(0, 65536, (height, width), dtype=np.uint16)
+    palette = rgba.convert("RGB").quantize(64)
+    palette.info["transparency"] = 3
+    return {
+        "RGBA": rgba,
+        "RGB": rgba.convert("RGB"),
+        "LA": rgba.convert("LA"),
+        "L": rgba.convert("L"),
+        "1": rgba.convert("1"),
+        "P": palette,
+        "CMYK": rgba.convert("CMYK"),
+        "I;16": Image.fromarray(wide),
+        "F": Image.fromarray(wide.astype(np.float32) / 200),
+    }
+
+
+@pytest.mark.parametrize("width, height", [(301, 203), (203, 301), (240, 240)])
+def test_large_images_convert_in_tiles_to_the_same_bits(monkeypatch, width, height):
+    """The tile-by-tile conversion of large images (pixels.py) equals converting them whole,
+    for every mode, crop and reduction factor (1, 2, 6, and an enlargement)."""
+    rng = np.random.default_rng(width)
+    for mode, image in _modes(rng, width, height).items():
+        assert image.mode == mode
+        for size in (8, 32, 100, 400):
+            monkeypatch.setattr(pixels, "LARGE_PIXELS", 1 << 40)
+            whole = pixels.square_rgb(image, size)
+            monkeypatch.setattr(pixels, "LARGE_PIXELS", 0)
+            monkeypatch.setattr(pixels, "TILE_PIXELS", 3000)  # tiles of 54 or fewer, last short
+            assert np.array_equal(pixels.square_rgb(image, size), whole), (mode, size)

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import pickle
 import struct
-import subprocess
-import sys
 import tarfile
-import textwrap
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -32,62 +28,13 @@ from cifar100.models.efficientnet_lite import EfficientNetLite
 from cifar100.weights import keras_h5
 from cifar100.weights.efficientnet_lite import file_key, load_efficientnet_lite_weights
 from cifar100.weights.keras import load_keras_resnet50v2_h5
+from hostile_images import peak_growth, png_head, sparse_file
 from synthetic_folders import ZeroRun, class_image, encode, tar_zero_runs, write_classes
 
 h5py = pytest.importorskip("h5py", reason="reading Keras weights needs h5py")
 
-TESTS = Path(__file__).resolve().parent
 GIB = 1 << 30
 MIB = 1 << 20
-
-
-def png_head(width: int, height: int, chunk: bytes = b"IDAT", length: int = 0) -> bytes:
-    """A PNG signature and IHDR for width x height RGB, then the header of a `length` byte
-    `chunk`: IDAT ends the header (Pillow opens it); an unknown one Pillow reads to skip it."""
-    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    ihdr = struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
-    return b"\x89PNG\r\n\x1a\n" + ihdr + struct.pack(">I", length) + chunk
-
-
-def sparse_file(path: Path, head: bytes, size: int, tail: bytes = b"") -> Path:
-    """`head`, a hole of zeros, `tail`: `size` bytes long, taking no disk space."""
-    with open(path, "wb") as f:
-        f.write(head)
-        f.seek(size - len(tail))
-        f.write(tail)
-        f.truncate(size)
-    return path
-
-
-def peak_growth(setup: str, call: str) -> tuple[int, str]:
-    """Run `setup` then `call` in a fresh interpreter: (growth of its peak resident memory over
-    `setup`, in bytes; the error `call` raised, as 'Type: message', or 'no error')."""
-    if not Path("/proc/self/status").exists():
-        pytest.skip("measures VmHWM in /proc/self/status (Linux)")
-    # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak (kept across exec).
-    script = "\n".join(
-        [
-            "import sys",
-            "def peak():",
-            "    return int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])",
-            f"sys.path.insert(0, {str(TESTS)!r})",
-            textwrap.dedent(setup),
-            "before = peak()",
-            "try:",
-            f"    {call}",
-            "    message = 'no error'",
-            "except Exception as e:",
-            "    message = f'{type(e).__name__}: {e}'",
-            "print(1024 * (peak() - before))",
-            "print(message)",
-        ]
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    growth, message = done.stdout.strip().split("\n", 1)
-    return int(growth), message
 
 
 FOLDER_SETUP = """

@@ -13,6 +13,7 @@ left out as hidden, with one warning where it holds images (hidden_names.py).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import stat
@@ -21,6 +22,7 @@ import time
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from tqdm import tqdm
@@ -37,7 +39,7 @@ from cifar100.data.folder_layout import (
     warn_case_twins,
 )
 from cifar100.data.hidden_names import holds_images, is_junk, warn_hidden
-from cifar100.data.images import HEADER_BYTES, check_file_size
+from cifar100.data.images import HEADER_BYTES, check_expansion, check_file_size
 from cifar100.data.tensors import DataSplits
 from cifar100.errors import ConfigError, DataError
 from cifar100.fileio import file_problem
@@ -48,6 +50,7 @@ CHUNK = 256  # images per worker task: amortises the hand-over, still fine-grain
 # A task is also cut at this many encoded bytes: with 2 tasks per worker in flight, that bounds
 # what a tarball of large (or zero-filled) members holds in memory at once.
 CHUNK_BYTES = 32 << 20
+READ_BLOCK = 1 << 20  # a large member is read, and its expansion checked, this much at a time
 REASON_CHARS = 160  # a skipped file's reason is cut to this in the warning and the error
 
 
@@ -233,12 +236,15 @@ def _image_chunks(
     """Read the tarball into `listing`, yielding its images in chunks to decode.
 
     An image whose header is not one, or whose declared size is more than that image can take
-    (images.check_file_size), goes unread into `refused`. Errors reading the tarball itself
+    (images.check_file_size), goes unread into `refused`; one that expands more than image data
+    from what it took in the tarball (images.check_expansion) goes there as soon as it has,
+    read no further: a member is never held beyond that. Errors reading the tarball itself
     (tarfile, gzip, zlib, bz2, lzma, OSError) become one DataError.
     """
     chunk, chunk_bytes, m = [], 0, None
     try:
-        with tarfile.open(src, tarinfo=_CheckedInfo) as tar:
+        # Opened here, not by tarfile: its position is what a member took, compressed.
+        with open(src, "rb") as packed, tarfile.open(fileobj=packed, tarinfo=_CheckedInfo) as tar:
             for m in tar:
                 rel = _member_path(src, m, listing)
                 if rel is None:
@@ -254,16 +260,16 @@ def _image_chunks(
                 listing.add_file(rel, m.size, int(m.mtime))
                 if not is_image(rel):
                     continue
-                name = f"{rel} in {src}"
+                name, start = f"{rel} in {src}", packed.tell()
                 f = tar.extractfile(m)
                 data = f.read(min(m.size, HEADER_BYTES))
                 try:
                     check_file_size(data, m.size, name)
+                    if m.size > len(data):
+                        data = _read_rest(f, data, m.size, name, packed, start)
                 except DataError as e:
                     refused[rel] = str(e)
                     continue
-                if m.size > len(data):
-                    data += f.read()
                 chunk.append((rel, data, name))
                 chunk_bytes += len(data)
                 if len(chunk) == CHUNK or chunk_bytes >= CHUNK_BYTES:
@@ -279,6 +285,23 @@ def _image_chunks(
         ) from e
     if chunk:
         yield chunk
+
+
+def _read_rest(
+    f: IO[bytes], head: bytes, size: int, name: str, packed: IO[bytes], start: int
+) -> bytes:
+    """A member of `size` bytes whose `head` is read, in one buffer (no copy that doubles it),
+    refused as soon as it holds more than image data can expand from the bytes of the tarball
+    file `packed` it took so far, from `start` (images.check_expansion)."""
+    buf = io.BytesIO()
+    buf.write(head)
+    while (left := size - buf.tell()) > 0:
+        block = f.read(min(left, READ_BLOCK))
+        if not block:
+            break  # cut short: tarfile has said so already, or will at the next member
+        buf.write(block)
+        check_expansion(buf.tell(), packed.tell() - start, name, "of the compressed tarball")
+    return buf.getvalue()
 
 
 class _CheckedInfo(tarfile.TarInfo):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cifar100.data.pixels import BACKGROUND, square_rgb
 from cifar100.errors import DataError, ImageTooLarge
 from cifar100.fileio import file_problem
 
@@ -21,6 +22,7 @@ __all__ = [
     "BACKGROUND",
     "HEADER_BYTES",
     "IMAGE_EXTENSIONS",
+    "check_expansion",
     "check_file_size",
     "decode_image",
     "prepare_image",
@@ -31,10 +33,6 @@ __all__ = [
 IMAGE_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .png .bmp .gif .webp .tif .tiff .ppm .pgm .pbm .pnm".split()
 )
-
-# Transparent pixels are composited onto white: the usual look of a transparent PNG or icon
-# in a viewer, and fixed so that training and predict agree.
-BACKGROUND = (255, 255, 255)
 
 # How large an image file may be, known from its header before the file is read: a small
 # compressed archive member (or a sparse file) can otherwise declare gigabytes.
@@ -49,9 +47,12 @@ HEADER_BYTES = 4 << 20
 # each sample out in up to 6 characters ("65535 ").
 BYTES_PER_PIXEL = 10
 PLAIN_PNM_BYTES_PER_PIXEL = 20
-
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
-_WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+# Beyond HEADER_BYTES, a file may hold at most EXPANSION times the bytes it takes where it is
+# kept: in a compressed tarball, or on disk. Image data is compressed already, and raw pixels
+# seldom shrink 10 times, while zeros after an image header shrink a thousand times: a 0.8 MB
+# tarball held a 9000x9000 PNG header and 810 MB of zeros, which Pillow reads (a WebP whole, a
+# PNG chunk whole) before it finds nothing there.
+EXPANSION = 64
 
 
 def decode_image(
@@ -77,12 +78,16 @@ def decode_image(
             problem = file_problem(source)
             if problem:
                 raise DataError(f"{name}: {problem}")
-            file_size = os.stat(source).st_size
+            st = os.stat(source)
+            file_size = st.st_size
             if file_size == 0:
                 raise DataError(f"{name}: not a readable image (empty file)")
             if file_size > HEADER_BYTES:
                 with open(source, "rb") as f:
                     check_file_size(f.read(HEADER_BYTES), file_size, name)
+                on_disk = getattr(st, "st_blocks", 0) * 512  # 0 where not told (Windows)
+                if on_disk:
+                    check_expansion(file_size, on_disk, name, "on disk (a sparse file)")
         fp = io.BytesIO(source) if isinstance(source, bytes) else source
         with Image.open(fp) as im:
             _check_pixel_count(im.size, name, max_pixels)
@@ -93,7 +98,7 @@ def decode_image(
                 im.draft(None, (2 * size, 2 * size))
             im.load()
             ImageOps.exif_transpose(im, in_place=True)
-            return _square_rgb(im, size)
+            return square_rgb(im, size)
     except DataError:
         raise
     except Image.DecompressionBombError as e:
@@ -132,14 +137,14 @@ def prepare_image(image: object, size: int, name: str | None = None) -> np.ndarr
             f"{name}: expected a path, bytes, a PIL image or a uint8 array, got "
             f"{type(image).__name__}"
         )
-    return _square_rgb(image, size)
+    return square_rgb(image, size)
 
 
 def prepare_images(images: object, size: int) -> np.ndarray:
     """One image or many (a list, or a uint8 array (N, H, W, 3)) -> uint8 (N, size, size, 3)."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
         if images.dtype == np.uint8 and images.shape[1:] == (size, size, 3):
-            return np.ascontiguousarray(images)  # already what _square_rgb would return
+            return np.ascontiguousarray(images)  # already what square_rgb would return
         images = list(images)
     elif not isinstance(images, list | tuple):
         images = [images]
@@ -187,6 +192,16 @@ def check_file_size(head: bytes, file_size: int, name: str) -> None:
             f"{name}: {file_size} bytes, more than a {width}x{height} image can take "
             f"({limit} at most): an animation, data appended to an image, or a decompression "
             "bomb; save it as a single still image"
+        )
+
+
+def check_expansion(size: int, stored: int, name: str, where: str) -> None:
+    """Refuse `size` bytes of a file kept in only `stored` bytes (`where`: "of the compressed
+    tarball", "on disk (a sparse file)"), more than image data shrinks (EXPANSION)."""
+    if size > HEADER_BYTES and size > EXPANSION * stored:
+        raise ImageTooLarge(
+            f"{name}: {size} bytes from {stored} {where}, {size // max(stored, 1)} times fewer: "
+            "not image data, which never shrinks so far; save the image again on its own"
         )
 
 
@@ -250,41 +265,3 @@ def _bomb_message(name: str, size: str | None) -> str:
         f"{Image.MAX_IMAGE_PIXELS} pixels: a possible decompression bomb); shrink it, or raise "
         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file"
     )
-
-
-def _square_rgb(im: Image.Image, size: int) -> np.ndarray:
-    im = _to_rgb(im)
-    width, height = im.size
-    side = min(width, height)
-    if width != height:
-        left, top = (width - side) // 2, (height - side) // 2
-        im = im.crop((left, top, left + side, top + side))
-    if side != size:
-        # Pillow widens the bicubic kernel by the reduction factor, so downscaling is properly
-        # antialiased; reducing_gap first box-averages by an integer factor, which is much faster
-        # on large photos and, at 3.0, visually indistinguishable. BOX alone is faster still
-        # but blockier on non-integer factors and a poor upscaler for tiny images.
-        im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    # np.array copies: the result is writable and owns its memory, detached from Pillow.
-    return np.array(im, dtype=np.uint8)
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB; transparency composited onto BACKGROUND."""
-    has_alpha = im.mode in _ALPHA_MODES or im.info.get("transparency") is not None
-    if im.mode == "RGB" and not has_alpha:
-        return im
-    if im.mode in _WIDE_GREY_MODES:
-        # Pillow's own conversion clips 16-bit values at 255 (nearly all white); scale the
-        # 16-bit range down instead. Float images are taken to be 0..255 already.
-        grey = np.asarray(im, dtype=np.float32)
-        if im.mode != "F":
-            grey = grey / 257.0
-        grey8 = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey8).convert("RGB")
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", im.size, (*BACKGROUND, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    # CMYK, palette, 1-bit, L, YCbCr: Pillow's conversions (CMYK without an ICC transform).
-    return im.convert("RGB")
