@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -465,3 +466,13 @@ model = load({str(run)!r})
     assert growth < BOUND, f"peak memory grew by {growth / MIB:.0f} MiB"
     errors = json.loads(stderr.splitlines()[-1])
     assert all(errors[: len(names)]) and errors[len(names) :] == [None, None], errors
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "proc"])
+def test_class_names_from_a_special_file_are_one_line(tmp_path, kind):
+    from cifar100.cli.commands import read_class_names
+    from cifar100.errors import CifarError
+
+    path, words = _special_paths(tmp_path)[kind]
+    with pytest.raises(CifarError, match="not a regular file " + re.escape(words)):
+        read_class_names(path)  # a FIFO blocked here for ever, /dev/zero read without end

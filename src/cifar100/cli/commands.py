@@ -324,6 +324,10 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
 
 def read_class_names(path: str) -> list[str]:
     """Class names, one per line in output order; blank lines skipped, duplicates refused."""
+    from cifar100.fileio import file_problem
+
+    if problem := file_problem(path):  # a FIFO would block, /dev/zero never end
+        raise CifarError(f"{path}: {problem}; give a text file of class names, one per line")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
