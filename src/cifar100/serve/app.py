@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
@@ -266,8 +266,14 @@ def create_app(
         "raw image as the body (image/*, application/octet-stream). Answers one object per "
         "image, as `cifar100 predict --json` prints: {path, predictions: [{class, "
         "probability}]}.",
-    )
-    async def predict(request: Request, k: int = Query(None, ge=1, le=1000)) -> JSONResponse:
+        # ?k= is read by top_k(): FastAPI's own parameter handling cost a tenth of the
+        # request's time on the event loop; the schema still says what it takes.
+        openapi_extra={"parameters": [{"name": "k", "in": "query", "required": False,
+                                       "schema": {"type": "integer", "minimum": 1,
+                                                  "maximum": MAX_K, "default": 5}}]},
+    )  # fmt: skip
+    async def predict(request: Request) -> JSONResponse:
+        k = top_k(request, settings.top_k)
         parts = await image_parts(service, request)
         pixels = await service.decode(parts)
         logits = await service.logits(pixels)
@@ -283,6 +289,21 @@ def create_app(
     app.include_router(v2_router(service))
     app.include_router(page_route(service))
     return app
+
+
+MAX_K = 1000
+
+
+def top_k(request: Request, default: int) -> int:
+    """/predict's ?k=: a whole number 1..MAX_K."""
+    raw = request.query_params.get("k")
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_K):
+        raise RequestError(
+            422, f"k: a whole number from 1 to {MAX_K}, not {raw!r}; see /docs", "bad_request"
+        )
+    return int(raw)
 
 
 async def image_parts(service: Service, request: Request) -> list[tuple[str, bytes]]:

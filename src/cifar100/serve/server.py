@@ -16,7 +16,6 @@ import torch
 
 from cifar100.errors import ConfigError, ModelError
 from cifar100.serve.app import ServeSettings, create_app
-from cifar100.serve.limits import return_large_blocks_at_once
 from cifar100.serve.protocol import guarded_protocol
 from cifar100.trained_model import TrainedModel, load
 
@@ -113,7 +112,6 @@ def setup_logging(worker: int | None = None) -> None:
     who = "" if worker is None else f"worker-{worker} "
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {who}%(message)s",
                         stream=sys.stderr)  # fmt: skip
-    return_large_blocks_at_once()
 
 
 def run_server(model: TrainedModel, settings: ServeSettings, sock, all_ready=None,
