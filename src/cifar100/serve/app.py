@@ -95,7 +95,7 @@ class Service:
         self.model, self.settings = model, settings
         self.monitoring = Monitoring()
         self.inflight = InflightBytes(int(settings.max_inflight_mb * (1 << 20)))
-        # With several worker processes, ready when all of them are (server.py's Workers).
+        # With several worker processes, ready when all of them are (workers.py).
         self._all_ready = all_ready or (lambda mine: mine)
         self._warm = False
         self.batcher = Batcher(
