@@ -16,8 +16,7 @@ from cifar100.config import load_preset
 from cifar100.engine import checkpoint as checkpoint_module
 from cifar100.engine.checkpoint import load_checkpoint, save_checkpoint
 from synthetic_cifar import make_cifar10_archive
-from test_run_safety import grow, small_filesystem
-from tiny_run import SMALL
+from test_run_safety import grow, small_filesystem, train_args
 
 
 def lines_of(err: str) -> list[str]:
@@ -32,11 +31,6 @@ def lines_of(err: str) -> list[str]:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     return make_cifar10_archive(tmp_path_factory.mktemp("data") / "c10.tar.gz", 64, 32)
-
-
-def train_args(archive: Path, out: Path, cache: Path, epochs: int = 1) -> list[str]:
-    return ["train", *SMALL, "--data", str(archive), "--epochs", str(epochs),
-            "--out", str(out), "--cache-dir", str(cache)]  # fmt: skip
 
 
 def fail_once(monkeypatch, name: str) -> None:
@@ -60,7 +54,7 @@ def test_a_best_pt_the_disk_refused_is_written_when_the_run_resumes(
 ):
     out, cache = tmp_path / "run", tmp_path / "cache"
     fail_once(monkeypatch, "best.pt")
-    assert cli.main(train_args(archive, out, cache)) == 2
+    assert cli.main(train_args(archive, out, cache, epochs=1)) == 2
     (line,) = lines_of(capsys.readouterr().err)
     assert "no space left" in line and "best.pt" in line and f"--resume {out}" in line
     assert not (out / "best.pt").exists()
@@ -76,7 +70,7 @@ def test_a_disk_that_fills_between_last_pt_and_best_pt_loses_no_best_pt(archive,
     with small_filesystem(tmp_path / "disk", 45) as disk:
         out = disk / "run"
         # epoch 1: last.pt (30 MB) fits, best.pt beside it does not
-        assert cli.main(train_args(archive, out, cache)) == 2
+        assert cli.main(train_args(archive, out, cache, epochs=1)) == 2
         (line,) = lines_of(capsys.readouterr().err)
         assert f"no space left on {disk}" in line and "best.pt" in line
         assert (out / "last.pt").is_file() and not (out / "best.pt").exists()
@@ -88,7 +82,7 @@ def test_a_disk_that_fills_between_last_pt_and_best_pt_loses_no_best_pt(archive,
 
 def test_evaluate_says_why_best_pt_is_missing_and_what_to_do(archive, tmp_path, capsys):
     out, cache = tmp_path / "run", tmp_path / "cache"
-    assert cli.main(train_args(archive, out, cache)) == 0
+    assert cli.main(train_args(archive, out, cache, epochs=1)) == 0
     (out / "best.pt").unlink()
     capsys.readouterr()
     argv = ["evaluate", str(out), "--checkpoint", "best", "--cache-dir", str(cache)]
@@ -198,7 +192,7 @@ def test_a_config_json_that_is_a_folder_is_one_line(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def trained(archive, tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
-    assert cli.main(train_args(archive, root / "run", root / "cache")) == 0
+    assert cli.main(train_args(archive, root / "run", root / "cache", epochs=1)) == 0
     return root / "run"
 
 

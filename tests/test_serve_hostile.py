@@ -47,17 +47,20 @@ def connect(url: str) -> socket.socket:
 
 
 def answer(sock: socket.socket, wait: float = 10) -> tuple[int, dict | None, bool]:
-    """(status, JSON body, whether the server closed the connection) of what comes back."""
+    """(status, JSON body, whether the server closed the connection) of what comes back: one
+    whole response, then a moment to see whether the connection is closed after it."""
     sock.settimeout(wait)
-    data = b""
-    closed = False
+    data, closed = b"", False
     try:
-        while True:
+        while not _whole(data):
             chunk = sock.recv(65536)
             if not chunk:
                 closed = True
                 break
             data += chunk
+        if not closed:
+            sock.settimeout(0.5)
+            closed = sock.recv(65536) == b""
     except TimeoutError:
         pass
     except ConnectionResetError:
@@ -65,6 +68,12 @@ def answer(sock: socket.socket, wait: float = 10) -> tuple[int, dict | None, boo
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split()[1]) if head else 0
     return status, json.loads(body) if body else None, closed
+
+
+def _whole(data: bytes) -> bool:
+    head, found, body = data.partition(b"\r\n\r\n")
+    length = re.search(rb"(?i)content-length: (\d+)", head)
+    return bool(found and length and len(body) >= int(length[1]))
 
 
 def send_forever(sock: socket.socket, piece: bytes, limit_bytes: int) -> int:
@@ -312,3 +321,16 @@ def test_a_client_that_leaves_mid_body_is_no_error_of_ours(server):
     time.sleep(0.5)
     assert request(server.url + "v2/health/ready")[0] == 200
     assert not [line for line in server.stderr if "Traceback" in line or "failed" in line]
+
+
+def test_a_budget_smaller_than_one_body_is_refused_at_start(run):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "cifar100", "serve", str(run), "--port", "0",
+         "--max-inflight-mb", "8", "--max-request-mb", "16"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--max-inflight-mb 8 is less than" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

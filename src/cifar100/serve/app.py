@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 
 from cifar100.cpu_threads import usable_cores
 from cifar100.data.images import decode_image
-from cifar100.errors import DataError, ImageTooLarge
+from cifar100.errors import ConfigError, DataError, ImageTooLarge
 from cifar100.serve.batching import Batcher, QueueFull
 from cifar100.serve.limits import (
     InflightBytes,
@@ -72,6 +72,13 @@ class ServeSettings:
     head_timeout_s: float = 10.0  # for the request head; beyond: 408
     body_timeout_s: float = 30.0  # for the request body, from the end of the head; 408
     top_k: int = 5  # /predict's default k
+
+    def __post_init__(self) -> None:
+        if self.max_inflight_mb < self.max_request_mb:  # its largest body could never be read
+            raise ConfigError(
+                f"--max-inflight-mb {self.max_inflight_mb:g} is less than --max-request-mb "
+                f"{self.max_request_mb:g}: make it at least as large"
+            )
 
     @property
     def max_request_bytes(self) -> int:
