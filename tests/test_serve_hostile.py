@@ -334,3 +334,10 @@ def test_a_budget_smaller_than_one_body_is_refused_at_start(run):
     )  # fmt: skip
     assert done.returncode == 2 and "--max-inflight-mb 8 is less than" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_path_cannot_forge_a_log_line(server):
+    server.get("nothing%0A2026-01-01%2000:00:00,000%20127.0.0.1%20%22GET%20/forged%22%20200")
+    time.sleep(0.2)
+    assert not [line for line in server.stderr if "/forged" in line and "nothing" not in line]
+    assert any("nothing\\n2026" in line for line in server.stderr)

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 
 from cifar100.cpu_threads import usable_cores
 from cifar100.data.images import decode_image
+from cifar100.display_text import visible
 from cifar100.errors import ConfigError, DataError, ImageTooLarge
 from cifar100.serve.batching import Batcher, QueueFull
 from cifar100.serve.limits import (
@@ -51,6 +52,7 @@ log = logging.getLogger("cifar100.serve")
 # holds up the loop that answers health checks. Headers are read on the loop for small bodies.
 INLINE_DECODE_BYTES = 64 << 10
 INLINE_DECODE_PIXELS = 64 * 64 * 16
+LOGGED_PATH_CHARS = 200
 
 
 @dataclass
@@ -369,7 +371,9 @@ class CountAndLog:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.service.monitoring.observe_request(route, status, seconds)
             client = (scope.get("client") or ("-",))[0]
-            log.info('%s "%s %s" %d %.1fms', client, scope["method"], scope["path"], status,
+            # The path is the client's: %0A in it would forge a log line of its own.
+            path = visible(scope["path"][:LOGGED_PATH_CHARS])
+            log.info('%s "%s %s" %d %.1fms', client, scope["method"], path, status,
                      seconds * 1000)  # fmt: skip
 
 
