@@ -125,6 +125,7 @@ def run_server(model: TrainedModel, settings: ServeSettings, sock, all_ready=Non
     config = uvicorn.Config(
         app,
         http=guarded_protocol(settings.connection_limits(), monitoring.error),
+        ws="none",  # no WebSocket routes: an upgrade would leave the guarded protocol
         access_log=False,  # one line per request is ours, with its latency
         timeout_graceful_shutdown=30,
         log_level="warning",
