@@ -95,10 +95,21 @@ def test_server_and_model_metadata_as_tritonclient_reads_them(client):
     assert e.value.status() == "404"
 
 
-def test_names_are_the_triton_exports_so_a_client_moves_to_triton_unchanged():
-    from cifar100.export.onnx_file import INPUT, OUTPUTS
+def test_names_are_the_onnx_exports_so_a_client_moves_to_triton_unchanged(run, client, tmp_path):
+    """The served model's tensors, as a v2 client sees them, are the exported graph's own."""
+    import onnxruntime
 
-    assert (v2.INPUT, v2.OUTPUTS) == (INPUT, OUTPUTS)
+    from cifar100 import cli
+
+    out = tmp_path / "model.onnx"
+    argv = ["export", str(run), "--format", "onnx", "--out", str(out)]
+    assert cli.main([*argv, "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 0
+    graph = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    served = client.get_model_metadata("cifar100")
+    assert [(t["name"], t["shape"][1:]) for t in served["inputs"]] == [
+        (t.name, t.shape[1:]) for t in graph.get_inputs()
+    ]
+    assert [t["name"] for t in served["outputs"]] == [t.name for t in graph.get_outputs()]
     for runtime, platform in [("torch", "pytorch_libtorch"), ("onnx", "onnxruntime_onnx")]:
         model = SimpleNamespace(image_size=SIZE, classes=CIFAR10_CLASSES, runtime=runtime)
         service = SimpleNamespace(model=model, settings=ServeSettings())

@@ -112,8 +112,12 @@ class TrainedModel:
 
     def predict(self, images: Any, k: int = 5, batch_size: int = 256) -> list[Prediction]:
         """The top-k classes of each image, most probable first."""
-        probs = torch.from_numpy(self.probabilities(images, batch_size))
-        top = probs.topk(min(k, len(self.classes)), dim=1)
+        return self.top(self.logits(self.prepare(images), batch_size), k)
+
+    def top(self, logits: Any, k: int = 5) -> list[Prediction]:
+        """The top-k classes of each row of logits (N, classes), most probable first: what
+        `predict` gives, for logits computed elsewhere (the service's batches)."""
+        top = torch.as_tensor(logits).softmax(1).topk(min(k, len(self.classes)), dim=1)
         return [
             Prediction([(self.classes[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())])
             for v, ix in zip(top.values, top.indices)

@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -40,8 +39,10 @@ from cifar100.serve.limits import (
 )
 from cifar100.serve.monitoring import Monitoring
 from cifar100.serve.multipart import MalformedMultipart, read_files
+from cifar100.serve.page import page_route
 from cifar100.serve.protocol import ConnectionLimits
-from cifar100.trained_model import Prediction, TrainedModel
+from cifar100.serve.v2 import v2_router
+from cifar100.trained_model import TrainedModel
 
 __all__ = ["RequestError", "ServeSettings", "Service", "create_app"]
 
@@ -193,15 +194,11 @@ class Service:
             ) from None
 
     def predictions(self, logits: np.ndarray, names: list[str], k: int) -> list[dict]:
-        probs = torch.from_numpy(logits).softmax(1)
-        top = probs.topk(min(k, len(self.model.classes)), dim=1)
-        classes = self.model.classes
-        return [
-            Prediction(
-                [(classes[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())], name
-            ).to_dict()
-            for v, ix, name in zip(top.values, top.indices, names)
-        ]
+        """`cifar100 predict --json`'s objects, one for each image."""
+        found = self.model.top(logits, k)
+        for prediction, name in zip(found, names):
+            prediction.name = name
+        return [p.to_dict() for p in found]
 
 
 def create_app(
@@ -211,9 +208,6 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI application serving `model`; `all_ready(mine)` says whether every worker
     process is ready, given this one's state (default: this one alone)."""
-    from cifar100.serve.page import page_route
-    from cifar100.serve.v2 import v2_router
-
     settings = settings or ServeSettings()
     service = Service(model, settings, all_ready)
 

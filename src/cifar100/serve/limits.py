@@ -115,9 +115,7 @@ async def read_body(request: Request, max_bytes: int, inflight: InflightBytes) -
             raise RequestError(408, "request body timed out", "body_timeout") from None
         # nginx's "client closed request": nobody reads it, the log and metrics do
         raise RequestError(499, "client closed the connection mid-body", "disconnected") from None
-    body = b"".join(chunks)
-    request._body = body  # Starlette's own cache, as request.body() keeps it
-    return body
+    return b"".join(chunks)
 
 
 def _too_large(size: int, limit: int, at_least: bool = False) -> str:

@@ -19,6 +19,7 @@ import asyncio
 import json
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,8 +27,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from cifar100.export.tensor_names import INPUT, OUTPUTS
-from cifar100.serve.app import Service
 from cifar100.serve.limits import RequestError
+
+if TYPE_CHECKING:  # app.py builds the router: importing it back would be a cycle
+    from cifar100.serve.app import Service
 
 # The ONNX export's tensor names (export/onnx_file.py INPUT and OUTPUTS), repeated so that
 # serving does not import onnx; tests/test_serve_v2.py checks that they agree.
