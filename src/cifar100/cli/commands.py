@@ -391,25 +391,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from cifar100.serve.app import ServeSettings
+    from dataclasses import fields
+
     from cifar100.serve.server import serve
+    from cifar100.serve.settings import ServeSettings
 
     use_free_cores()  # a light model then leaves one to the HTTP side (serve.server)
-    settings = ServeSettings(
-        name=args.name,
-        max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms,
-        max_queue=args.max_queue,
-        max_request_mb=args.max_request_mb,
-        max_images=args.max_images,
-        max_pixels=args.max_pixels,
-        max_request_pixels=args.max_request_pixels,
-        max_inflight_mb=args.max_inflight_mb,
-        max_json_mb=args.max_json_mb,
-        max_head_kb=args.max_head_kb,
-        head_timeout_s=args.head_timeout,
-        body_timeout_s=args.body_timeout,
-    )
+    given = {f.name: getattr(args, f.name) for f in fields(ServeSettings) if hasattr(args, f.name)}
+    settings = ServeSettings(**given)
     return serve(
         args.model, args.host, args.port, args.runtime, args.device, settings, args.workers
     )

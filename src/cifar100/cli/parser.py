@@ -6,6 +6,7 @@ import argparse
 import math
 
 from cifar100 import __version__
+from cifar100.serve.settings import ServeSettings  # owns the defaults of serve's flags
 
 EPILOG = """examples:
   cifar100 train --preset seed                      the report's model and recipe on CIFAR-100
@@ -39,6 +40,39 @@ def at_least(low: float, kind: type = int, strict: bool = False):
 
     parse.__name__ = "int" if kind is int else "float"  # argparse names the type in messages
     return parse
+
+
+# `cifar100 serve`'s batching and limits: flag, type, lowest value (and whether it is excluded),
+# metavar, help ({}: the default, which ServeSettings owns). The flag names the setting; a
+# timeout's, in seconds, ends in "_s".
+SERVE_LIMITS = [
+    ("--max-batch", int, 1, False, "N",
+     "images per model call, gathered from concurrent requests ({}; 1: no batching)"),
+    ("--batch-wait-ms", float, 0, False, "MS",
+     "how long a batch's first image waits for company ({}: a batch starts when the model is "
+     "free, with the images that came while it was busy)"),
+    ("--max-queue", int, 1, False, "N",
+     "images waiting at most; beyond them requests get 503 with Retry-After ({})"),
+    ("--max-request-mb", float, 0, True, "MB", "largest request body ({}); larger ones get 413"),
+    ("--max-images", int, 1, False, "N", "images in one request at most ({}); more get 413"),
+    ("--max-pixels", int, 1, False, "N",
+     "pixels of one image at most, read from its header before decoding ({})"),
+    ("--max-request-pixels", int, 1, False, "N",
+     "pixels of all of a request's images together at most, read from their headers before "
+     "any is decoded ({})"),
+    ("--max-inflight-mb", float, 0, True, "MB",
+     "request bodies held at once across all requests ({}); beyond it: 503 with Retry-After"),
+    ("--max-json-mb", float, 0, True, "MB",
+     "largest JSON part of a v2 inference request ({}); larger ones get 413 (send binary "
+     "tensor data instead)"),
+    ("--max-head-kb", float, 1, False, "KB",
+     "largest request head, the request line and headers ({}); larger ones get 431"),
+    ("--head-timeout", float, 0, True, "S",
+     "seconds for a request head to arrive ({}); then 408 and the connection closes"),
+    ("--body-timeout", float, 0, True, "S",
+     "seconds for a request body to arrive after its head ({}); then 408 and the connection "
+     "closes"),
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -374,96 +408,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the model with PyTorch or ONNX Runtime (default: the model file's own; a "
         "run or checkpoint is exported to ONNX first)",
     )
-    sv.add_argument("--name", default="cifar100", help="the model's name under /v2 (cifar100)")
-    sv.add_argument(
-        "--max-batch",
-        type=at_least(1),
-        default=32,
-        metavar="N",
-        help="images per model call, gathered from concurrent requests (32; 1: no batching)",
-    )
-    sv.add_argument(
-        "--batch-wait-ms",
-        type=at_least(0, float),
-        default=0.0,
-        metavar="MS",
-        help="how long a batch's first image waits for company (0: a batch starts when the "
-        "model is free, with the images that came while it was busy)",
-    )
-    sv.add_argument(
-        "--max-queue",
-        type=at_least(1),
-        default=256,
-        metavar="N",
-        help="images waiting at most; beyond them requests get 503 with Retry-After (256)",
-    )
-    sv.add_argument(
-        "--max-request-mb",
-        type=at_least(0, float, strict=True),
-        default=16.0,
-        metavar="MB",
-        help="largest request body (16); larger ones get 413",
-    )
-    sv.add_argument(
-        "--max-images",
-        type=at_least(1),
-        default=64,
-        metavar="N",
-        help="images in one request at most (64); more get 413",
-    )
-    sv.add_argument(
-        "--max-pixels",
-        type=at_least(1),
-        default=25_000_000,
-        metavar="N",
-        help="pixels of one image at most, read from its header before decoding (25000000)",
-    )
-    sv.add_argument(
-        "--max-request-pixels",
-        type=at_least(1),
-        default=50_000_000,
-        metavar="N",
-        help="pixels of all of a request's images together at most, read from their headers "
-        "before any is decoded (50000000)",
-    )
-    sv.add_argument(
-        "--max-inflight-mb",
-        type=at_least(0, float, strict=True),
-        default=256.0,
-        metavar="MB",
-        help="request bodies held at once across all requests (256); beyond it: 503 with "
-        "Retry-After",
-    )
-    sv.add_argument(
-        "--max-json-mb",
-        type=at_least(0, float, strict=True),
-        default=1.0,
-        metavar="MB",
-        help="largest JSON part of a v2 inference request (1); larger ones get 413 (send "
-        "binary tensor data instead)",
-    )
-    sv.add_argument(
-        "--max-head-kb",
-        type=at_least(1, float),
-        default=16.0,
-        metavar="KB",
-        help="largest request head, the request line and headers (16); larger ones get 431",
-    )
-    sv.add_argument(
-        "--head-timeout",
-        type=at_least(0, float, strict=True),
-        default=10.0,
-        metavar="S",
-        help="seconds for a request head to arrive (10); then 408 and the connection closes",
-    )
-    sv.add_argument(
-        "--body-timeout",
-        type=at_least(0, float, strict=True),
-        default=30.0,
-        metavar="S",
-        help="seconds for a request body to arrive after its head (30); then 408 and the "
-        "connection closes",
-    )
+    name = ServeSettings.name
+    sv.add_argument("--name", default=name, help=f"the model's name under /v2 ({name})")
+    for flag, kind, low, strict, metavar, help_text in SERVE_LIMITS:
+        field = flag[2:].replace("-", "_")
+        field += "_s" if field.endswith("timeout") else ""
+        default = getattr(ServeSettings, field)
+        sv.add_argument(
+            flag,
+            type=at_least(low, kind, strict),
+            default=default,
+            dest=field,
+            metavar=metavar,
+            help=help_text.format(f"{default:g}" if kind is float else default),
+        )
     sv.add_argument(
         "--workers",
         type=at_least(1),

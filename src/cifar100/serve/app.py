@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -27,7 +26,7 @@ from starlette.exceptions import HTTPException
 from cifar100.cpu_threads import usable_cores
 from cifar100.data.images import decode_image
 from cifar100.display_text import visible
-from cifar100.errors import ConfigError, DataError, ImageTooLarge
+from cifar100.errors import DataError, ImageTooLarge
 from cifar100.serve.batching import Batcher, QueueFull
 from cifar100.serve.limits import (
     InflightBytes,
@@ -40,7 +39,7 @@ from cifar100.serve.limits import (
 from cifar100.serve.monitoring import Monitoring
 from cifar100.serve.multipart import MalformedMultipart, read_files
 from cifar100.serve.page import page_route
-from cifar100.serve.protocol import ConnectionLimits
+from cifar100.serve.settings import ServeSettings
 from cifar100.serve.v2 import v2_router
 from cifar100.trained_model import TrainedModel
 
@@ -54,43 +53,6 @@ log = logging.getLogger("cifar100.serve")
 INLINE_DECODE_BYTES = 64 << 10
 INLINE_DECODE_PIXELS = 64 * 64 * 16
 LOGGED_PATH_CHARS = 200
-
-
-@dataclass
-class ServeSettings:
-    name: str = "cifar100"  # the model's name in the Open Inference Protocol
-    max_batch: int = 32  # images per model call, gathered from concurrent requests
-    # How long the first image of a batch waits for company. 0: a batch starts as soon as the
-    # model is free, with every image that arrived while it was busy; measured best under load
-    # (waiting idles the model while requests are still being read: 5 ms cost 40%).
-    batch_wait_ms: float = 0.0
-    max_queue: int = 256  # images waiting at most; beyond it: 503 with Retry-After
-    max_request_mb: float = 16.0  # 413 beyond it
-    max_images: int = 64  # images in one request; 413 beyond it
-    max_pixels: int = 25_000_000  # per image, checked from its header before decoding
-    max_request_pixels: int = 50_000_000  # all of a request's images, likewise
-    max_inflight_mb: float = 256.0  # request bodies held at once; beyond: 503, Retry-After
-    max_json_mb: float = 1.0  # a v2 request's JSON part: parsing it holds the interpreter
-    max_head_kb: float = 16.0  # request line and headers; beyond: 431
-    head_timeout_s: float = 10.0  # for the request head; beyond: 408
-    body_timeout_s: float = 30.0  # for the request body, from the end of the head; 408
-    top_k: int = 5  # /predict's default k
-
-    def __post_init__(self) -> None:
-        if self.max_inflight_mb < self.max_request_mb:  # its largest body could never be read
-            raise ConfigError(
-                f"--max-inflight-mb {self.max_inflight_mb:g} is less than --max-request-mb "
-                f"{self.max_request_mb:g}: make it at least as large"
-            )
-
-    @property
-    def max_request_bytes(self) -> int:
-        return int(self.max_request_mb * (1 << 20))
-
-    def connection_limits(self) -> ConnectionLimits:
-        return ConnectionLimits(
-            int(self.max_head_kb * 1024), self.head_timeout_s, self.body_timeout_s
-        )
 
 
 class Service:

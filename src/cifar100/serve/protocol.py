@@ -21,18 +21,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from cifar100.serve.settings import ConnectionLimits
+
 TIMED_OUT = "cifar100.timed_out"  # set in a request's scope when its body ran out of time
-
-
-@dataclass(frozen=True)
-class ConnectionLimits:
-    max_head_bytes: int = 16 << 10  # request line and headers; as h11's and Node's default
-    head_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
 
 
 def guarded_protocol(

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 from cifar100.errors import CifarError, ModelError
-from cifar100.serve.app import ServeSettings
+from cifar100.serve.settings import ServeSettings
 
 log = logging.getLogger("cifar100.serve")
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client reads it when imported
