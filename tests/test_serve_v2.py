@@ -15,7 +15,8 @@ import pytest
 
 import cifar100
 from cifar100.serve import v2
-from cifar100.serve.app import ServeSettings, create_app
+from cifar100.serve.app import create_app
+from cifar100.serve.settings import ServeSettings
 from serve_server import running_server
 from synthetic_cifar import CIFAR10_CLASSES
 from tiny_run import train_tiny
