@@ -53,6 +53,26 @@ def request(url: str, body: bytes | None = None, headers: dict | None = None, ti
             return e.code, e.read(), dict(e.headers)
 
 
+@contextlib.contextmanager
+def posting(server: Server, body: bytes, content_type: str, clients: int) -> Iterator[None]:
+    """`clients` threads POSTing `body` to /predict again and again until the block ends."""
+    stop = threading.Event()
+
+    def post() -> None:
+        while not stop.is_set():
+            server.post("predict", body, content_type)
+
+    threads = [threading.Thread(target=post) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+
+
 def multipart(files: list[tuple[str, bytes]], field_name: str = "file") -> tuple[bytes, str]:
     """A multipart/form-data body of (filename, bytes) files, and its content type."""
     boundary = "cifar100-test-boundary-7d1e"

@@ -8,7 +8,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +16,7 @@ import pytest
 from PIL import Image
 
 from cifar100 import cli
-from serve_server import multipart, running_server
+from serve_server import multipart, posting, running_server
 from tiny_run import train_tiny
 
 
@@ -195,26 +194,13 @@ def test_a_full_queue_answers_503_with_retry_after(run, images):
 def test_health_stays_responsive_under_load(server, images):
     files, _ = images
     body, content_type = multipart([("a.jpg", files["a.jpg"])] * 8)
-    stop = threading.Event()
-
-    def load() -> None:
-        while not stop.is_set():
-            server.post("predict", body, content_type)
-
-    threads = [threading.Thread(target=load) for _ in range(6)]
-    for t in threads:
-        t.start()
-    try:
+    with posting(server, body, content_type, clients=6):
         time.sleep(0.5)
         worst = 0.0
         for _ in range(10):
             start = time.perf_counter()
             assert server.get("v2/health/live")[0] == 200
             worst = max(worst, time.perf_counter() - start)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
     assert worst < 1.0  # the event loop never waits for the model
 
 

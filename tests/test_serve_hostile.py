@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_server import multipart, request, running_server
+from serve_server import multipart, posting, request, running_server
 from tiny_run import train_tiny
 
 
@@ -196,16 +196,7 @@ def test_many_images_that_declare_many_pixels_are_refused_before_decoding(server
 def test_health_and_metrics_answer_fast_while_images_are_decoded(server):
     # Each request: two 5000x5000 images, inside the budget, about 0.3 s each to decode.
     body, content_type = multipart([(f"{i}.png", one_bit_png(5000)) for i in range(2)])
-    stop = threading.Event()
-
-    def hostile() -> None:
-        while not stop.is_set():
-            server.post("predict", body, content_type)
-
-    clients = [threading.Thread(target=hostile) for _ in range(4)]
-    for c in clients:
-        c.start()
-    try:
+    with posting(server, body, content_type, clients=4):
         time.sleep(1.0)  # decoding in full swing
         times = []
         for i in range(20):
@@ -214,10 +205,6 @@ def test_health_and_metrics_answer_fast_while_images_are_decoded(server):
             assert server.get(path, timeout=5)[0] == 200
             times.append(time.perf_counter() - start)
             time.sleep(0.05)
-    finally:
-        stop.set()
-        for c in clients:
-            c.join(60)
     assert max(times) < 0.1, sorted(times)[-5:]
 
 
