@@ -52,7 +52,7 @@ import json, sys
 from cifar100.cpu_threads import fit_threads
 threads = fit_threads()
 import torch
-from cifar100.bench import measure, variants
+from cifar100.engine.throughput import measure, variants
 dev = torch.device("cpu")
 tuned = variants(dev, False)[1]
 r = measure(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), tuned, dev, 3, int(sys.argv[4]))

@@ -224,8 +224,19 @@ def onnx_export(model: str, folder: Path) -> str:
     """`cifar100 export MODEL --format onnx` into `folder` (checked on random images)."""
     out = folder / "model.onnx"
     subprocess.run(
-        [sys.executable, "-m", "cifar100", "export", model, "--format", "onnx", "--out",
-         str(out), "--cache-dir", str(folder / "cache")],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cifar100",
+            "export",
+            model,
+            "--format",
+            "onnx",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(folder / "cache"),
+        ],  # fmt: skip
         check=True,
         capture_output=True,
     )
@@ -235,8 +246,8 @@ def onnx_export(model: str, folder: Path) -> str:
 def seed_checkpoint(folder: Path) -> str:
     """The report's seed model (random weights: speed does not depend on them) as a checkpoint."""
     from cifar100.config import load_preset
-    from cifar100.engine.checkpoint import save_checkpoint
     from cifar100.models.registry import build_model
+    from cifar100.runtime.checkpoint import save_checkpoint
 
     cfg = load_preset("seed")
     cfg.model.weights = "none"

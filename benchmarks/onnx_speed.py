@@ -29,9 +29,9 @@ from cifar100.cpu_threads import fit_threads
 from cifar100.export.formats import metadata
 from cifar100.export.onnx_file import export_onnx, quantize_onnx_int8
 from cifar100.export.onnx_runtime import load_onnx, seal_onnx
-from cifar100.model_info import ModelInfo
 from cifar100.models.registry import build_model
-from cifar100.trained_model import TrainedModel, from_weights, load
+from cifar100.runtime.model_info import ModelInfo
+from cifar100.runtime.trained_model import TrainedModel, from_weights, load
 
 
 def onnx_variants(model: TrainedModel, folder: Path, int8: str | None, calibrate: np.ndarray):

@@ -121,8 +121,8 @@ def test_the_word_none_round_trips_through_every_text_setting(dotted, tmp_path):
 
 def test_preprocess_none_survives_a_checkpoint_into_the_loaded_model(tmp_path):
     import cifar100
-    from cifar100.engine.checkpoint import save_checkpoint
     from cifar100.models.registry import build_model
+    from cifar100.runtime.checkpoint import save_checkpoint
 
     cfg = apply_overrides(
         Config(),

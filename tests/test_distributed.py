@@ -15,8 +15,8 @@ import torch
 from cifar100 import cli
 from cifar100.data.loader import DeviceBatches
 from cifar100.data.tensors import ImageSet
-from cifar100.engine.checkpoint import load_checkpoint
 from cifar100.engine.distributed import DistInfo, local_slice
+from cifar100.runtime.checkpoint import load_checkpoint
 from synthetic_cifar import make_cifar100_archive
 from synthetic_folders import write_classes
 

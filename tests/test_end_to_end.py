@@ -17,8 +17,8 @@ from PIL import Image
 
 from cifar100 import cli
 from cifar100.config import apply_overrides, load_preset, preset_names
-from cifar100.engine.checkpoint import load_checkpoint, save_checkpoint
 from cifar100.engine.train import train
+from cifar100.runtime.checkpoint import load_checkpoint, save_checkpoint
 from synthetic_cifar import make_cifar100_archive
 
 FAST = ["--set", "train.batch_size=32", "--set", "train.eval_batch_size=64",

@@ -6,9 +6,10 @@ import torch
 from cifar100.data.augment import random_crop, random_flip, to_float_nchw
 from cifar100.data.loader import DeviceBatches
 from cifar100.data.tensors import ImageSet, split_holdout
-from cifar100.engine.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from cifar100.engine.optim import finetune_lr, param_groups
+from cifar100.engine.optim import param_groups
 from cifar100.errors import CheckpointError
+from cifar100.runtime.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from cifar100.schedule import finetune_lr
 
 
 def _set(n=20, size=8, classes=4):
@@ -122,7 +123,7 @@ def test_checkpoint_loading_never_runs_code(tmp_path):
 
 
 def test_deterministic_mode_switches_torch_to_deterministic_kernels():
-    from cifar100.engine.runtime import seed_everything
+    from cifar100.engine.seeding import seed_everything
 
     try:
         seed_everything(3, deterministic=True)
@@ -148,7 +149,7 @@ def test_ema_trails_the_weights_and_ramps_its_decay():
 
 
 def test_cuda_backends_are_tuned_unless_deterministic(monkeypatch):
-    from cifar100.engine.runtime import tune_backends
+    from cifar100.runtime.device import tune_backends
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     before = torch.get_float32_matmul_precision()

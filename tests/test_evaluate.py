@@ -12,8 +12,8 @@ from torch import nn
 from cifar100 import cli
 from cifar100.data.tensors import ImageSet
 from cifar100.evaluate import save_predictions
-from cifar100.inference import predict_logits
 from cifar100.metrics import classification_metrics, top5_applies
+from cifar100.runtime.inference import predict_logits
 from synthetic_cifar import make_cifar100_archive
 from synthetic_folders import class_image, write_split_folder
 
@@ -278,8 +278,8 @@ def three_classes(tmp_path_factory):
 
 def test_no_top5_with_five_classes_or_fewer(three_classes, runs, tmp_path, capsys):
     from cifar100.compare import compare_runs, format_comparison
-    from cifar100.engine.runs import read_metrics
     from cifar100.report import build_report
+    from cifar100.runtime.run_dir import read_metrics
 
     run, cache = three_classes
     hundred = runs[0]

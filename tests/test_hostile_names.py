@@ -265,8 +265,8 @@ def test_a_triton_labels_file_cannot_be_split_by_a_class_name(bad, tmp_path):
 
 def test_export_refuses_such_a_name_before_exporting_anything(hostile_run, tmp_path, capsys,
                                                               monkeypatch):  # fmt: skip
-    from cifar100.engine.checkpoint import load_checkpoint, save_checkpoint
     from cifar100.export import formats
+    from cifar100.runtime.checkpoint import load_checkpoint, save_checkpoint
 
     run, _ = hostile_run
     copy = tmp_path / "run"

@@ -13,8 +13,8 @@ import torch
 
 from cifar100 import cli, fileio
 from cifar100.config import load_preset
-from cifar100.engine import checkpoint as checkpoint_module
-from cifar100.engine.checkpoint import load_checkpoint, save_checkpoint
+from cifar100.runtime import checkpoint as checkpoint_module
+from cifar100.runtime.checkpoint import load_checkpoint, save_checkpoint
 from synthetic_cifar import make_cifar10_archive
 from test_run_safety import grow, small_filesystem, train_args
 

@@ -65,7 +65,7 @@ def test_import_evaluate_and_predict_like_keras(keras_file, tmp_path, capsys):
     ours = json.loads(capsys.readouterr().out)["predictions"]
     pixels = decode_image(tmp_path / "x.png", 32)[None].astype(np.float32)
     want = keras_predict(kmodel, pixels / 127.5 - 1.0)[0]
-    from cifar100.engine.checkpoint import load_checkpoint
+    from cifar100.runtime.checkpoint import load_checkpoint
 
     classes = load_checkpoint(run / "last.pt")["classes"]
     for p in ours:

@@ -9,9 +9,9 @@ import pytest
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from cifar100.config import TrainConfig, apply_overrides, load_preset
-from cifar100.engine import runs
-from cifar100.engine.optim import lr_schedule, steps_per_epoch
 from cifar100.engine.train import train
+from cifar100.runtime import run_dir as runs
+from cifar100.schedule import lr_schedule, steps_per_epoch
 from synthetic_cifar import make_cifar100_archive
 
 

@@ -91,7 +91,7 @@ def _scheduled_run(tmp_path: Path, train_images: int | None = 100) -> list[dict]
     """A run directory whose config has a frozen epoch then three fine-tuning ones (3 steps an
     epoch at 100 images), with the rates its epoch ends logged; `train_images` or not."""
     from cifar100.config import apply_overrides, load_preset
-    from cifar100.engine.optim import lr_schedule
+    from cifar100.schedule import lr_schedule
 
     cfg = apply_overrides(load_preset("seed"), ["train.epochs=4", "train.freeze_epochs=1",
                                                 "train.batch_size=32"])  # fmt: skip

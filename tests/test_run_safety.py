@@ -19,9 +19,9 @@ import torch
 
 from cifar100 import cli, fileio
 from cifar100.engine import checkpoint as checkpoint_module
-from cifar100.engine.checkpoint import load_checkpoint, save_checkpoint
 from cifar100.engine.run_lock import RunLock
 from cifar100.errors import CheckpointError, WriteError
+from cifar100.runtime.checkpoint import load_checkpoint, save_checkpoint
 from synthetic_cifar import make_cifar10_archive
 from tiny_run import SMALL
 
@@ -424,7 +424,7 @@ def test_a_predictions_file_with_a_changed_value_is_refused(tmp_path):
 
 
 def test_metrics_with_binary_garbage_keep_their_good_lines(tmp_path):
-    from cifar100.engine.runs import read_metrics
+    from cifar100.runtime.run_dir import read_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b'{"epoch": 1}\n\xff\xfe\x00garbage\n[3]\n{"epoch": 2}\n')

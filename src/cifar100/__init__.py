@@ -8,13 +8,19 @@
 commands never load PyTorch.
 """
 
-__version__ = "0.1.0"
+from cifar100.version import __version__ as __version__  # re-exported
+
 __all__ = ["Prediction", "TrainedModel", "load"]
 
 
 def __getattr__(name: str):
     if name in __all__:
-        from cifar100 import trained_model
+        # Imported on first use: the CLI's light commands never load PyTorch.
+        from cifar100.runtime import trained_model
 
         return getattr(trained_model, name)
     raise AttributeError(f"module 'cifar100' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from cifar100.display_text import DISPLAY_LIMIT, display_name, visible
-from cifar100.engine import runs
 from cifar100.errors import CheckpointError, CifarError
 from cifar100.metrics import recorded_top5
+from cifar100.runtime import run_dir as runs
 
 
 def summarize_run(path: str | Path) -> dict[str, Any]:

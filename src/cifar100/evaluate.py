@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from cifar100.data.tensors import ImageSet, fine_to_coarse
-from cifar100.engine import runs
 from cifar100.errors import DataError
 from cifar100.metrics import classification_metrics
+from cifar100.runtime import run_dir as runs
 
 
 def variant_suffix(which: str = "last", tta_flip: bool = False, ema: bool = False) -> str:
@@ -46,7 +46,7 @@ def evaluate_checkpoint(
     """
     from cifar100.data import load_data
     from cifar100.paths import resolve_cache_dir
-    from cifar100.trained_model import load
+    from cifar100.runtime.trained_model import load
 
     model = load(target, device=device, checkpoint=which, ema=ema)
     info, cfg = model.info, model.info.config

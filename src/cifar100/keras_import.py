@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from cifar100.config import Config, DataConfig
-from cifar100.engine import runs
-from cifar100.engine.checkpoint import save_checkpoint
-from cifar100.engine.runtime import environment_info
 from cifar100.errors import DataError
+from cifar100.runtime import run_dir as runs
+from cifar100.runtime.checkpoint import save_checkpoint
+from cifar100.runtime.device import environment_info
 from cifar100.weights.keras import load_keras_report_model
 
 

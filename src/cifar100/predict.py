@@ -12,7 +12,7 @@ from cifar100.data.folder_layout import is_image
 from cifar100.data.hidden_names import holds_images, is_hidden, is_junk, warn_hidden
 from cifar100.data.images import IMAGE_EXTENSIONS, decode_image
 from cifar100.errors import DataError
-from cifar100.trained_model import Prediction, TrainedModel
+from cifar100.runtime.trained_model import Prediction, TrainedModel
 
 __all__ = ["image_files", "predict_files"]
 

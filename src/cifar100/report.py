@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from cifar100.display_text import visible
-from cifar100.engine import runs
 from cifar100.errors import CheckpointError
 from cifar100.fileio import write_text_atomic
 from cifar100.metrics import recorded_top5
+from cifar100.runtime import run_dir as runs
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 70rem;

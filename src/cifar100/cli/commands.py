@@ -54,8 +54,8 @@ def use_free_cores(keep: int | None = None, say: bool = False, reserve: int = 0)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cifar100.engine import runs
     from cifar100.engine.train import train
+    from cifar100.runtime import run_dir as runs
 
     if args.resume:
         given = [
@@ -217,7 +217,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from cifar100.predict import predict_files
-    from cifar100.trained_model import load
+    from cifar100.runtime.trained_model import load
 
     use_free_cores()
     model = load(args.checkpoint, device=args.device)
@@ -278,7 +278,8 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from cifar100.bench import format_bench, format_runtime_bench, run_bench, run_runtime_bench
+    from cifar100.bench import format_runtime_bench, run_runtime_bench
+    from cifar100.engine.throughput import format_bench, run_bench
     from cifar100.models.registry import get_backbone
 
     use_free_cores()
@@ -355,7 +356,7 @@ def read_class_names(path: str) -> list[str]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from cifar100.export.formats import export_model, model_images
-    from cifar100.trained_model import load
+    from cifar100.runtime.trained_model import load
 
     model = load(args.target, device="cpu", checkpoint=args.checkpoint)
     images, why = None, ""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from cifar100 import __version__
 from cifar100.serve.settings import ServeSettings  # owns the defaults of serve's flags
+from cifar100.version import __version__
 
 EPILOG = """examples:
   cifar100 train --preset seed                      the report's model and recipe on CIFAR-100

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from cifar100.engine.runtime import select_device
 from cifar100.errors import ConfigError
+from cifar100.runtime.device import select_device
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
-from cifar100.engine import distributed, runs
-from cifar100.engine.checkpoint import save_checkpoint
+from cifar100.engine import distributed
 from cifar100.engine.run import Run
 from cifar100.fileio import write_json_atomic
-from cifar100.inference import evaluate_model, predict_logits
 from cifar100.metrics import classification_metrics
+from cifar100.runtime import run_dir as runs
+from cifar100.runtime.checkpoint import save_checkpoint
+from cifar100.runtime.inference import evaluate_model, predict_logits
 
 
 def checkpoint_state(run: Run, optimizer, phase: str, epochs_done: int) -> dict[str, Any]:

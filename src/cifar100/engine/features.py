@@ -22,10 +22,10 @@ from tqdm import tqdm
 from cifar100.config import ModelConfig
 from cifar100.data.tensors import ImageSet
 from cifar100.digest import hash_tensor, tensor_digest
-from cifar100.engine.runtime import autocast
 from cifar100.fileio import mark_used, torch_save_atomic
-from cifar100.inference import model_batches, run_batches
 from cifar100.models.head import Classifier
+from cifar100.runtime.device import autocast
+from cifar100.runtime.inference import model_batches, run_batches
 
 FORMAT = "cifar100-features"
 # Part of every key: bump it when extraction changes, so old cache entries are never reused.

@@ -24,10 +24,11 @@ from cifar100.engine import distributed
 from cifar100.engine.ema import ModelEMA
 from cifar100.engine.epoch_end import end_epoch, save_position
 from cifar100.engine.interrupt import StepWatch
-from cifar100.engine.optim import build_optimizer, finetune_lr, set_lr
+from cifar100.engine.optim import build_optimizer, set_lr
 from cifar100.engine.run import Run
-from cifar100.engine.runtime import autocast
 from cifar100.errors import TrainingError
+from cifar100.runtime.device import autocast
+from cifar100.schedule import finetune_lr
 
 
 def fit(run: Run, last_epoch: int, progress: bool, watch: StepWatch) -> bool:

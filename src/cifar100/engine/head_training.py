@@ -17,10 +17,11 @@ from cifar100.data.tensors import ImageSet
 from cifar100.engine.epoch_end import end_epoch
 from cifar100.engine.features import FeatureCache, cached_features
 from cifar100.engine.interrupt import StepWatch
-from cifar100.engine.optim import build_optimizer, finetune_lr, set_lr
+from cifar100.engine.optim import build_optimizer, set_lr
 from cifar100.engine.run import Run
 from cifar100.errors import ConfigError, TrainingError
 from cifar100.metrics import accuracy
+from cifar100.schedule import finetune_lr
 
 
 def fit_features(

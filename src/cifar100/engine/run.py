@@ -14,7 +14,7 @@ from cifar100.config import Config
 from cifar100.data.tensors import DataSplits, ImageSet
 from cifar100.engine.distributed import DistInfo
 from cifar100.engine.ema import ModelEMA
-from cifar100.engine.runs import MetricsLog
+from cifar100.runtime.run_dir import MetricsLog
 
 
 @dataclass

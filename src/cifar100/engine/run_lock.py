@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 from cifar100.errors import CheckpointError
+from cifar100.runtime.run_dir import LOCK_NAME
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks through fcntl; runs are not guarded there
     fcntl = None
 
-LOCK_NAME = ".lock"  # inside the run directory; ignored when asking whether it holds a run
 
 _held: set[int] = set()  # descriptors of the locks this process holds
 

@@ -26,18 +26,20 @@ from cifar100.config import Config, validate
 from cifar100.data import load_data, split_holdout
 from cifar100.data.tensors import fine_to_coarse
 from cifar100.display_text import visible
-from cifar100.engine import distributed, runs
-from cifar100.engine.checkpoint import load_checkpoint, load_weights
+from cifar100.engine import distributed
 from cifar100.engine.epoch_end import final_test, recorded_best_epoch, restore_best
 from cifar100.engine.finetune import fit
 from cifar100.engine.head_training import fit_features
 from cifar100.engine.interrupt import SignalStop, StepWatch
 from cifar100.engine.run import Run, TrainResult
 from cifar100.engine.run_lock import RunLock
-from cifar100.engine.runtime import environment_info, seed_everything, tune_backends
+from cifar100.engine.seeding import seed_everything
 from cifar100.errors import CheckpointError, ConfigError, WriteError
 from cifar100.models.registry import build_model
 from cifar100.paths import resolve_cache_dir
+from cifar100.runtime import run_dir as runs
+from cifar100.runtime.checkpoint import load_checkpoint, load_weights
+from cifar100.runtime.device import environment_info, tune_backends
 
 
 def train(
@@ -221,7 +223,7 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
 def _read_init(cfg: Config, classes: list[str]) -> dict[str, Any]:
     """The weights to start from (a run, checkpoint or safetensors export); their model
     settings replace cfg.model's (they must fit)."""
-    from cifar100.trained_model import load
+    from cifar100.runtime.trained_model import load
 
     path = cfg.model.init
     init = load(path, device="cpu")

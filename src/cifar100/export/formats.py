@@ -18,7 +18,7 @@ import numpy as np
 
 from cifar100.errors import ConfigError, ModelError
 from cifar100.fileio import check_writable
-from cifar100.trained_model import TrainedModel
+from cifar100.runtime.trained_model import TrainedModel
 
 FORMATS = ("onnx", "safetensors", "keras", "triton")
 SUFFIX = {"onnx": ".onnx", "safetensors": ".safetensors", "keras": ".keras", "triton": ""}

@@ -11,7 +11,7 @@ import torch
 from cifar100.errors import CheckpointError
 from cifar100.export.tensor_names import INPUT, LOGITS
 from cifar100.fileio import atomic_path
-from cifar100.model_info import ModelInfo
+from cifar100.runtime.model_info import ModelInfo
 
 INFO_KEY = "cifar100.model"
 DIGEST_KEY = "cifar100.sha256"  # of the serialised graph (weights included)
@@ -65,7 +65,7 @@ def load_onnx(path: Path):
     """A TrainedModel that runs the ONNX export at `path` with ONNX Runtime on the CPU."""
     import onnxruntime as ort
 
-    from cifar100.trained_model import TrainedModel
+    from cifar100.runtime.trained_model import TrainedModel
 
     info, model = read_onnx_info(path)
     options = ort.SessionOptions()

@@ -11,7 +11,7 @@ import torch
 from cifar100.digest import content_digest
 from cifar100.errors import CheckpointError
 from cifar100.fileio import atomic_path
-from cifar100.model_info import ModelInfo
+from cifar100.runtime.model_info import ModelInfo
 
 INFO_KEY = "cifar100.model"
 DIGEST_KEY = "cifar100.sha256"  # of the tensors, as digest.content_digest computes it

@@ -14,15 +14,6 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from cifar100.engine.optim import ScheduledStep, lr_schedule
-from cifar100.engine.runs import (
-    EVALUATION,
-    METRICS,
-    PREDICTIONS,
-    read_evaluation,
-    read_metrics,
-    read_run_config,
-)
 from cifar100.errors import CifarError
 from cifar100.plots.confusion import (
     confusion_matrix,
@@ -41,6 +32,15 @@ from cifar100.plots.predictions import (
 )
 from cifar100.plots.training import plot_curves, plot_lr
 from cifar100.predictions_file import read_predictions
+from cifar100.runtime.run_dir import (
+    EVALUATION,
+    METRICS,
+    PREDICTIONS,
+    read_evaluation,
+    read_metrics,
+    read_run_config,
+)
+from cifar100.schedule import ScheduledStep, lr_schedule
 
 __all__ = [
     "confusion_matrix",

@@ -12,7 +12,7 @@ from matplotlib.ticker import MaxNLocator
 from cifar100.plots.figure import plain_text, plot_text
 
 if TYPE_CHECKING:
-    from cifar100.engine.optim import ScheduledStep
+    from cifar100.schedule import ScheduledStep
 
 
 def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -108,7 +108,7 @@ PHASE_LABELS = {
 def plot_lr(
     records: Sequence[dict[str, Any]], schedule: Sequence[ScheduledStep] | None = None
 ) -> Figure:
-    """The learning rate: step by step from `schedule` (engine.optim.lr_schedule), one line
+    """The learning rate: step by step from `schedule` (schedule.lr_schedule), one line
     per phase, with the rate logged at each epoch's end as dots; per epoch from the log alone
     without one. Log scale when it spans two decades or more."""
     fig = Figure(figsize=(6, 4), layout="constrained")

@@ -27,6 +27,7 @@ from cifar100.cpu_threads import usable_cores
 from cifar100.data.images import decode_image
 from cifar100.display_text import visible
 from cifar100.errors import DataError, ImageTooLarge
+from cifar100.runtime.trained_model import TrainedModel
 from cifar100.serve.batching import Batcher, QueueFull
 from cifar100.serve.limits import (
     InflightBytes,
@@ -41,7 +42,6 @@ from cifar100.serve.multipart import MalformedMultipart, read_files
 from cifar100.serve.page import page_route
 from cifar100.serve.settings import ServeSettings
 from cifar100.serve.v2 import v2_router
-from cifar100.trained_model import TrainedModel
 
 __all__ = ["RequestError", "ServeSettings", "Service", "create_app"]
 
@@ -358,7 +358,7 @@ def card(service: Service) -> dict:
 
 
 def _version() -> str:
-    from cifar100 import __version__
+    from cifar100.version import __version__
 
     return __version__
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from cifar100.errors import ConfigError, ModelError
+from cifar100.runtime.trained_model import TrainedModel, load
 from cifar100.serve.app import create_app
 from cifar100.serve.protocol import guarded_protocol
 from cifar100.serve.settings import ServeSettings
-from cifar100.trained_model import TrainedModel, load
 
 RUNTIMES = ("torch", "onnx")
 

@@ -67,7 +67,7 @@ def v2_router(service: Service) -> APIRouter:
     @router.get("", summary="Server metadata: name, version, protocol extensions")
     @router.get("/", include_in_schema=False)  # else the catch-all below would take it
     async def server_metadata() -> dict:
-        from cifar100 import __version__
+        from cifar100.version import __version__
 
         return {"name": "cifar100", "version": __version__, "extensions": EXTENSIONS}
 

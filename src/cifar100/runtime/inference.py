@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from cifar100.data.augment import to_float_nchw
 from cifar100.data.tensors import ImageSet
-from cifar100.engine.runtime import autocast
 from cifar100.metrics import classification_metrics
+from cifar100.runtime.device import autocast
 
 __all__ = ["evaluate_model", "model_batches", "predict_logits", "run_batches", "with_flip"]
 

@@ -23,8 +23,8 @@ import torch
 from cifar100.data.images import prepare_images
 from cifar100.errors import CheckpointError, ModelError
 from cifar100.fileio import file_problem
-from cifar100.inference import model_batches, run_batches, with_flip
-from cifar100.model_info import ModelInfo
+from cifar100.runtime.inference import model_batches, run_batches, with_flip
+from cifar100.runtime.model_info import ModelInfo
 
 __all__ = ["Prediction", "TrainedModel", "load"]
 
@@ -136,7 +136,7 @@ def load(
 
     ema: the checkpoint's exponential moving average of the weights instead.
     """
-    from cifar100.engine.checkpoint import resolve_checkpoint
+    from cifar100.runtime.checkpoint import resolve_checkpoint
 
     problem = file_problem(path, folder_ok=True)  # before anything opens it: a FIFO would block
     if problem:
@@ -164,9 +164,9 @@ def from_weights(
     info: ModelInfo, weights: dict[str, torch.Tensor], source: Path, device: str = "auto"
 ) -> TrainedModel:
     """Rebuild `info`'s model, fill it with `weights` and put it on `device` for inference."""
-    from cifar100.engine.checkpoint import load_weights
-    from cifar100.engine.runtime import select_device, tune_backends
     from cifar100.models.registry import build_model
+    from cifar100.runtime.checkpoint import load_weights
+    from cifar100.runtime.device import select_device, tune_backends
 
     module = build_model(info.model, num_classes=len(info.classes))
     load_weights(module, weights, source)
@@ -180,7 +180,7 @@ def from_weights(
 
 
 def _read_checkpoint(path: Path, ema: bool) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
-    from cifar100.engine.checkpoint import load_checkpoint
+    from cifar100.runtime.checkpoint import load_checkpoint
 
     state = load_checkpoint(path)
     info = ModelInfo.from_checkpoint(state, path)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from cifar100.config import Config, from_dict
-from cifar100.engine.run_lock import LOCK_NAME
 from cifar100.errors import CheckpointError, ConfigError
 from cifar100.fileio import write_failure, write_json_atomic, write_text_atomic
 
@@ -18,6 +17,7 @@ ENVIRONMENT = "environment.json"
 METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
 PREDICTIONS = "predictions.npz"  # the test logits beside it, for the plots
+LOCK_NAME = ".lock"  # held while a run trains; ignored when asking whether a directory holds a run
 
 
 def new_run_dir(root: str | Path, preset: str) -> Path:

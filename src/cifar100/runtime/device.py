@@ -1,11 +1,10 @@
-"""The device to train on, mixed precision, seeding and the environment record."""
+"""The device a model runs on, mixed precision, and the environment record of a run."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import platform
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cifar100 import __version__
 from cifar100.errors import ConfigError
+from cifar100.version import __version__
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -51,18 +50,6 @@ def tune_backends(device: torch.device, deterministic: bool = False) -> None:
         return
     torch.backends.cudnn.benchmark = True
     torch.set_float32_matmul_precision("high")
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed every generator; with `deterministic`, refuse nondeterministic kernels too."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        # cuBLAS needs a fixed workspace to be deterministic; set before its first use.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
 
 
 def environment_info(device: torch.device) -> dict:

@@ -1,0 +1,4 @@
+"""The package's version, in a module of its own so that anything may import it without
+importing the package's lazy public names."""
+
+__version__ = "0.1.0"
