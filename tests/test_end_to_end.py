@@ -18,7 +18,7 @@ from PIL import Image
 from cifar100 import cli
 from cifar100.config import apply_overrides, load_preset, preset_names
 from cifar100.engine.train import train
-from cifar100.runtime.checkpoint import load_checkpoint, save_checkpoint
+from cifar100.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from synthetic_cifar import make_cifar100_archive
 
 FAST = ["--set", "train.batch_size=32", "--set", "train.eval_batch_size=64",
@@ -82,9 +82,9 @@ def test_train_writes_a_self_explaining_run_directory(trained):
     assert evaluation["train_wall_s"] > records[1]["wall_s"]
     assert 0.0 <= evaluation["ema"]["top1"] <= 1.0
     assert evaluation["images"] == 60 and 0.0 <= evaluation["top1"] <= evaluation["top5"] <= 1.0
-    state = load_checkpoint(run / "last.pt")
-    assert state["epoch"] == 2 and len(state["classes"]) == 100
-    assert len(state["coarse_classes"]) == 20 and len(state["fine_to_coarse"]) == 100
+    ckpt = Checkpoint.load(run / "last.pt")
+    assert ckpt.epoch == 2 and len(ckpt.info.classes) == 100
+    assert len(ckpt.info.coarse_classes) == 20 and len(ckpt.info.fine_to_coarse) == 100
 
 
 def test_resumed_run_ends_with_the_same_weights(archive, trained, tmp_path):
@@ -223,7 +223,7 @@ def test_every_preset_trains(preset, archive, tmp_path, monkeypatch):
     result = train(cfg, out=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False,
                    stop_after_steps=5)  # fmt: skip
     state = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert state["config"]["preset"] == preset
+    assert Checkpoint.from_state(state, tmp_path / "run" / "last.pt").info.config.preset == preset
     if cfg.train.mode == "features":  # head epochs are seconds: it stops at epoch ends only
         assert result.stopped is None and result.test["images"] == 20
     else:

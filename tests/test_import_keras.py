@@ -65,9 +65,9 @@ def test_import_evaluate_and_predict_like_keras(keras_file, tmp_path, capsys):
     ours = json.loads(capsys.readouterr().out)["predictions"]
     pixels = decode_image(tmp_path / "x.png", 32)[None].astype(np.float32)
     want = keras_predict(kmodel, pixels / 127.5 - 1.0)[0]
-    from cifar100.runtime.checkpoint import load_checkpoint
+    from cifar100.runtime.checkpoint import Checkpoint
 
-    classes = load_checkpoint(run / "last.pt")["classes"]
+    classes = Checkpoint.load(run / "last.pt").info.classes
     for p in ours:
         assert p["probability"] == pytest.approx(float(want[classes.index(p["class"])]), abs=1e-4)
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from cifar100 import cli, fileio
-from cifar100.engine import checkpoint as checkpoint_module
 from cifar100.engine.run_lock import RunLock
 from cifar100.errors import CheckpointError, WriteError
+from cifar100.runtime import checkpoint as checkpoint_module
 from cifar100.runtime.checkpoint import load_checkpoint, save_checkpoint
 from synthetic_cifar import make_cifar10_archive
 from tiny_run import SMALL

@@ -10,10 +10,19 @@ ratio holds on a shared, noisy machine where the absolute numbers do not.
 from __future__ import annotations
 
 import platform
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
+
+from cifar100.export.formats import metadata
+from cifar100.export.onnx_file import export_onnx
+from cifar100.export.onnx_runtime import load_onnx, seal_onnx
+from cifar100.models.registry import build_model
+from cifar100.runtime.trained_model import from_weights, load
 
 
 def timed(fn, warmup: int, steps: int, device: torch.device) -> float:
@@ -40,12 +49,6 @@ def run_runtime_bench(target: str, batch_size: int = 64, warmup: int = 3, steps:
     a temporary ONNX file; for an ONNX file, its PyTorch model is rebuilt from the settings it
     carries (random weights: the speed does not depend on them).
     """
-    import tempfile
-    from pathlib import Path
-
-    from cifar100.models.registry import build_model
-    from cifar100.runtime.trained_model import from_weights, load
-
     given = load(target, device="cpu")
     info, size = given.info, given.image_size
     rng = np.random.default_rng(0)
@@ -58,10 +61,6 @@ def run_runtime_bench(target: str, batch_size: int = 64, warmup: int = 3, steps:
                 "onnxruntime": given,
             }
         else:
-            from cifar100.export.formats import metadata
-            from cifar100.export.onnx_file import export_onnx
-            from cifar100.export.onnx_runtime import load_onnx, seal_onnx
-
             path = Path(tmp) / "model.onnx"
             export_onnx(given.module, size, metadata(given), path, images[:8].numpy())
             seal_onnx(path)
@@ -97,8 +96,6 @@ def cpu_name() -> str:
 
 
 def _ort_version() -> str:
-    import onnxruntime
-
     return onnxruntime.__version__
 
 

@@ -19,14 +19,13 @@ the others: `read_runs` gives the rows it could read and one line for each it co
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from cifar100.display_text import DISPLAY_LIMIT, display_name, visible
 from cifar100.errors import CheckpointError, CifarError
-from cifar100.metrics import recorded_top5
-from cifar100.runtime import run_dir as runs
+from cifar100.runtime.evaluation import Evaluation
+from cifar100.runtime.run_dir import RunDir
 
 
 def summarize_run(path: str | Path) -> dict[str, Any]:
@@ -34,12 +33,15 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a directory; give cifar100 run directories")
-    cfg = runs.read_run_config(path)  # raises CheckpointError when it is not a run
+    run = RunDir(path)
+    cfg = run.read_config()  # raises CheckpointError when it is not a run
     # Values of another type than training writes (a hand-edited or damaged file) are left
     # out, as read_metrics leaves out lines that are not JSON.
-    records = [_numbers_only(r) for r in runs.read_metrics(path / runs.METRICS)]
-    evaluation = _numbers_only(_read_json(path / runs.EVALUATION))
-    environment = _read_json(path / runs.ENVIRONMENT)
+    records = [_numbers_only(r) for r in run.read_metrics()]
+    # Optional: a run still training has no evaluation.json yet (a damaged one raises).
+    evaluation = Evaluation.read(run.evaluation) if run.evaluation.is_file() else Evaluation()
+    environment = run.read_environment()  # only informs: a damaged one is left out
+    environment = environment if isinstance(environment, dict) else {}
     val = [r["val_top1"] for r in records if "val_top1" in r]
     # A features-mode run's epochs time the head on cached features, not images through
     # the backbone: no figure to set beside fine-tuning runs.
@@ -54,16 +56,15 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "epochs_done": max((r.get("epoch", 0) for r in records), default=0),
         "epochs": cfg.train.epochs,
         "best_val_top1": max(val) if val else None,
-        "test_top1": evaluation.get("top1"),
-        "test_top5": recorded_top5(evaluation),
+        "test_top1": evaluation.top1,
+        "test_top5": evaluation.top5,
         "wall_s": _wall_s(records, evaluation),
         "train_images_per_s": rates or None,
         "device": _text(environment.get("gpu") or environment.get("device")),
     }
 
 
-NUMERIC = ("epoch", "val_top1", "images_per_s", "wall_s", "epoch_s", "top1", "top5",
-           "train_wall_s")  # fmt: skip
+NUMERIC = ("epoch", "val_top1", "images_per_s", "wall_s", "epoch_s")
 
 
 def _numbers_only(record: dict[str, Any]) -> dict[str, Any]:
@@ -95,11 +96,11 @@ def phase_rates(records: list[dict]) -> dict[str, float]:
     return {phase: len(inv) / sum(inv) for phase, inv in inverse.items()}
 
 
-def _wall_s(records: list[dict], evaluation: dict) -> float:
+def _wall_s(records: list[dict], evaluation: Evaluation) -> float:
     """The whole run's time (set-up, feature extraction and tests included) where recorded;
     for runs from before it was, the sum of the epochs'."""
-    if "train_wall_s" in evaluation:
-        return evaluation["train_wall_s"]
+    if evaluation.train_wall_s is not None:
+        return evaluation.train_wall_s
     if records and "wall_s" in records[-1]:
         return records[-1]["wall_s"]
     return round(sum(r.get("epoch_s", 0.0) for r in records), 2)
@@ -177,14 +178,3 @@ def _cell(row: dict[str, Any], key: str | None, kind: str) -> str:
         rate = value.get("finetune")
         return f"{rate:.0f}" if rate is not None else ""
     return visible(str(value))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    # Optional files: a run still training has no evaluation.json yet.
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable ({e})") from None
-    return data if isinstance(data, dict) else {}

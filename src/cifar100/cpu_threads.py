@@ -67,6 +67,7 @@ def fit_threads(keep: int | None = None, reserve: int = 0) -> int:
     machine has that many cores, so that a resumed run computes exactly as it began), less
     `reserve` cores left for other work of this process (the service's HTTP side). Returns the
     count; OMP_NUM_THREADS, when set, is left to decide it."""
+    # torch on first use: the CLI's light commands run this module without it
     import torch
 
     if os.environ.get(THREADS_ENV):

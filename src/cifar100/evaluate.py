@@ -9,10 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from cifar100.data import load_data
 from cifar100.data.tensors import ImageSet, fine_to_coarse
-from cifar100.errors import DataError
+from cifar100.errors import CifarError, DataError
 from cifar100.metrics import classification_metrics
-from cifar100.runtime import run_dir as runs
+from cifar100.paths import resolve_cache_dir
+from cifar100.predictions_file import read_predictions, write_predictions
+from cifar100.runtime.evaluation import Evaluation
+from cifar100.runtime.run_dir import RunDir, file_predictions, read_json_or_none
+from cifar100.runtime.trained_model import load
 
 
 def variant_suffix(which: str = "last", tta_flip: bool = False, ema: bool = False) -> str:
@@ -36,7 +41,7 @@ def evaluate_checkpoint(
     tta_flip: bool = False,
     ema: bool = False,
     predictions_path: str | Path | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Evaluate a trained model (a run directory's checkpoint, a checkpoint, or an export) on
     its data's test split (or the data at `data_path`).
 
@@ -44,10 +49,6 @@ def evaluate_checkpoint(
     default RUN_DIR/predictions{variant}.npz or FILE.predictions{variant}.npz. When the
     checkpoint keeps an EMA, the plain evaluation also reports it (as training does).
     """
-    from cifar100.data import load_data
-    from cifar100.paths import resolve_cache_dir
-    from cifar100.runtime.trained_model import load
-
     model = load(target, device=device, checkpoint=which, ema=ema)
     info, cfg = model.info, model.info.config
     data_cfg = replace(cfg.data, path=data_path) if data_path else cfg.data
@@ -74,9 +75,11 @@ def evaluate_checkpoint(
     agreement = _agreement(model, logits, test) if not tta_flip else None
     variant = variant_suffix(which, tta_flip, ema)
     if predictions_path is None:
-        target, name = Path(target), f"predictions{variant}"
+        target = Path(target)
         predictions_path = (
-            target / f"{name}.npz" if target.is_dir() else target.with_suffix(f".{name}.npz")
+            RunDir(target).predictions_variant(variant)
+            if target.is_dir()
+            else file_predictions(target, variant)
         )
     # Variants keep their logits only: the images (30 MB for CIFAR-100) are the plain one's.
     save_predictions(predictions_path, logits, test, mapping, coarse, images=variant == "")
@@ -84,46 +87,33 @@ def evaluate_checkpoint(
     if ema:
         extra["weights"] = "ema"
         extra["ema_updates"] = info.ema_updates
-    return {
-        "checkpoint": str(model.source),
-        "epoch": info.epoch,  # whole epochs trained
-        **_train_wall(info.run, info.epoch),
+    return Evaluation.of(
+        checkpoint=str(model.source),
+        epoch=info.epoch,  # whole epochs trained
+        train_wall_s=_train_wall(info.run, info.epoch),
         # A run stopped mid-epoch: this many steps of the next epoch are in the weights too.
-        **(
-            {"steps_into_next_epoch": info.steps_into_next_epoch}
-            if info.steps_into_next_epoch
-            else {}
-        ),  # fmt: skip
-        "dataset": splits.name,
+        steps_into_next_epoch=info.steps_into_next_epoch or None,
+        dataset=splits.name,
         **extra,
         **metrics,
-        **({"agreement": agreement} if agreement else {}),
-        "predictions": str(predictions_path),
-    }
+        agreement=agreement,
+        predictions=str(predictions_path),
+    )
 
 
-def _train_wall(run: str | None, epoch: int | None) -> dict[str, Any]:
+def _train_wall(run: str | None, epoch: int | None) -> float | None:
     """The run's whole wall time, as training recorded it in RUN/evaluation.json for these
     weights: a fact of the run that evaluating it again keeps (compare shows it)."""
-    import json
-
-    try:
-        path = Path(run) / runs.EVALUATION if run else None
-        record = json.loads(path.read_text(encoding="utf-8")) if path else {}
-    except (OSError, ValueError):
-        return {}
+    record = read_json_or_none(RunDir(run).evaluation) if run else None
     if not isinstance(record, dict) or record.get("epoch") != epoch:
-        return {}
-    return {"train_wall_s": record["train_wall_s"]} if "train_wall_s" in record else {}
+        return None
+    return record.get("train_wall_s")
 
 
 def _agreement(model, logits: torch.Tensor, test: ImageSet) -> dict[str, Any] | None:
     """For an export: how many test predictions differ from its checkpoint's, as that run's
     evaluation recorded them (RUN/predictions.npz), and why they may."""
-    from cifar100.errors import CifarError
-    from cifar100.predictions_file import read_predictions
-
-    record = Path(model.info.run or "") / runs.PREDICTIONS
+    record = RunDir(model.info.run or "").predictions
     if model.source.suffix == ".pt" or not model.info.run or not record.is_file():
         return None
     try:
@@ -152,8 +142,8 @@ def save_predictions(
 ) -> None:
     """Labels, logits, class names and (unless `images` is False) the test images the example
     grids show, with their indices, in one .npz, written atomically, for the plots."""
+    # matplotlib (which plots.predictions draws with) on first use: training imports this module
     from cifar100.plots.predictions import example_indices
-    from cifar100.predictions_file import write_predictions
 
     arrays: dict[str, np.ndarray] = {
         "labels": data.labels.cpu().numpy().astype(np.int64),

@@ -97,7 +97,7 @@ def write_json_atomic(target: str | os.PathLike, obj: Any) -> None:
 def torch_save_atomic(
     obj: Any, target: str | os.PathLike, what: str = "file", needed: int = 0
 ) -> None:
-    import torch
+    import torch  # on first use: the light commands write files through this module too
 
     with atomic_path(target, what, needed) as tmp:
         torch.save(obj, tmp)

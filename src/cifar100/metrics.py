@@ -15,7 +15,6 @@ __all__ = [
     "calibration",
     "classification_metrics",
     "f1_scores",
-    "recorded_top5",
     "top5_applies",
 ]
 
@@ -25,15 +24,6 @@ def top5_applies(num_classes: int) -> bool:
     is among the top 5, so it would read 100% whatever the model. Everything that computes,
     logs or shows top-5 leaves it out (no key, no column, no line) where this is False."""
     return num_classes > 5
-
-
-def recorded_top5(evaluation: dict[str, Any]) -> float | None:
-    """The top-5 of an evaluation's JSON where it applies, else None: also for files written
-    before the rule, which may hold a (100%) top-5 for 5 classes or fewer."""
-    per_class = evaluation.get("per_class")
-    if isinstance(per_class, dict) and not top5_applies(len(per_class)):
-        return None
-    return evaluation.get("top5")
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

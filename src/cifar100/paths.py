@@ -13,7 +13,7 @@ def default_cache_dir() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
-    from platformdirs import user_cache_dir
+    from platformdirs import user_cache_dir  # on first use: most commands never ask
 
     return Path(user_cache_dir("cifar100", appauthor=False))
 

@@ -17,8 +17,8 @@ from typing import Any
 from cifar100.display_text import visible
 from cifar100.errors import CheckpointError
 from cifar100.fileio import write_text_atomic
-from cifar100.metrics import recorded_top5
-from cifar100.runtime import run_dir as runs
+from cifar100.runtime.evaluation import Evaluation
+from cifar100.runtime.run_dir import RunDir
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 70rem;
@@ -42,14 +42,15 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
         what = "not a directory" if run_dir.exists() else "no such directory"
         raise CheckpointError(f"{run_dir}: {what}; give a run directory (cifar100 train "
                               "writes them under runs/)")  # fmt: skip
-    if not (run_dir / runs.CONFIG).is_file():
-        raise CheckpointError(f"{run_dir}: no {runs.CONFIG}; not a cifar100 run directory")
+    run = RunDir(run_dir)
+    if not run.is_run():
+        raise CheckpointError(f"{run_dir}: no {run.config.name}; not a cifar100 run directory")
     # A damaged config.json or evaluation.json is one line naming it (not a page built on
     # half of it); environment.json only fills a table, so a damaged one is left out.
-    config = runs.read_config_json(run_dir)
-    environment = _read_json(run_dir / runs.ENVIRONMENT) or {}
-    evaluation = _evaluation(run_dir / runs.EVALUATION)
-    records = runs.read_metrics(run_dir / runs.METRICS)
+    config = run.read_config_json()
+    environment = run.read_environment() or {}
+    evaluation = Evaluation.read_complete(run.evaluation)
+    records = run.read_metrics()
     figures = _make_plots(run_dir) if plots else {}
 
     # <bdi>: a right-to-left name stays in its own box, not reordering the words around it.
@@ -61,7 +62,7 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
     parts += [_missing(run_dir, config, evaluation, records)]
     if evaluation:
         parts += ["<h2>Test set</h2>", _evaluation_table(evaluation)]
-    variants = _variants(run_dir)
+    variants = _variants(run)
     if variants:
         parts += ["<h3>Other evaluations</h3>", _variants_table(evaluation, variants)]
     # Other scripts as themselves (ensure_ascii would write CJK as \u escapes); _e shows the
@@ -75,7 +76,7 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
         f"<title>cifar100 run {_e(run_dir.name)}</title><style>{STYLE}</style></head>"
         f"<body>{''.join(parts)}</body></html>\n"
     )
-    out = run_dir / "report.html"
+    out = run.report
     write_text_atomic(out, page)
     return out
 
@@ -95,7 +96,7 @@ CAPTIONS = [
 
 def _make_plots(run_dir: Path) -> dict[str, Path]:
     """PNG of every plot the run's files allow (cifar100.plots.plot_run decides which)."""
-    from cifar100.plots import plot_run
+    from cifar100.plots import plot_run  # matplotlib on first use: --no-plots never needs it
 
     made = plot_run(run_dir)
     return {name: next(p for p in files if p.suffix == ".png") for name, files in made.items()}
@@ -109,7 +110,7 @@ def _figure(figures: dict[str, Path], name: str, caption: str) -> str:
     )
 
 
-def _headline(config: dict, evaluation: dict | None, records: list[dict]) -> str:
+def _headline(config: dict, evaluation: Evaluation | None, records: list[dict]) -> str:
     m, d = config.get("model", {}), config.get("data", {})
     words = [
         f"preset <b>{_e(config.get('preset', '?'))}</b>",
@@ -118,14 +119,15 @@ def _headline(config: dict, evaluation: dict | None, records: list[dict]) -> str
         f"{len(records)} of {_e(config.get('train', {}).get('epochs', '?'))} epochs",
     ]
     if evaluation:
-        top5 = recorded_top5(evaluation)  # none for 5 classes or fewer
-        words.append(f"test top-1 <b>{evaluation['top1']:.2%}</b>"
+        top5 = evaluation.top5  # none for 5 classes or fewer
+        words.append(f"test top-1 <b>{evaluation.top1:.2%}</b>"
                      + (f", top-5 {_fmt(top5, '{:.2%}')}" if top5 is not None else ""))  # fmt: skip
     return f"<p class='headline'>{' &middot; '.join(words)}</p>"
 
 
-def _model_table(config: dict, evaluation: dict | None) -> str:
+def _model_table(config: dict, evaluation: Evaluation | None) -> str:
     """The report's layer table for this run's model, without loading any weights."""
+    # torch on first use, as plots above: the page's text needs neither
     from cifar100.config import from_dict
     from cifar100.models.registry import build_model
     from cifar100.models.summary import format_summary
@@ -133,8 +135,8 @@ def _model_table(config: dict, evaluation: dict | None) -> str:
     cfg = from_dict(config, preset=config.get("preset", "custom"))
     cfg.model.weights, cfg.model.init = "none", None
     n = {"cifar100": 100 if cfg.data.label == "fine" else 20, "cifar10": 10}.get(cfg.data.dataset)
-    if n is None and evaluation and evaluation.get("per_class"):
-        n = len(evaluation["per_class"])  # an image-folder run: its classes, as evaluated
+    if n is None and evaluation and evaluation.per_class:
+        n = len(evaluation.per_class)  # an image-folder run: its classes, as evaluated
     if n is None:
         return "(image-folder run not yet evaluated: `cifar100 evaluate` gives its class count)"
     size = 32 if cfg.data.dataset != "folder" else cfg.data.image_size
@@ -157,7 +159,9 @@ def _metrics_table(records: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{rows}</table>"
 
 
-def _missing(run_dir: Path, config: dict, evaluation: dict | None, records: list[dict]) -> str:
+def _missing(
+    run_dir: Path, config: dict, evaluation: Evaluation | None, records: list[dict]
+) -> str:
     """Why figures are absent, and the command that brings them, where they are."""
     epochs = config.get("train", {}).get("epochs", "?")
     if not evaluation:
@@ -172,9 +176,10 @@ def _missing(run_dir: Path, config: dict, evaluation: dict | None, records: list
             f"<p class='note'>Not tested yet: {_e(why)}. {todo}<code>cifar100 evaluate "
             f"{_e(run_dir)}</code> tests the last checkpoint and adds the test figures.</p>"
         )
-    if not (run_dir / runs.PREDICTIONS).is_file():
+    predictions = RunDir(run_dir).predictions
+    if not predictions.is_file():
         return (
-            f"<p class='note'>No {runs.PREDICTIONS} in the run directory, so no confusion matrix "
+            f"<p class='note'>No {predictions.name} in the run directory, so no confusion matrix "
             f"or example images: <code>cifar100 evaluate {_e(run_dir)}</code> writes it, "
             "then report again.</p>"
         )
@@ -184,40 +189,38 @@ def _missing(run_dir: Path, config: dict, evaluation: dict | None, records: list
 VARIANT_WORDS = {"best": "best checkpoint", "ema": "EMA weights", "tta": "flip TTA"}
 
 
-def _variants(run_dir: Path) -> list[tuple[str, dict]]:
+def _variants(run: RunDir) -> list[tuple[str, Evaluation]]:
     """The run's other evaluations (evaluate --checkpoint best, --ema, --tta flip), by name."""
     found = []
-    for path in sorted(run_dir.glob("evaluation-*.json")):
-        words = path.stem.removeprefix("evaluation-").split("-")
-        e = _read_json(path)
-        if all(w in VARIANT_WORDS for w in words) and isinstance(e, dict) and _top1(e):
+    for words, path in run.variant_evaluations():
+        e = Evaluation.read_if_usable(path)
+        if all(w in VARIANT_WORDS for w in words) and e is not None:
             found.append((", ".join(VARIANT_WORDS[w] for w in words), e))
     return found
 
 
-def _variants_table(plain: dict | None, variants: list[tuple[str, dict]]) -> str:
-    has5 = any(recorded_top5(e) is not None for _, e in variants)
+def _variants_table(plain: Evaluation | None, variants: list[tuple[str, Evaluation]]) -> str:
+    has5 = any(e.top5 is not None for _, e in variants)
     head = "<tr><th>evaluation</th><th>top-1</th>" + ("<th>top-5</th>" if has5 else "")
     head += "<th>loss</th><th>top-1 against the plain one</th></tr>"
     rows = []
     for name, e in variants:
-        delta = f"{(e['top1'] - plain['top1']) * 100:+.2f} points" if plain else ""
-        top5 = f"<td>{_fmt(recorded_top5(e), '{:.2%}')}</td>" if has5 else ""
+        delta = f"{(e.top1 - plain.top1) * 100:+.2f} points" if plain else ""
+        top5 = f"<td>{_fmt(e.top5, '{:.2%}')}</td>" if has5 else ""
         rows.append(
-            f"<tr><td>{_e(name)}</td><td>{e['top1']:.2%}</td>{top5}"
-            f"<td>{_fmt(e.get('loss'), '{:.4f}')}</td><td>{_e(delta)}</td></tr>"
+            f"<tr><td>{_e(name)}</td><td>{e.top1:.2%}</td>{top5}"
+            f"<td>{_fmt(e.record.get('loss'), '{:.4f}')}</td><td>{_e(delta)}</td></tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _evaluation_table(e: dict) -> str:
-    top5 = recorded_top5(e)  # none for 5 classes or fewer
-    ema = e.get("ema") if isinstance(e.get("ema"), dict) else {}
-    rows = [("images", e.get("images"), "{}"), ("top-1", e["top1"], "{:.2%}"),
-            ("top-5", top5, "{:.2%}"), ("loss", e.get("loss"), "{:.4f}"),
-            ("macro-F1", e.get("macro_f1"), "{:.4f}"),
-            ("superclass top-1", e.get("superclass_top1"), "{:.2%}"),
-            ("EMA weights top-1", ema.get("top1"), "{:.2%}")]  # fmt: skip
+def _evaluation_table(e: Evaluation) -> str:
+    m = e.record  # shown as written: _fmt shows a value of another type as text
+    rows = [("images", m.get("images"), "{}"), ("top-1", e.top1, "{:.2%}"),
+            ("top-5", e.top5, "{:.2%}"), ("loss", m.get("loss"), "{:.4f}"),
+            ("macro-F1", m.get("macro_f1"), "{:.4f}"),
+            ("superclass top-1", m.get("superclass_top1"), "{:.2%}"),
+            ("EMA weights top-1", e.ema.get("top1"), "{:.2%}")]  # fmt: skip
     body = "".join(
         f"<tr><td>{_e(k)}</td><td>{_fmt(v, spec)}</td></tr>" for k, v, spec in rows if v is not None
     )
@@ -231,32 +234,6 @@ def _fmt(value: Any, spec: str) -> str:
         return _e(spec.format(value))
     except (ValueError, TypeError):
         return _e(str(value))
-
-
-def _evaluation(path: Path) -> dict | None:
-    """The run's evaluation.json, None where there is none yet; one clear error when it is
-    damaged or holds no test top-1 (a page of blanks would hide that)."""
-    if not path.is_file():
-        return None
-    evaluation = runs.read_evaluation(path)
-    if not _top1(evaluation):
-        raise CheckpointError(
-            f"{path}: damaged (no test top-1 in it); `cifar100 evaluate {path.parent}` writes "
-            "it again"
-        )
-    return evaluation
-
-
-def _top1(evaluation: dict) -> bool:
-    top1 = evaluation.get("top1")
-    return isinstance(top1, (int, float)) and not isinstance(top1, bool)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _e(text: Any) -> str:

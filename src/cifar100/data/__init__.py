@@ -13,12 +13,14 @@ __all__ = ["DataSplits", "ImageSet", "load_data", "split_holdout"]
 def load_data(cfg: DataConfig, cache_dir: Path, seed: int = 0, progress: bool = True) -> DataSplits:
     """Load the configured source into memory, applying `label` and the quick-run limits."""
     if cfg.dataset in ("cifar100", "cifar10"):
+        # Each source's reader on first use: only the one a run needs is imported.
         from cifar100.data.cifar import load_cifar
 
         splits = load_cifar(cfg.dataset, path=cfg.path, cache_dir=cache_dir, progress=progress)
         if cfg.dataset == "cifar100" and cfg.label == "coarse":
             splits = _coarse_as_labels(splits)
     else:
+        # (Pillow and the decoding pool come with it.)
         from cifar100.data.folders import load_image_folder
 
         splits = load_image_folder(

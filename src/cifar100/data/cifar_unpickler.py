@@ -24,7 +24,7 @@ def _safe_latin1_encode(text: str, encoding: str = "latin1") -> bytes:
 def _allowed_globals() -> dict[tuple[str, str], Any]:
     try:  # numpy >= 2 (1.26 has the alias too); importing numpy.core would warn there
         from numpy._core import multiarray, numeric
-    except ImportError:
+    except ImportError:  # numpy 1.x before the alias
         from numpy.core import multiarray, numeric
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,

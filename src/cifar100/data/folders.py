@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -72,37 +72,7 @@ def load_image_folder(
         raise DataError("no image folder given: set data.path to a folder or a .tar/.tar.gz")
     if image_size < 1:
         raise ConfigError(f"data.image_size must be a positive number, got {image_size}")
-    src = Path(path).expanduser()
-    problem = file_problem(src, folder_ok=True)  # before anything opens it: a FIFO would block
-    if problem:
-        raise DataError(
-            f"{src}: {problem}; give an image folder (one subfolder per class) or a "
-            ".tar/.tar.gz of one"
-        )
-    try:
-        is_tar = src.is_file() and tarfile.is_tarfile(src)
-        digest = file_digest(src, "sha256") if is_tar else None
-    except OSError as e:
-        raise DataError(f"{src}: cannot read ({e.strerror or e})") from e
-    if src.is_dir():
-        listing = _scan_directory(src)
-        material = {"kind": "dir", "files": sorted([k, *v] for k, v in listing.files.items())}
-        if listing.hidden:  # only then: the keys of folders cached before stay as they were
-            material["hidden"] = sorted(listing.hidden)
-        name = src.resolve().name
-    elif is_tar:
-        listing, material = None, {"kind": "tar", "sha256": digest}
-        name = re.sub(r"(\.tar(\.\w+)?|\.tgz)$", "", src.name)
-    elif src.exists():
-        raise DataError(
-            f"{src}: not a directory or a tarball (.tar, .tar.gz, .tgz); give an "
-            "image folder with one subfolder per class, or a tarball of one"
-        )
-    else:
-        raise DataError(
-            f"{src}: no such file or directory; give an image folder (one subfolder "
-            "per class) or a .tar/.tar.gz of one"
-        )
+    src, listing, material, name = _identify(path)
 
     start = time.perf_counter()
     key = cache_key(material, image_size, test_fraction, seed)
@@ -135,6 +105,45 @@ def load_image_folder(
         **meta,
     }
     return DataSplits(name=name, train=train, test=test, source=str(path), info=info)
+
+
+def _identify(path: str | Path) -> tuple[Path, Any, dict, str]:
+    """The folder or tarball at `path`: its path, its listing (None for a tarball, listed as
+    it streams), what its cache key is made of, and its name; one DataError where it is not
+    one."""
+    src = Path(path).expanduser()
+    problem = file_problem(src, folder_ok=True)  # before anything opens it: a FIFO would block
+    if problem:
+        raise DataError(
+            f"{src}: {problem}; give an image folder (one subfolder per class) or a "
+            ".tar/.tar.gz of one"
+        )
+    try:
+        is_tar = src.is_file() and tarfile.is_tarfile(src)
+        digest = file_digest(src, "sha256") if is_tar else None
+    except OSError as e:
+        raise DataError(f"{src}: cannot read ({e.strerror or e})") from e
+    if src.is_dir():
+        listing = _scan_directory(src)
+        material = {"kind": "dir", "files": sorted([k, *v] for k, v in listing.files.items())}
+        if listing.hidden:  # only then: the keys of folders cached before stay as they were
+            material["hidden"] = sorted(listing.hidden)
+        name = src.resolve().name
+    elif is_tar:
+        listing, material = None, {"kind": "tar", "sha256": digest}
+        name = re.sub(r"(\.tar(\.\w+)?|\.tgz)$", "", src.name)
+    elif src.exists():
+        raise DataError(
+            f"{src}: not a directory or a tarball (.tar, .tar.gz, .tgz); give an "
+            "image folder with one subfolder per class, or a tarball of one"
+        )
+    else:
+        raise DataError(
+            f"{src}: no such file or directory; give an image folder (one subfolder "
+            "per class) or a .tar/.tar.gz of one"
+        )
+
+    return src, listing, material, name
 
 
 # --- listing ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ run takes exactly the steps an unbroken one would have.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import datetime
 from typing import Any
@@ -15,32 +16,29 @@ import torch
 
 from cifar100.engine import distributed
 from cifar100.engine.run import Run
-from cifar100.fileio import write_json_atomic
+from cifar100.evaluate import save_predictions
 from cifar100.metrics import classification_metrics
-from cifar100.runtime import run_dir as runs
-from cifar100.runtime.checkpoint import save_checkpoint
+from cifar100.runtime.checkpoint import Checkpoint
+from cifar100.runtime.evaluation import Evaluation
 from cifar100.runtime.inference import evaluate_model, predict_logits
 
 
-def checkpoint_state(run: Run, optimizer, phase: str, epochs_done: int) -> dict[str, Any]:
+def checkpoint_of(run: Run, optimizer, phase: str, epochs_done: int) -> Checkpoint:
     """The run's resumable state after `epochs_done` whole epochs (plus any position)."""
-    state = {
-        "config": run.cfg.to_dict(),
-        **run.meta,
-        "model": run.model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "phase": phase,
-        "epoch": epochs_done,
-        "best_val_top1": run.best,
+    # when these weights were trained (RFC 3339, as a browser's Date parses it)
+    saved_at = datetime.now().astimezone().isoformat(timespec="seconds")
+    return Checkpoint(
+        info=dataclasses.replace(run.info, config=run.cfg, saved_at=saved_at),
+        model=run.model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        phase=phase,
+        epoch=epochs_done,
+        best_val_top1=run.best,
         # Which epoch best.pt holds: a resume can tell a best.pt whose save failed (below).
-        "best_epoch": run.best_epoch,
-        "wall_s": run.wall_s(),
-        # when these weights were trained (RFC 3339, as a browser's Date parses it)
-        "saved_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-    if run.ema is not None:
-        state["ema"] = run.ema.state_dict()
-    return state
+        best_epoch=run.best_epoch,
+        wall_s=run.wall_s(),
+        ema=run.ema.state_dict() if run.ema is not None else None,
+    )
 
 
 def end_epoch(
@@ -78,43 +76,33 @@ def end_epoch(
         improved = val["top1"] > run.best
         run.best = max(run.best, val["top1"])
         run.best_epoch = epoch + 1 if improved else run.best_epoch
-        state = {**checkpoint_state(run, optimizer, phase, epoch + 1), "val_top1": val["top1"]}
-        best = [run.run_dir / "best.pt"] if improved else []
-        save_checkpoint(state, run.run_dir / "last.pt", *best)
+        ckpt = checkpoint_of(run, optimizer, phase, epoch + 1)
+        ckpt.val_top1 = val["top1"]
+        ckpt.save(run.files.last, *([run.files.best] if improved else []))
     run.epochs_done, run.saved_at = epoch + 1, f"the end of epoch {epoch + 1}"
     distributed.barrier(run.dist)
 
 
-def recorded_best_epoch(state: dict[str, Any]) -> int:
-    """The epoch whose weights best.pt should hold, as last.pt records it; for checkpoints
-    written before it did, last.pt's own epoch when it ended as the best so far; else 0."""
-    if isinstance(state.get("best_epoch"), int):
-        return state["best_epoch"]
-    if not state.get("position") and state.get("val_top1") == state.get("best_val_top1"):
-        return int(state["epoch"])
-    return 0
-
-
-def restore_best(run: Run, state: dict[str, Any]) -> None:
+def restore_best(run: Run, ckpt: Checkpoint) -> None:
     """On resume, write best.pt again when its save failed (a full disk stops the run right
     after last.pt was written, so last.pt holds those very weights), or say that it is lost.
 
     best.pt is written just after last.pt, so one older than last.pt while last.pt says its
     epoch is the best missed that save."""
-    best, last = run.run_dir / "best.pt", run.run_dir / "last.pt"
-    epoch = recorded_best_epoch(state)
+    best, last = run.files.best, run.files.last
+    epoch = ckpt.recorded_best_epoch()
     if not epoch:
         return
-    if epoch == state["epoch"] and not state.get("position"):
+    if epoch == ckpt.epoch and not ckpt.position:
         if best.is_file() and best.stat().st_mtime >= last.stat().st_mtime:
             return
         # "missing or older": a copy of a run (cp -r) may also leave it older; same weights.
         what = "was older than last.pt" if best.is_file() else "was missing (its save failed?)"
-        save_checkpoint(state, best)
+        ckpt.save(best)
         run.say(f"{best} {what}: written again from last.pt, which holds the best epoch ({epoch})")
     elif not best.is_file():
         run.say(
-            f"note: {best} is missing and last.pt holds epoch {state['epoch']}, not the best "
+            f"note: {best} is missing and last.pt holds epoch {ckpt.epoch}, not the best "
             f"one ({epoch}): those weights cannot be brought back; --checkpoint last evaluates "
             "or exports the last ones"
         )
@@ -141,8 +129,8 @@ def save_position(
         cuda_rng = distributed.gather_object(torch.cuda.get_rng_state(run.device), run.dist)
     total = distributed.all_reduce_sum(sums.detach().clone(), run.dist).cpu()
     if run.dist.is_main:
-        state = checkpoint_state(run, optimizer, phase, epoch)
-        state["position"] = {
+        ckpt = checkpoint_of(run, optimizer, phase, epoch)
+        ckpt.position = {
             "step": step,
             "generator": generator.get_state(),
             "rng": rng,
@@ -150,7 +138,7 @@ def save_position(
             "sums": total,
             "elapsed": elapsed,
         }
-        save_checkpoint(state, run.run_dir / "last.pt")
+        ckpt.save(run.files.last)
     run.saved_at = f"epoch {epoch + 1}, step {step} of {steps}"
     distributed.barrier(run.dist)
 
@@ -159,10 +147,8 @@ def final_test(run: Run, logits: torch.Tensor | None = None) -> dict[str, Any]:
     """Test metrics of the final weights, written to evaluation.json, with the logits (computed
     unless given) in predictions.npz, as `cifar100 evaluate RUN` writes them, so the report
     is whole right after training (rank 0)."""
-    from cifar100.evaluate import save_predictions
-
     t, test_set = run.cfg.train, run.splits.test
-    fine_to_coarse, coarse = run.meta["fine_to_coarse"], run.meta["coarse_classes"]
+    fine_to_coarse, coarse = run.info.fine_to_coarse, run.info.coarse_classes
     test = None
     if run.dist.is_main:
         if logits is None:
@@ -173,17 +159,14 @@ def final_test(run: Run, logits: torch.Tensor | None = None) -> dict[str, Any]:
         if run.ema is not None:
             ema = evaluate_model(run.ema.module, test_set, run.device, t.eval_batch_size, t.amp)
             test["ema"] = {k: ema[k] for k in ("loss", "top1", "top5") if k in ema}
-        predictions = run.run_dir / runs.PREDICTIONS
+        predictions = run.files.predictions
         save_predictions(predictions, logits, test_set, fine_to_coarse, coarse)
-        write_json_atomic(
-            run.run_dir / runs.EVALUATION,
-            {
-                "checkpoint": str(run.run_dir / "last.pt"),
-                "epoch": t.epochs,
-                "dataset": run.splits.name,
-                "train_wall_s": round(run.wall_s(), 2),
-                **test,
-                "predictions": str(predictions),
-            },
-        )
+        Evaluation.of(
+            checkpoint=str(run.files.last),
+            epoch=t.epochs,
+            dataset=run.splits.name,
+            train_wall_s=round(run.wall_s(), 2),
+            **test,
+            predictions=str(predictions),
+        ).write(run.files.evaluation)
     return distributed.broadcast_object(test or {}, run.dist)

@@ -44,8 +44,8 @@ def fit(run: Run, last_epoch: int, progress: bool, watch: StepWatch) -> bool:
     )
     if t.ema_decay > 0:
         run.ema = ModelEMA(model, t.ema_decay)
-        if run.state is not None and run.state.get("ema"):
-            run.ema.load_state_dict(run.state["ema"])
+        if run.state is not None and run.state.ema:
+            run.ema.load_state_dict(run.state.ema)
     phase, optimizer, step_model = None, None, model
     with watch.signals:
         for epoch in range(run.start_epoch, last_epoch):
@@ -57,8 +57,8 @@ def fit(run: Run, last_epoch: int, progress: bool, watch: StepWatch) -> bool:
                     [model.backbone, _non_backbone(model)], t, phase, [t.backbone_lr_scale, 1.0]
                 )
                 state = run.state
-                if state is not None and state.get("phase") == phase and state["epoch"] == epoch:
-                    optimizer.load_state_dict(state["optimizer"])
+                if state is not None and state.phase == phase and state.epoch == epoch:
+                    optimizer.load_state_dict(state.optimizer)
                 step_model = _wrap(model, run)  # DDP registers the parameters that train now
             position = run.resume_position(epoch)
             started = time.perf_counter() - (position["elapsed"] if position else 0.0)
@@ -143,7 +143,7 @@ def train_epoch(
     start = time.perf_counter()
     channels_last = t.channels_last and device.type in ("cuda", "cpu")
     mine = distributed.local_slice(t.batch_size, dist_info)
-    num_classes = len(run.meta["classes"])
+    num_classes = len(run.info.classes)
     for i, (images, labels) in enumerate(batches.epoch(epoch, start=first), start=first):
         if phase == "finetune":
             set_lr(optimizer, finetune_lr(first_ft_step + i, *schedule, t.lr))

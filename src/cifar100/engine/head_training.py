@@ -58,8 +58,8 @@ def fit_features(
     val_x, val_y = feats(run.val_set, "val"), run.val_set.labels
     optimizer = build_optimizer([model.head], t, "features")
     state = run.state
-    if state is not None and state.get("phase") == "features":
-        optimizer.load_state_dict(state["optimizer"])
+    if state is not None and state.phase == "features":
+        optimizer.load_state_dict(state.optimizer)
     steps = len(train_y) // min(t.batch_size, len(train_y))
     total, warmup = t.epochs * steps, int(t.warmup_epochs * steps)
     watch.signals.unit = "head epoch"  # seconds each: a stop waits for the epoch's end

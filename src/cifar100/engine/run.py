@@ -14,7 +14,9 @@ from cifar100.config import Config
 from cifar100.data.tensors import DataSplits, ImageSet
 from cifar100.engine.distributed import DistInfo
 from cifar100.engine.ema import ModelEMA
-from cifar100.runtime.run_dir import MetricsLog
+from cifar100.runtime.checkpoint import Checkpoint
+from cifar100.runtime.model_info import ModelInfo
+from cifar100.runtime.run_dir import MetricsLog, RunDir
 
 
 @dataclass
@@ -39,10 +41,10 @@ class Run:
     train_set: ImageSet
     val_set: ImageSet
     model: nn.Module
-    meta: dict[str, Any]  # classes and their names, saved in every checkpoint
+    info: ModelInfo  # what the model is (classes, image size, settings): in every checkpoint
     cache: Path
     say: Any
-    state: dict[str, Any] | None = None  # the checkpoint resumed from
+    state: Checkpoint | None = None  # the checkpoint resumed from
     start_epoch: int = 0
     best: float = -1.0
     best_epoch: int = 0  # the epoch whose weights best.pt holds (0: none yet, or not known)
@@ -53,6 +55,11 @@ class Run:
     wall_before: float = 0.0  # seconds the run took in earlier sessions (before a resume)
     session_start: float = field(default_factory=time.perf_counter)
 
+    @property
+    def files(self) -> RunDir:
+        """The run directory's files (last.pt, best.pt, evaluation.json, ...)."""
+        return RunDir(self.run_dir)
+
     def wall_s(self) -> float:
         """Seconds the run has taken in all, every session's set-up and evaluation included."""
         return self.wall_before + time.perf_counter() - self.session_start
@@ -61,4 +68,4 @@ class Run:
         """The saved mid-epoch position when `epoch` is the one the run was stopped in."""
         if self.state is None or epoch != self.start_epoch:
             return None
-        return self.state.get("position")
+        return self.state.position

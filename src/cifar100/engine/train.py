@@ -27,7 +27,7 @@ from cifar100.data import load_data, split_holdout
 from cifar100.data.tensors import fine_to_coarse
 from cifar100.display_text import visible
 from cifar100.engine import distributed
-from cifar100.engine.epoch_end import final_test, recorded_best_epoch, restore_best
+from cifar100.engine.epoch_end import final_test, restore_best
 from cifar100.engine.finetune import fit
 from cifar100.engine.head_training import fit_features
 from cifar100.engine.interrupt import SignalStop, StepWatch
@@ -38,8 +38,11 @@ from cifar100.errors import CheckpointError, ConfigError, WriteError
 from cifar100.models.registry import build_model
 from cifar100.paths import resolve_cache_dir
 from cifar100.runtime import run_dir as runs
-from cifar100.runtime.checkpoint import load_checkpoint, load_weights
+from cifar100.runtime.checkpoint import Checkpoint, load_weights
 from cifar100.runtime.device import environment_info, tune_backends
+from cifar100.runtime.model_info import ModelInfo
+from cifar100.runtime.run_dir import RunDir
+from cifar100.runtime.trained_model import load
 
 
 def train(
@@ -75,25 +78,26 @@ def train(
         if resume is not None:
             # No checkpoint yet (stopped, or its first save failed): start it again in place.
             restart = runs.never_checkpointed(run_dir)
-            if not restart and not (run_dir / "last.pt").is_file():
+            if not restart and not RunDir(run_dir).last.is_file():
                 raise CheckpointError(
                     f"{run_dir}: no last.pt to continue from, but a best.pt: copy best.pt to "
                     "last.pt to go on from the best epoch, or start a new run"
                 )
-            state = None if restart else load_checkpoint(run_dir / "last.pt")
+            state = None if restart else Checkpoint.load(RunDir(run_dir).last)
         return _run(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart,
                     stop_after_epochs, stop_after_steps)  # fmt: skip
     except WriteError as e:
-        if not (run_dir / runs.CONFIG).is_file():
+        files = RunDir(run_dir)
+        if not files.is_run():
             raise
         kept = (
             "the run keeps its last good checkpoint: continue with"
-            if (run_dir / "last.pt").is_file()
+            if files.last.is_file()
             else "no checkpoint was written yet:"
         )
         raise WriteError(
             f"{e}; {kept} `cifar100 train --resume {run_dir}`"
-            + ("" if (run_dir / "last.pt").is_file() else " starts it again")
+            + ("" if files.last.is_file() else " starts it again")
         ) from e
     finally:
         if lock is not None:
@@ -180,14 +184,15 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
     model.to(device)
     if t.channels_last and device.type in ("cuda", "cpu"):  # measured faster on both
         model.to(memory_format=torch.channels_last)
-    meta = {
-        "classes": splits.classes,
-        "coarse_classes": splits.train.coarse_classes,
-        "fine_to_coarse": fine_to_coarse(splits.train, splits.test),
-        "image_size": train_set.image_size,
-        "dataset": splits.name,
-    }
-    run = Run(cfg, run_dir, device, dist_info, splits, train_set, val_set, model, meta, cache, say)
+    info = ModelInfo(
+        config=cfg,
+        classes=splits.classes,
+        image_size=train_set.image_size,
+        dataset=splits.name,
+        coarse_classes=splits.train.coarse_classes,
+        fine_to_coarse=fine_to_coarse(splits.train, splits.test),
+    )
+    run = Run(cfg, run_dir, device, dist_info, splits, train_set, val_set, model, info, cache, say)
     if state is None:
         if dist_info.is_main:
             env = environment_info(device)
@@ -197,21 +202,21 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
             say(f"{run_dir} has no checkpoint to continue from: starting it again")
     else:
         run.state = state
-        load_weights(model, state["model"], run_dir / "last.pt")
-        run.start_epoch, run.best = int(state["epoch"]), float(state["best_val_top1"])
-        run.best_epoch = recorded_best_epoch(state)
+        load_weights(model, state.model, run.files.last)
+        run.start_epoch, run.best = int(state.epoch), float(state.best_val_top1)
+        run.best_epoch = state.recorded_best_epoch()
         if dist_info.is_main:
             restore_best(run, state)
         run.epochs_done = run.start_epoch
-        run.wall_before = float(state.get("wall_s", 0.0))
-        if state.get("position"):
-            say(f"resuming epoch {run.start_epoch + 1} at step {state['position']['step']}")
+        run.wall_before = float(state.wall_s or 0.0)
+        if state.position:
+            say(f"resuming epoch {run.start_epoch + 1} at step {state.position['step']}")
         if dist_info.is_main:
-            runs.MetricsLog(run_dir / runs.METRICS).truncate_after(run.start_epoch)
+            run.files.metrics_log().truncate_after(run.start_epoch)
         if run.start_epoch >= t.epochs:
             say(f"{run_dir}: all {t.epochs} epochs were already trained; evaluating")
     distributed.barrier(dist_info)
-    run.log = runs.MetricsLog(run_dir / runs.METRICS)
+    run.log = run.files.metrics_log()
     say(
         f"run {run_dir}: {cfg.preset} on {splits.name} ({len(train_set)} train, "
         f"{len(val_set)} val, {len(splits.test)} test), {device}"
@@ -223,8 +228,6 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
 def _read_init(cfg: Config, classes: list[str]) -> dict[str, Any]:
     """The weights to start from (a run, checkpoint or safetensors export); their model
     settings replace cfg.model's (they must fit)."""
-    from cifar100.runtime.trained_model import load
-
     path = cfg.model.init
     init = load(path, device="cpu")
     if init.module is None:

@@ -32,14 +32,8 @@ from cifar100.plots.predictions import (
 )
 from cifar100.plots.training import plot_curves, plot_lr
 from cifar100.predictions_file import read_predictions
-from cifar100.runtime.run_dir import (
-    EVALUATION,
-    METRICS,
-    PREDICTIONS,
-    read_evaluation,
-    read_metrics,
-    read_run_config,
-)
+from cifar100.runtime.evaluation import Evaluation
+from cifar100.runtime.run_dir import RunDir
 from cifar100.schedule import ScheduledStep, lr_schedule
 
 __all__ = [
@@ -59,36 +53,34 @@ __all__ = [
     "superclass_order",
 ]
 
-PLOTS_DIR = "plots"
-
 
 def plot_run(run_dir: str | Path) -> dict[str, list[Path]]:
     """Write every plot the run directory's files allow into run_dir/plots; name -> files.
 
     Curves need only metrics.jsonl (an interrupted run can be plotted); per-class accuracy uses
     evaluation.json; confusion, mistakes and examples need predictions.npz."""
-    run_dir = Path(run_dir)
-    out = run_dir / PLOTS_DIR
+    run = RunDir(run_dir)
+    out = run.plots
     written: dict[str, list[Path]] = {}
 
     def save(name: str, fig: Figure) -> None:
         written[name] = save_figure(fig, out / name)
 
-    records = read_metrics(run_dir / METRICS)
+    records = run.read_metrics()
     if records:
         save("curves", plot_curves(records))
-        save("lr", plot_lr(records, run_schedule(run_dir, records)))
+        save("lr", plot_lr(records, run_schedule(run.path, records)))
 
     per_class = None
-    if (run_dir / EVALUATION).is_file():
-        evaluation = read_evaluation(run_dir / EVALUATION)
-        per_class = _numbers(evaluation.get("per_class"))
-        calibration = evaluation.get("calibration")
-        if isinstance(calibration, dict) and calibration.get("bins"):
+    if run.evaluation.is_file():
+        evaluation = Evaluation.read(run.evaluation)
+        per_class = evaluation.per_class or None
+        calibration = evaluation.calibration
+        if calibration and calibration.get("bins"):
             save("reliability", plot_reliability(calibration))
 
-    if (run_dir / PREDICTIONS).is_file():
-        arrays = read_predictions(run_dir / PREDICTIONS)
+    if run.predictions.is_file():
+        arrays = read_predictions(run.predictions)
         labels = arrays["labels"]
         preds = arrays["logits"].argmax(axis=1)
         classes = [str(c) for c in arrays["classes"]]
@@ -119,17 +111,10 @@ def run_schedule(run_dir: Path, records: list[dict]) -> list[ScheduledStep] | No
     if not isinstance(images, int) or images <= 0:
         return None
     try:
-        cfg = read_run_config(run_dir)
+        cfg = RunDir(run_dir).read_config()
     except CifarError:
         return None
     return lr_schedule(cfg.train, images)
-
-
-def _numbers(values: object) -> dict[str, float] | None:
-    """A name -> number mapping from a file, without the values that are not numbers."""
-    if not isinstance(values, dict):
-        return None
-    return {str(k): v for k, v in values.items() if isinstance(v, (int, float))} or None
 
 
 def _test_images(arrays: dict[str, np.ndarray]) -> np.ndarray:

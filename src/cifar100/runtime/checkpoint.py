@@ -1,9 +1,17 @@
-"""Checkpoints: plain tensors and values only, loaded weights-only, written atomically, with a
-digest of their contents that is checked on load."""
+"""Checkpoints: the `Checkpoint` record (the model it is, as the same ModelInfo record the
+exports carry; its weights; where training stands), and its container: plain tensors and
+values only, loaded weights-only, written atomically, with a digest of their contents that is
+checked on load.
+
+    ckpt = Checkpoint.load(run.last)
+    ckpt.info.classes, ckpt.epoch, ckpt.model      # the state dict
+    ckpt.save(run.last, run.best)
+"""
 
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +21,75 @@ from torch import nn
 from cifar100.digest import content_digest, tensor_bytes
 from cifar100.errors import CheckpointError
 from cifar100.fileio import torch_save_atomic
+from cifar100.runtime.model_info import ModelInfo
+from cifar100.runtime.run_dir import BEST, LAST, RunDir
 
 FORMAT = "cifar100-checkpoint"
-# 2: a sha256 of the contents ("digest"); version 1 files (no digest) are still read.
-VERSION = 2
+# 2: a sha256 of the contents ("digest"); 3: the model's facts as one ModelInfo record ("info",
+# as the exports carry it) instead of loose keys. Versions 1 and 2 are still read.
+VERSION = 3
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds: the model (`info`, its `model` weights) and, for a training run,
+    where it stands, so that it can resume exactly."""
+
+    info: ModelInfo
+    model: dict[str, torch.Tensor]  # the state dict
+    phase: str = "imported"  # "frozen", "finetune", "features" or "imported"
+    epoch: int = 0  # whole epochs trained
+    best_val_top1: float = -1.0
+    best_epoch: int | None = None  # which epoch best.pt holds (None: written before it was kept)
+    val_top1: float | None = None  # this epoch's validation top-1
+    wall_s: float | None = None  # seconds the run has taken, all sessions
+    optimizer: dict[str, Any] | None = None
+    ema: dict[str, Any] | None = None  # {"model": state dict, "updates": n}
+    position: dict[str, Any] | None = None  # mid-epoch: where the epoch stopped
+
+    FIELDS = ("phase", "epoch", "best_val_top1", "best_epoch", "val_top1", "wall_s",
+              "optimizer", "ema", "position")  # fmt: skip
+
+    def to_state(self) -> dict[str, Any]:
+        """The container's dict: the record's values, None left out."""
+        state = {"info": self.info.to_json(), "model": self.model}
+        state.update((k, getattr(self, k)) for k in self.FIELDS if getattr(self, k) is not None)
+        return state
+
+    def save(self, path: str | Path, *more: str | Path) -> None:
+        save_checkpoint(self.to_state(), path, *more)
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+        path = Path(path)
+        return cls.from_state(load_checkpoint(path, map_location), path)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], path: Path) -> Checkpoint:
+        """The record of a loaded container (any version); CheckpointError naming `path` when
+        it lacks what a model is rebuilt from."""
+        if "info" in state:
+            info = ModelInfo.from_json(state["info"], path)
+        else:  # versions 1 and 2: the model's facts as loose keys
+            info = ModelInfo.from_loose_keys(state, path)
+        values = {k: state[k] for k in cls.FIELDS if state.get(k) is not None}
+        ckpt = cls(info, state.get("model"), **values)
+        info.config.model.weights = "none"  # the weights come with the model
+        position = ckpt.position or {}
+        ema = ckpt.ema
+        info.epoch, info.steps_into_next_epoch = ckpt.epoch, position.get("step")
+        info.ema_updates = int(ema.get("updates", 0)) if isinstance(ema, dict) else None
+        info.read_run(path)
+        return ckpt
+
+    def recorded_best_epoch(self) -> int:
+        """The epoch whose weights best.pt should hold, as last.pt records it; for checkpoints
+        written before it did, last.pt's own epoch when it ended as the best so far; else 0."""
+        if isinstance(self.best_epoch, int):
+            return self.best_epoch
+        if not self.position and self.val_top1 == self.best_val_top1:
+            return int(self.epoch)
+        return 0
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path, *more: str | Path) -> None:
@@ -38,7 +111,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    sibling = {"last.pt": "best.pt", "best.pt": "last.pt"}.get(path.name)
+    sibling = {LAST: BEST, BEST: LAST}.get(path.name)
     advice = f"; {path.with_name(sibling)} may still be intact" if sibling else ""
     _check_zip(path, advice)
     try:
@@ -97,8 +170,9 @@ def resolve_checkpoint(target: str | Path, which: str = "last") -> Path:
     """A checkpoint file, or a run directory's `last.pt` / `best.pt`."""
     target = Path(target)
     if target.is_dir():
-        path = target / f"{which}.pt"
-        if not path.is_file() and which == "best" and (target / "last.pt").is_file():
+        run = RunDir(target)
+        path = run.checkpoint(which)
+        if not path.is_file() and which == "best" and run.last.is_file():
             raise CheckpointError(
                 f"{target}: no best.pt beside last.pt: writing it failed (a full disk?) or it "
                 f"was removed; `cifar100 train --resume {target}` writes it again if last.pt "

@@ -1,6 +1,6 @@
 """What a trained model is: its settings, classes and input size (everything needed to rebuild
-it), and where it came from. Checkpoints hold it in their own keys; every export carries it as
-one JSON object, so an exported file explains itself."""
+it), and where it came from. Checkpoints and every export carry it as the same JSON object, so
+a model file explains itself."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Any
 
 from cifar100.config import Config, ModelConfig, from_dict
 from cifar100.errors import CheckpointError
-from cifar100.metrics import recorded_top5
+from cifar100.runtime.evaluation import Evaluation
+from cifar100.runtime.run_dir import RunDir
 
 FORMAT = "cifar100-model"
 VERSION = 1
@@ -60,6 +61,7 @@ class ModelInfo:
     @property
     def preprocessing(self) -> str:
         """How pixels are scaled for the backbone (a models.head.Preprocess mode)."""
+        # The registry (and torch) on first use: reading a model record needs neither.
         from cifar100.models.registry import get_backbone
 
         return self.model.preprocess or get_backbone(self.model.backbone).preprocessing
@@ -95,8 +97,9 @@ class ModelInfo:
         return info
 
     @classmethod
-    def from_checkpoint(cls, state: dict[str, Any], path: Path) -> ModelInfo:
-        """The checkpoint's own keys, and what its run directory says about it."""
+    def from_loose_keys(cls, state: dict[str, Any], path: Path) -> ModelInfo:
+        """The model's facts from a checkpoint written before they were one record (versions 1
+        and 2 of the checkpoint format kept them as its own keys)."""
         try:
             cfg = from_dict(state["config"], preset=state["config"].get("preset", "custom"))
             classes = list(state["classes"])
@@ -104,8 +107,6 @@ class ModelInfo:
             raise CheckpointError(
                 f"{path}: checkpoint lacks {e}; it was not written by cifar100 train"
             ) from e
-        cfg.model.weights = "none"
-        position = state.get("position") or {}
         info = cls(
             config=cfg,
             classes=classes,
@@ -113,28 +114,23 @@ class ModelInfo:
             dataset=str(state.get("dataset", "custom")),
             coarse_classes=state.get("coarse_classes"),
             fine_to_coarse=state.get("fine_to_coarse"),
-            epoch=state.get("epoch"),
-            steps_into_next_epoch=position.get("step"),
             saved_at=state.get("saved_at"),
             imported_from=state.get("imported_from"),
-            ema_updates=int(ema.get("updates", 0))
-            if isinstance(ema := state.get("ema"), dict)
-            else None,
         )
-        info._read_run(path)
         info.check(path)
         return info
 
-    def _read_run(self, path: Path) -> None:
-        """Test accuracy and commit from the run directory holding `path`, where it is one."""
-        run = path.parent
-        if not (run / "config.json").is_file():
+    def read_run(self, path: Path) -> None:
+        """Test accuracy and commit from the run directory holding the checkpoint at `path`,
+        where it is one."""
+        run = RunDir(path.parent)
+        if not run.is_run():
             return
         self.run = str(run)
-        evaluation = _json_file(run / "evaluation.json")
-        if evaluation and Path(str(evaluation.get("checkpoint", ""))).name == path.name:
-            self.test_top1, self.test_top5 = evaluation.get("top1"), recorded_top5(evaluation)
-        self.commit = (_json_file(run / "environment.json") or {}).get("git_commit")
+        evaluation = Evaluation.read_if_usable(run.evaluation)
+        if evaluation is not None and evaluation.matches(path):
+            self.test_top1, self.test_top5 = evaluation.top1, evaluation.top5
+        self.commit = (run.read_environment() or {}).get("git_commit")
 
     def check(self, source: str | Path) -> None:
         """The fields a model is rebuilt from, checked; CheckpointError naming `source`."""
@@ -152,11 +148,3 @@ class ModelInfo:
                 f"names, the size 8..1024 px; got {len(self.classes or [])} classes, size "
                 f"{self.image_size!r})"
             )
-
-
-def _json_file(path: Path) -> dict | None:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return raw if isinstance(raw, dict) else None

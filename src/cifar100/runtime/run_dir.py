@@ -1,10 +1,18 @@
-"""Run directories: each holds its resolved config, environment, metrics log and checkpoints."""
+"""Run directories: each holds its resolved config, environment, metrics log, checkpoints,
+evaluations and page. Every file name of a run is spelled here, and only here: `RunDir` knows
+them, and the other modules ask it.
+
+    run = RunDir("runs/20261201-120000-cpu-finetune")
+    run.last, run.best, run.evaluation, run.report    # paths
+    run.read_config(), run.read_metrics(), Evaluation.read(run.evaluation)
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +26,102 @@ METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
 PREDICTIONS = "predictions.npz"  # the test logits beside it, for the plots
 LOCK_NAME = ".lock"  # held while a run trains; ignored when asking whether a directory holds a run
+
+
+LAST = "last.pt"  # the run's latest state (resumable, mid-epoch too)
+BEST = "best.pt"  # the weights of its best validation epoch
+REPORT = "report.html"
+PLOTS = "plots"
+CHECKPOINTS = (LAST, BEST)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory and the files it holds (or will hold)."""
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    config = property(lambda self: self.path / CONFIG)
+    environment = property(lambda self: self.path / ENVIRONMENT)
+    metrics = property(lambda self: self.path / METRICS)
+    evaluation = property(lambda self: self.path / EVALUATION)
+    predictions = property(lambda self: self.path / PREDICTIONS)
+    last = property(lambda self: self.path / LAST)
+    best = property(lambda self: self.path / BEST)
+    report = property(lambda self: self.path / REPORT)
+    plots = property(lambda self: self.path / PLOTS)
+    lock = property(lambda self: self.path / LOCK_NAME)
+
+    def checkpoint(self, which: str = "last") -> Path:
+        """last.pt or best.pt."""
+        return self.path / {"last": LAST, "best": BEST}[which]
+
+    def is_run(self) -> bool:
+        """Whether it holds a run's config (what every cifar100 run directory has)."""
+        return self.config.is_file()
+
+    def evaluation_variant(self, variant: str) -> Path:
+        """evaluation{variant}.json: "" is the run's own, "-best-tta" a variant's."""
+        return self.path / f"evaluation{variant}.json"
+
+    def predictions_variant(self, variant: str) -> Path:
+        return self.path / f"predictions{variant}.npz"
+
+    def variant_evaluations(self) -> list[tuple[list[str], Path]]:
+        """The other evaluations' files, each with the words of its variant (best, ema, tta)."""
+        found = []
+        for path in sorted(self.path.glob("evaluation-*.json")):
+            found.append((path.stem.removeprefix("evaluation-").split("-"), path))
+        return found
+
+    def read_config(self) -> Config:
+        return read_run_config(self.path)
+
+    def read_config_json(self) -> dict[str, Any]:
+        return read_config_json(self.path)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.metrics)
+
+    def read_environment(self) -> dict[str, Any] | None:
+        """environment.json, or None where it is missing or damaged (it only informs)."""
+        return read_json_or_none(self.environment)
+
+    def metrics_log(self) -> MetricsLog:
+        return MetricsLog(self.metrics)
+
+
+def file_evaluation(target: Path, variant: str = "") -> Path:
+    """Where `cifar100 evaluate FILE` writes the evaluation of a model file (an export or a
+    checkpoint outside a run): FILE.eval{variant}.json beside it."""
+    return target.with_suffix(f".eval{variant}.json")
+
+
+def file_predictions(target: Path, variant: str = "") -> Path:
+    """FILE.predictions{variant}.npz beside a model file."""
+    return target.with_suffix(f".predictions{variant}.npz")
+
+
+def predictions_beside(evaluation: Path) -> Path:
+    """The predictions file beside an evaluation written where the user asked (--output)."""
+    return evaluation.with_name(evaluation.stem + ".predictions.npz")
+
+
+def read_json_or_none(path: Path) -> Any:
+    """A JSON file's value, or None where it is missing or not JSON (files that only inform)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def new_run_dir(root: str | Path, preset: str) -> Path:
@@ -56,23 +160,23 @@ def never_checkpointed(path: Path) -> bool:
     failed, before one was written): it can only start again. Epochs it logged are not backed
     by any weights, so they go too."""
     has = {p.name for p in path.iterdir()} if path.is_dir() else set()
-    return CONFIG in has and not has & {"last.pt", "best.pt"}
+    return CONFIG in has and not has & set(CHECKPOINTS)
 
 
 def read_run_config(path: Path) -> Config:
     file = path / CONFIG
     if not file.is_file():
         raise CheckpointError(f"{path}: no {CONFIG}; not a cifar100 run directory")
-    raw = _json_object(file, "run config", "unreadable")
+    raw = read_json_object(file, "run config", "unreadable")
     return from_dict(raw, preset=raw.get("preset", "custom"))
 
 
 def read_config_json(path: Path) -> dict[str, Any]:
     """The run's config.json as written (for display); one clear error when it is damaged."""
-    return _json_object(path / CONFIG, "run config", "unreadable")
+    return read_json_object(path / CONFIG, "run config", "unreadable")
 
 
-def _json_object(file: Path, what: str, damaged: str) -> dict[str, Any]:
+def read_json_object(file: Path, what: str, damaged: str) -> dict[str, Any]:
     """A JSON object from one of the run's files; one clear error when it is not one."""
     try:
         raw = json.loads(file.read_text(encoding="utf-8"))
@@ -83,17 +187,11 @@ def _json_object(file: Path, what: str, damaged: str) -> dict[str, Any]:
     return raw
 
 
-def read_evaluation(file: Path) -> dict[str, Any]:
-    """A run's evaluation.json (or a variant's); one clear error when it is damaged."""
-    advice = f"damaged; `cifar100 evaluate {file.parent}` writes it again"
-    return _json_object(file, "evaluation", advice)
-
-
 def recorded_threads(path: Path) -> int | None:
     """The CPU thread count a run began with (environment.json), if it recorded one."""
     try:
-        return int(json.loads((path / ENVIRONMENT).read_text())["torch_threads"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_json_or_none(path / ENVIRONMENT)["torch_threads"])
+    except (ValueError, KeyError, TypeError):
         return None
 
 

@@ -23,6 +23,9 @@ import torch
 from cifar100.data.images import prepare_images
 from cifar100.errors import CheckpointError, ModelError
 from cifar100.fileio import file_problem
+from cifar100.models.registry import build_model
+from cifar100.runtime.checkpoint import Checkpoint, load_weights
+from cifar100.runtime.device import select_device, tune_backends
 from cifar100.runtime.inference import model_batches, run_batches, with_flip
 from cifar100.runtime.model_info import ModelInfo
 
@@ -164,10 +167,6 @@ def from_weights(
     info: ModelInfo, weights: dict[str, torch.Tensor], source: Path, device: str = "auto"
 ) -> TrainedModel:
     """Rebuild `info`'s model, fill it with `weights` and put it on `device` for inference."""
-    from cifar100.models.registry import build_model
-    from cifar100.runtime.checkpoint import load_weights
-    from cifar100.runtime.device import select_device, tune_backends
-
     module = build_model(info.model, num_classes=len(info.classes))
     load_weights(module, weights, source)
     dev = select_device(device)
@@ -180,16 +179,12 @@ def from_weights(
 
 
 def _read_checkpoint(path: Path, ema: bool) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
-    from cifar100.runtime.checkpoint import load_checkpoint
-
-    state = load_checkpoint(path)
-    info = ModelInfo.from_checkpoint(state, path)
+    ckpt = Checkpoint.load(path)
     if not ema:
-        return info, state.get("model")
-    average = state.get("ema")
-    if not isinstance(average, dict) or "model" not in average:
+        return ckpt.info, ckpt.model
+    if not isinstance(ckpt.ema, dict) or "model" not in ckpt.ema:
         raise CheckpointError(
             f"{path}: no EMA weights in this checkpoint (train with --set train.ema_decay=0.999 "
             "to keep them); evaluate without --ema"
         )
-    return info, average["model"]
+    return ckpt.info, ckpt.ema["model"]

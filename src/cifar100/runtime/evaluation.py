@@ -1,0 +1,181 @@
+"""An evaluation: one model's metrics on a test split, as evaluation.json (and its variants, and
+FILE.eval.json beside an export) hold them. Its keys are read here and nowhere else.
+
+    e = Evaluation.read(run.evaluation)
+    e.top1, e.top5, e.per_class, e.ema_top1
+    print(e.format())                    # what `cifar100 evaluate` prints
+
+The JSON object is kept whole as written (`record`), so a key a later version adds survives
+a read and a write; the properties give each value typed, and None where a file lacks it or
+holds something else there (a hand-edited or damaged file is read as far as it makes sense).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cifar100.display_text import DISPLAY_LIMIT, display_name, display_names
+from cifar100.errors import CheckpointError
+from cifar100.fileio import write_json_atomic
+from cifar100.metrics import top5_applies
+from cifar100.runtime.run_dir import read_json_object, read_json_or_none
+
+
+def _number(value: Any) -> float | None:
+    """A JSON number (not a bool), else None."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return value if ok else None
+
+
+@dataclass
+class Evaluation:
+    """One evaluation's record, with typed views of its values."""
+
+    record: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None  # the file it was read from
+
+    @classmethod
+    def of(cls, **values: Any) -> Evaluation:
+        """A new evaluation from its values, in the order the file will hold them."""
+        return cls({k: v for k, v in values.items() if v is not None})
+
+    @classmethod
+    def read(cls, path: str | Path) -> Evaluation:
+        """The evaluation at `path`; CheckpointError (one line, naming it) when it is not JSON or
+        not an object."""
+        path = Path(path)
+        advice = f"damaged; `cifar100 evaluate {path.parent}` writes it again"
+        return cls(read_json_object(path, "evaluation", advice), path)
+
+    @classmethod
+    def read_complete(cls, path: str | Path) -> Evaluation | None:
+        """The evaluation at `path` where there is one; an error when it is damaged or holds no
+        test top-1 (a page of blanks would hide that)."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        evaluation = cls.read(path)
+        if evaluation.top1 is None:
+            raise CheckpointError(
+                f"{path}: damaged (no test top-1 in it); `cifar100 evaluate {path.parent}` "
+                "writes it again"
+            )
+        return evaluation
+
+    @classmethod
+    def read_if_usable(cls, path: str | Path) -> Evaluation | None:
+        """The evaluation at `path` when it can be read and holds a top-1, else None (for
+        files that only add to a page or a table)."""
+        raw = read_json_or_none(Path(path))
+        evaluation = cls(raw, Path(path)) if isinstance(raw, dict) else None
+        return evaluation if evaluation is not None and evaluation.top1 is not None else None
+
+    def write(self, path: str | Path) -> None:
+        write_json_atomic(path, self.record)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.record
+
+    # -- values -------------------------------------------------------------------------------
+    top1 = property(lambda self: _number(self.record.get("top1")))
+    loss = property(lambda self: _number(self.record.get("loss")))
+    images = property(lambda self: self.record.get("images"))
+    epoch = property(lambda self: _number(self.record.get("epoch")))
+    macro_f1 = property(lambda self: _number(self.record.get("macro_f1")))
+    superclass_top1 = property(lambda self: _number(self.record.get("superclass_top1")))
+    train_wall_s = property(lambda self: _number(self.record.get("train_wall_s")))
+    checkpoint = property(lambda self: str(self.record.get("checkpoint", "")))
+
+    @property
+    def top5(self) -> float | None:
+        """Top-5 where it applies (metrics.top5_applies), else None: also for files written
+        before that rule, which may hold a (100%) top-5 for 5 classes or fewer."""
+        per_class = self.record.get("per_class")
+        if isinstance(per_class, dict) and not top5_applies(len(per_class)):
+            return None
+        return _number(self.record.get("top5"))
+
+    @property
+    def per_class(self) -> dict[str, float] | None:
+        """Each class's top-1 (numbers only), or None where the file has none."""
+        values = self.record.get("per_class")
+        if not isinstance(values, dict):
+            return None
+        return {str(k): v for k, v in values.items() if _number(v) is not None}
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        value = self.record.get("calibration")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def ema(self) -> dict[str, Any]:
+        """The EMA weights' loss, top-1 and top-5 where the checkpoint kept an average."""
+        value = self.record.get("ema")
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def ema_top1(self) -> float | None:
+        return _number(self.ema.get("top1"))
+
+    def matches(self, checkpoint: Path) -> bool:
+        """Whether this evaluates the checkpoint file named like `checkpoint` (last or best)."""
+        return Path(self.checkpoint).name == checkpoint.name
+
+    # -- text -----------------------------------------------------------------------------------
+    def format(self) -> str:
+        """The lines `cifar100 evaluate` prints."""
+        m = self.record
+        lines = [
+            f"{m['dataset']}: {m['images']} test images, {m['checkpoint']} "
+            + ("in ONNX Runtime " if m.get("runtime") == "onnx" else "")
+            + f"(epoch {m['epoch']}"
+            + (f" + {m['steps_into_next_epoch']} steps" if m.get("steps_into_next_epoch") else "")
+            + ")",
+            f"  top-1 {m['top1']:.2%}{_top5(m)}   loss {m['loss']:.4f}",
+        ]
+        if "macro_f1" in m:
+            lines.append(
+                f"  macro-F1 {m['macro_f1']:.4f}   ECE {m['calibration']['ece']:.4f} (15 bins)"
+                + ("   TTA: flip" if m.get("tta") == "flip" else "")
+                + ("   EMA weights" if m.get("weights") == "ema" else "")
+            )
+        if "agreement" in m:
+            a = m["agreement"]
+            lines.append(
+                f"  predictions that differ from the checkpoint's ({a['compared_with']}): "
+                f"{a['differ']} of {a['images']}" + (f" ({a['why']})" if a["differ"] else "")
+            )
+        if "ema" in m:
+            lines.append(f"  EMA weights: top-1 {m['ema']['top1']:.2%}{_top5(m['ema'])}")
+        lines += self._superclass_lines() + self._class_lines()
+        return "\n".join(lines)
+
+    def _superclass_lines(self) -> list[str]:
+        m = self.record
+        if "superclass_top1" not in m:
+            return []
+        lines = [f"  superclass top-1 {m['superclass_top1']:.2%}"]
+        lines.append("  per superclass (fine top-1 / superclass top-1):")
+        for name, v in m["per_superclass"].items():
+            name = display_name(name, DISPLAY_LIMIT)
+            lines.append(f"    {name:<32} {v['fine_top1']:7.2%}  {v['superclass_top1']:7.2%}")
+        return lines
+
+    def _class_lines(self) -> list[str]:
+        per_class = sorted(self.record["per_class"].items(), key=lambda kv: kv[1])
+        if not per_class:
+            return []
+        # Names as shown (controls visible, long ones cut); the JSON keeps them whole.
+        names = list(self.record["per_class"])
+        shown = dict(zip(names, display_names(names, DISPLAY_LIMIT)))
+        worst = ", ".join(f"{shown[c]} {a:.0%}" for c, a in per_class[:5])
+        best = ", ".join(f"{shown[c]} {a:.0%}" for c, a in per_class[::-1][:5])
+        return [f"  hardest classes: {worst}", f"  easiest classes: {best}"]
+
+
+def _top5(m: dict) -> str:
+    # Absent with 5 classes or fewer (metrics.top5_applies): it would always read 100%.
+    return f"   top-5 {m['top5']:.2%}" if m.get("top5") is not None else ""
