@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from cifar100.data.tensors import ImageSet, fine_to_coarse
+from cifar100.display_text import DISPLAY_LIMIT, display_name, display_names
 from cifar100.errors import DataError
 from cifar100.metrics import classification_metrics
 from cifar100.runtime import run_dir as runs
@@ -180,3 +181,49 @@ def _check_classes(trained: list[str], found: list[str], source: str) -> None:
             f"({len(found)} vs {len(trained)} classes); evaluate on the data the "
             "model was trained for"
         )
+
+
+def format_evaluation(m: dict) -> str:
+    lines = [
+        f"{m['dataset']}: {m['images']} test images, {m['checkpoint']} "
+        + ("in ONNX Runtime " if m.get("runtime") == "onnx" else "")
+        + f"(epoch {m['epoch']}"
+        + (f" + {m['steps_into_next_epoch']} steps" if m.get("steps_into_next_epoch") else "")
+        + ")",
+        f"  top-1 {m['top1']:.2%}{_top5(m)}   loss {m['loss']:.4f}",
+    ]
+    if "macro_f1" in m:
+        lines.append(
+            f"  macro-F1 {m['macro_f1']:.4f}   ECE {m['calibration']['ece']:.4f} (15 bins)"
+            + ("   TTA: flip" if m.get("tta") == "flip" else "")
+            + ("   EMA weights" if m.get("weights") == "ema" else "")
+        )
+    if "agreement" in m:
+        a = m["agreement"]
+        lines.append(
+            f"  predictions that differ from the checkpoint's ({a['compared_with']}): "
+            f"{a['differ']} of {a['images']}" + (f" ({a['why']})" if a["differ"] else "")
+        )
+    if "ema" in m:
+        e = m["ema"]
+        lines.append(f"  EMA weights: top-1 {e['top1']:.2%}{_top5(e)}")
+    if "superclass_top1" in m:
+        lines.append(f"  superclass top-1 {m['superclass_top1']:.2%}")
+        lines.append("  per superclass (fine top-1 / superclass top-1):")
+        for name, v in m["per_superclass"].items():
+            name = display_name(name, DISPLAY_LIMIT)
+            lines.append(f"    {name:<32} {v['fine_top1']:7.2%}  {v['superclass_top1']:7.2%}")
+    per_class = sorted(m["per_class"].items(), key=lambda kv: kv[1])
+    if per_class:
+        # Names as shown (controls visible, long ones cut); the JSON keeps them whole.
+        shown = dict(zip(m["per_class"], display_names(list(m["per_class"]), DISPLAY_LIMIT)))
+        worst = ", ".join(f"{shown[c]} {a:.0%}" for c, a in per_class[:5])
+        best = ", ".join(f"{shown[c]} {a:.0%}" for c, a in per_class[::-1][:5])
+        lines.append(f"  hardest classes: {worst}")
+        lines.append(f"  easiest classes: {best}")
+    return "\n".join(lines)
+
+
+def _top5(m: dict) -> str:
+    # Absent with 5 classes or fewer (metrics.top5_applies): it would always read 100%.
+    return f"   top-5 {m['top5']:.2%}" if m.get("top5") is not None else ""

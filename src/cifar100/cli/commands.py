@@ -111,7 +111,7 @@ def _train_exit(result) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from cifar100.evaluate import evaluate_checkpoint, variant_suffix
+    from cifar100.evaluate import evaluate_checkpoint, format_evaluation, variant_suffix
     from cifar100.fileio import write_json_atomic
 
     target = Path(args.target)
@@ -146,52 +146,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(format_evaluation(metrics))
     print(f"written to {out}")
     return 0
-
-
-def format_evaluation(m: dict) -> str:
-    lines = [
-        f"{m['dataset']}: {m['images']} test images, {m['checkpoint']} "
-        + ("in ONNX Runtime " if m.get("runtime") == "onnx" else "")
-        + f"(epoch {m['epoch']}"
-        + (f" + {m['steps_into_next_epoch']} steps" if m.get("steps_into_next_epoch") else "")
-        + ")",
-        f"  top-1 {m['top1']:.2%}{_top5(m)}   loss {m['loss']:.4f}",
-    ]
-    if "macro_f1" in m:
-        lines.append(
-            f"  macro-F1 {m['macro_f1']:.4f}   ECE {m['calibration']['ece']:.4f} (15 bins)"
-            + ("   TTA: flip" if m.get("tta") == "flip" else "")
-            + ("   EMA weights" if m.get("weights") == "ema" else "")
-        )
-    if "agreement" in m:
-        a = m["agreement"]
-        lines.append(
-            f"  predictions that differ from the checkpoint's ({a['compared_with']}): "
-            f"{a['differ']} of {a['images']}" + (f" ({a['why']})" if a["differ"] else "")
-        )
-    if "ema" in m:
-        e = m["ema"]
-        lines.append(f"  EMA weights: top-1 {e['top1']:.2%}{_top5(e)}")
-    if "superclass_top1" in m:
-        lines.append(f"  superclass top-1 {m['superclass_top1']:.2%}")
-        lines.append("  per superclass (fine top-1 / superclass top-1):")
-        for name, v in m["per_superclass"].items():
-            name = display_name(name, DISPLAY_LIMIT)
-            lines.append(f"    {name:<32} {v['fine_top1']:7.2%}  {v['superclass_top1']:7.2%}")
-    per_class = sorted(m["per_class"].items(), key=lambda kv: kv[1])
-    if per_class:
-        # Names as shown (controls visible, long ones cut); the JSON keeps them whole.
-        shown = dict(zip(m["per_class"], display_names(list(m["per_class"]), DISPLAY_LIMIT)))
-        worst = ", ".join(f"{shown[c]} {a:.0%}" for c, a in per_class[:5])
-        best = ", ".join(f"{shown[c]} {a:.0%}" for c, a in per_class[::-1][:5])
-        lines.append(f"  hardest classes: {worst}")
-        lines.append(f"  easiest classes: {best}")
-    return "\n".join(lines)
-
-
-def _top5(m: dict) -> str:
-    # Absent with 5 classes or fewer (metrics.top5_applies): it would always read 100%.
-    return f"   top-5 {m['top5']:.2%}" if m.get("top5") is not None else ""
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -240,14 +194,11 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     cfg = validate(resolve_config(args))
     cfg.model.weights = "none"  # the table needs shapes and counts, not trained values
-    n = args.classes or {"cifar100": 100 if cfg.data.label == "fine" else 20, "cifar10": 10}.get(
-        cfg.data.dataset
-    )
+    n = args.classes or cfg.data.class_count()
     if n is None:
         raise CifarError("an image folder's class count comes from its data: pass --classes N")
     model = build_model(cfg.model, num_classes=n)
-    size = 32 if cfg.data.dataset != "folder" else cfg.data.image_size
-    print(format_summary(model, size))
+    print(format_summary(model, cfg.data.decoded_size()))
     return 0
 
 
@@ -306,6 +257,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_import_keras(args: argparse.Namespace) -> int:
     from cifar100.config import DataConfig
+    from cifar100.data.class_names import read_class_names
     from cifar100.keras_import import import_keras_model
     from cifar100.paths import resolve_cache_dir
 
@@ -324,34 +276,10 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
 
 
 def read_class_names(path: str) -> list[str]:
-    """Class names, one per line in output order; blank lines skipped, duplicates refused."""
-    from cifar100.fileio import file_problem
+    """Moved to data/class_names.py; tests/test_hostile_files.py still imports it from here."""
+    from cifar100.data.class_names import read_class_names as read  # keeps the start fast
 
-    if problem := file_problem(path):  # a FIFO would block, /dev/zero never end
-        raise CifarError(f"{path}: {problem}; give a text file of class names, one per line")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise CifarError(f"{path}: cannot read class names ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise CifarError(
-            f"{path}: not a UTF-8 text file; give the class names one per line"
-        ) from None
-    names, first_line = [], {}
-    for number, line in enumerate(text.splitlines(), 1):
-        name = line.strip()
-        if not name:
-            continue
-        if name in first_line:
-            raise CifarError(
-                f"{path}: class name {name!r} appears twice (lines {first_line[name]} and "
-                f"{number}); each output needs its own name"
-            )
-        first_line[name] = number
-        names.append(name)
-    if not names:
-        raise CifarError(f"{path}: no class names in it; give one per line")
-    return names
+    return read(path)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
