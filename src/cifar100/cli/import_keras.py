@@ -13,8 +13,6 @@ DESCRIPTION = (
     "them; read with h5py, no TensorFlow needed) into a cifar100 run directory, to evaluate, "
     "predict with, or fine-tune (train --init RUN_DIR)."
 )
-# How a Keras model's inputs were scaled: the model.preprocess modes but EfficientNet-Lite's.
-KERAS_PREPROCESS = tuple(m for m in CHOICES["model.preprocess"] if m != "lite")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--preprocess",
-        choices=KERAS_PREPROCESS,
+        # the model.preprocess modes but EfficientNet-Lite's: a Keras model's input scalings
+        choices=tuple(m for m in CHOICES["model.preprocess"] if m != "lite"),
         help="how the Keras model's inputs were scaled (the converted model takes 0..255 pixels "
         "and scales them itself): tf = x/127.5-1, ResNet50V2's and what a Rescaling(1/127.5, "
         "-1) layer in the model does (default); torch = x/255, then minus the ImageNet mean "
