@@ -4,10 +4,13 @@ import json
 import pytest
 
 from cifar100.config import (
+    CHOICES,
     RANGES,
     SECTIONS,
     Config,
+    DataConfig,
     apply_overrides,
+    describe_choices,
     from_dict,
     load_config_file,
     load_preset,
@@ -197,3 +200,44 @@ def test_numeric_flags_are_checked_by_the_parser(argv, capsys):
         main(argv)
     assert e.value.code == 2
     assert "must be" in capsys.readouterr().err
+
+
+FREE_TEXT = ["data.path", "model.backbone", "model.weights", "model.init"]  # no fixed choices
+
+
+def test_every_text_setting_has_choices_or_is_free_text():
+    assert sorted(_fields(("str",))) == sorted([*CHOICES, *FREE_TEXT])
+
+
+def test_the_choices_are_those_the_code_acts_on():
+    from cifar100.data.augment import POLICIES
+    from cifar100.models.head import PREPROCESS_MODES
+
+    assert CHOICES["train.policy"] == POLICIES
+    assert CHOICES["model.preprocess"] == PREPROCESS_MODES
+
+
+@pytest.mark.parametrize("dotted", list(CHOICES))
+def test_validate_takes_each_choice_and_refuses_others(dotted):
+    for choice in CHOICES[dotted]:
+        validate(apply_overrides(Config(), [f"{dotted}={choice}", "data.path=x"]))
+    with pytest.raises(ConfigError) as e:
+        validate(apply_overrides(Config(), [f"{dotted}=bogus", "data.path=x"]))
+    assert str(e.value) == f"{dotted}='bogus': choose {describe_choices(dotted)}"
+    assert all(c in str(e.value) for c in CHOICES[dotted])
+
+
+def test_unset_and_numbered_values_where_they_are_allowed():
+    validate(apply_overrides(Config(), ["model.preprocess=", "train.device=cuda:1"]))
+    with pytest.raises(ConfigError, match="choose"):
+        validate(apply_overrides(Config(), ["train.device=tpu:1"]))
+
+
+@pytest.mark.parametrize(
+    "dataset, label, classes, size",
+    [("cifar100", "fine", 100, 32), ("cifar100", "coarse", 20, 32), ("cifar10", "fine", 10, 32),
+     ("folder", "fine", None, 64)],
+)  # fmt: skip
+def test_the_data_settings_know_their_class_count_and_image_size(dataset, label, classes, size):
+    data = DataConfig(dataset=dataset, label=label, image_size=64)
+    assert (data.class_count(), data.decoded_size()) == (classes, size)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cifar100 import cli
-from cifar100.cli.commands import resolve_config
 from cifar100.cli.parser import build_parser
+from cifar100.cli.settings_flags import resolve_config
 from cifar100.data.folders import load_image_folder
 from cifar100.data.images import HEADER_BYTES
 from cifar100.errors import DataError

@@ -470,7 +470,7 @@ model = load({str(run)!r})
 
 @pytest.mark.parametrize("kind", ["fifo", "device", "proc"])
 def test_class_names_from_a_special_file_are_one_line(tmp_path, kind):
-    from cifar100.cli.commands import read_class_names
+    from cifar100.data.class_names import read_class_names
     from cifar100.errors import CifarError
 
     path, words = _special_paths(tmp_path)[kind]

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from cifar100.errors import ConfigError
-from cifar100.fileio import file_problem
 
 
 @dataclass
@@ -27,6 +24,17 @@ class DataConfig:
     # image folders: refuse files in class folders that are not readable images (readme.txt,
     # a corrupt JPEG) instead of skipping them with one warning
     strict: bool = False
+
+    def class_count(self) -> int | None:
+        """CIFAR's classes as labelled (100 fine, 20 coarse; 10); None for an image folder,
+        whose classes are its data's."""
+        if self.dataset == "cifar100":
+            return 100 if self.label == "fine" else 20
+        return 10 if self.dataset == "cifar10" else None
+
+    def decoded_size(self) -> int:
+        """The side of the decoded images: CIFAR's 32, an image folder's image_size."""
+        return 32 if self.dataset != "folder" else self.image_size
 
 
 @dataclass
@@ -106,13 +114,22 @@ class Config:
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
+# The CLI's parser reads this module at every start: what only presets and config files need is
+# imported where they are read.
+
+
 def preset_names() -> list[str]:
+    from importlib import resources  # here, not above: keeps the CLI's start fast
+
     files = resources.files("cifar100.configs").iterdir()
     return sorted(p.name[:-5] for p in files if p.name.endswith(".toml"))
 
 
 def load_preset(name: str) -> Config:
     """A named preset shipped with the package (configs/NAME.toml)."""
+    import tomllib  # here, not above: keeps the CLI's start fast
+    from importlib import resources
+
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
     text = resources.files("cifar100.configs").joinpath(f"{name}.toml").read_text()
@@ -120,6 +137,10 @@ def load_preset(name: str) -> Config:
 
 
 def load_config_file(path: str | Path) -> Config:
+    import tomllib  # here, not above: keeps the CLI's start fast
+
+    from cifar100.fileio import file_problem
+
     path = Path(path)
     problem = file_problem(path)  # before reading: a FIFO would block, /dev/zero never ends
     if problem:
@@ -183,10 +204,20 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
-def _coerce(value: Any, type_name: Any, dotted: str, origin: str) -> Any:
+def setting_kind(dotted: str) -> tuple[str, bool]:
+    """A setting's kind (str, int, float or bool) and whether it may be unset (None)."""
+    section, _, name = dotted.partition(".")
+    (f,) = [f for f in dataclasses.fields(SECTIONS[section]) if f.name == name]
+    return _kind(f.type)
+
+
+def _kind(type_name: Any) -> tuple[str, bool]:
     t = str(type_name)
-    optional = "None" in t
-    kind = t.split()[0].split("|")[0]
+    return t.split()[0].split("|")[0], "None" in t
+
+
+def _coerce(value: Any, type_name: Any, dotted: str, origin: str) -> Any:
+    kind, optional = _kind(type_name)
     if isinstance(value, str):
         # An empty value clears an optional setting. The words none/null do too, but only for
         # numbers: for a text setting "none" is a value of its own (model.preprocess=none is
@@ -261,6 +292,38 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
 }
 
 
+# The values of every text setting that has a fixed set of them, in the order they are offered.
+# validate() checks them, the command line offers them (cli/), and tests check them against the
+# code that acts on them (data.augment.POLICIES, models.head.PREPROCESS_MODES).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("cifar100", "cifar10", "folder"),
+    "data.label": ("fine", "coarse"),
+    "model.activation": ("relu", "leaky_relu"),
+    "model.preprocess": ("tf", "torch", "none", "raw", "lite"),  # unset: as the weights expect
+    "train.policy": ("none", "trivial", "randaugment"),
+    "train.finetune_bn": ("batch", "frozen"),
+    "train.mode": ("finetune", "features"),
+    "train.optimizer": ("sgd", "adam", "adamw"),
+    "train.device": ("auto", "cuda", "mps", "cpu"),  # and cuda:N, one GPU by its number
+}
+
+
+def describe_choices(dotted: str) -> str:
+    """A setting's choices in words, e.g. "fine or coarse"."""
+    *rest, last = CHOICES[dotted]
+    return f"{', '.join(rest)} or {last}" if rest else last
+
+
+def _check_choice(cfg: Config, dotted: str) -> None:
+    section, _, name = dotted.partition(".")
+    value = getattr(getattr(cfg, section), name)
+    if value in CHOICES[dotted] or (value is None and setting_kind(dotted)[1]):
+        return
+    if dotted == "train.device" and isinstance(value, str) and value.startswith("cuda:"):
+        return
+    raise ConfigError(f"{dotted}={value!r}: choose {describe_choices(dotted)}")
+
+
 def describe_range(dotted: str) -> str:
     """The valid range of a numeric setting in words, e.g. "a number > 0" or "in [0, 1)"."""
     lo, hi, lo_in, hi_in = RANGES[dotted]
@@ -290,7 +353,7 @@ def _check_ranges(cfg: Config) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check values that types alone cannot; one clear message per problem."""
-    d, m, t = cfg.data, cfg.model, cfg.train
+    d, t = cfg.data, cfg.train
     _check_ranges(cfg)
     if t.freeze_epochs > t.epochs:
         raise ConfigError(
@@ -300,24 +363,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"train.accumulate={t.accumulate}: must divide train.batch_size={t.batch_size}"
         )
-    if d.dataset not in ("cifar100", "cifar10", "folder"):
-        raise ConfigError(f"data.dataset={d.dataset!r}: choose cifar100, cifar10 or folder")
+    _check_choice(cfg, "data.dataset")
     if d.dataset == "folder" and not d.path:
         raise ConfigError("data.dataset=folder needs --data PATH (a folder or tarball)")
-    if d.label not in ("fine", "coarse"):
-        raise ConfigError(f"data.label={d.label!r}: choose fine or coarse")
-    if m.activation not in ("relu", "leaky_relu"):
-        raise ConfigError(f"model.activation={m.activation!r}: choose relu or leaky_relu")
-    if m.preprocess not in (None, "tf", "torch", "none", "raw", "lite"):
-        raise ConfigError(f"model.preprocess={m.preprocess!r}: choose tf, torch, none, raw or lite")
-    if t.policy not in ("none", "trivial", "randaugment"):
-        raise ConfigError(f"train.policy={t.policy!r}: choose none, trivial or randaugment")
-    if t.finetune_bn not in ("batch", "frozen"):
-        raise ConfigError(f"train.finetune_bn={t.finetune_bn!r}: choose batch or frozen")
-    if t.mode not in ("finetune", "features"):
-        raise ConfigError(f"train.mode={t.mode!r}: choose finetune or features")
-    if t.optimizer not in ("sgd", "adam", "adamw"):
-        raise ConfigError(f"train.optimizer={t.optimizer!r}: choose sgd, adam or adamw")
-    if t.device not in ("auto", "cuda", "mps", "cpu") and not t.device.startswith("cuda:"):
-        raise ConfigError(f"train.device={t.device!r}: choose auto, cuda, mps or cpu")
+    for dotted in CHOICES:
+        _check_choice(cfg, dotted)
     return cfg

@@ -1,48 +1,16 @@
 """The `cifar100` command: a thin layer that parses arguments and calls the Python API.
 
-parser.py declares the arguments, commands.py holds one function per subcommand.
+One module per command (train.py, evaluate.py, ...) holds its arguments and its run function;
+parser.py wires them from one table; main() runs one and turns errors into one line.
 """
 
 from __future__ import annotations
 
 import sys
 
-from cifar100.cli.commands import (
-    cmd_backbones,
-    cmd_bench,
-    cmd_cache,
-    cmd_compare,
-    cmd_data,
-    cmd_evaluate,
-    cmd_export,
-    cmd_import_keras,
-    cmd_predict,
-    cmd_presets,
-    cmd_report,
-    cmd_serve,
-    cmd_summary,
-    cmd_train,
-)
-from cifar100.cli.parser import build_parser
+from cifar100.cli.parser import COMMANDS, build_parser
 from cifar100.display_text import visible
 from cifar100.errors import CifarError
-
-COMMANDS = {
-    "train": cmd_train,
-    "evaluate": cmd_evaluate,
-    "compare": cmd_compare,
-    "report": cmd_report,
-    "predict": cmd_predict,
-    "summary": cmd_summary,
-    "presets": cmd_presets,
-    "backbones": cmd_backbones,
-    "bench": cmd_bench,
-    "data": cmd_data,
-    "import-keras": cmd_import_keras,
-    "export": cmd_export,
-    "serve": cmd_serve,
-    "cache": cmd_cache,
-}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +30,7 @@ def _main(argv: list[str] | None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command].run(args)
     except CifarError as e:
         if args.debug:
             raise

@@ -1,0 +1,64 @@
+"""Argument pieces more than one command shares: checked numbers, and the common flags."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from cifar100.config import CHOICES
+
+DEVICE_HELP = " | ".join(CHOICES["train.device"])
+CHECKPOINTS = ("last", "best")  # of a run directory
+STRICT_HELP = (
+    "refuse an image folder holding files that are not readable images, instead of skipping "
+    "them with a warning (data.strict)"
+)
+
+
+def at_least(low: float, kind: type = int, strict: bool = False):
+    """An argparse type: a `kind` number >= low (> low if `strict`), finite."""
+    word = "a whole number" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {word}, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(
+                f"must be {word} {'>' if strict else '>='} {low:g}, got {text}"
+            )
+        return value
+
+    parse.__name__ = "int" if kind is int else "float"  # argparse names the type in messages
+    return parse
+
+
+def add_model_target(p: argparse.ArgumentParser, dest: str) -> None:
+    """The trained model a command reads: a run directory, a checkpoint or an export."""
+    p.add_argument(
+        dest,
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run directory, a checkpoint (.pt) or an export (.safetensors, .onnx)",
+    )
+
+
+def add_checkpoint_choice(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        choices=CHECKPOINTS,
+        default=CHECKPOINTS[0],
+        help=f"which checkpoint of a run directory (default: {CHECKPOINTS[0]})",
+    )
+
+
+def add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
+    """--cache-dir, --device (train.device for train) and --no-progress."""
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="downloads and decoded data (default: $CIFAR100_CACHE or the user cache dir)",
+    )
+    if device:
+        p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")

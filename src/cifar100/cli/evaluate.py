@@ -1,0 +1,79 @@
+"""`cifar100 evaluate`: test accuracy of a run or checkpoint, printed and written as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cifar100.cli.args import add_checkpoint_choice, add_common, add_model_target, at_least
+from cifar100.cli.threads import use_free_cores
+
+HELP = "test accuracy of a run or checkpoint"
+DESCRIPTION = (
+    "Top-1 and top-5 test accuracy, macro-F1 and calibration (ECE), per class and (CIFAR-100) "
+    "per superclass; printed, and written as JSON, with the predictions (logits, labels, "
+    "images) beside it as predictions.npz. --checkpoint best, --ema and --tta write "
+    "evaluation-best.json, -ema, -tta (and predictions-...) instead, so the run's own "
+    "evaluation.json stays what report and compare read."
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_target(p, "target")
+    add_checkpoint_choice(p)
+    p.add_argument("--data", metavar="PATH", help="read the test data from here instead")
+    p.add_argument("--batch-size", type=at_least(1), metavar="N", help="images per inference batch")
+    p.add_argument("--json", action="store_true", help="print the JSON result only")
+    p.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write the JSON here (default: RUN_DIR/evaluation[-VARIANT].json)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        default="none",
+        help="test-time augmentation: flip = average the image's and its mirror's softmax "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--ema", action="store_true", help="evaluate the checkpoint's EMA weights (train.ema_decay)"
+    )
+    add_common(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here, not above, to keep the CLI's start fast: evaluation loads torch.
+    from cifar100.evaluate import evaluate_checkpoint, variant_suffix
+    from cifar100.runtime.run_dir import RunDir, file_evaluation, predictions_beside
+
+    target = Path(args.target)
+    variant = variant_suffix(args.checkpoint, args.tta == "flip", args.ema)
+    use_free_cores()
+    if args.output:
+        out = Path(args.output)
+    elif target.is_dir():
+        out = RunDir(target).evaluation_variant(variant)
+    else:
+        out = file_evaluation(target, variant)
+    evaluation = evaluate_checkpoint(
+        args.target,
+        which=args.checkpoint,
+        data_path=args.data,
+        cache_dir=args.cache_dir,
+        device=args.device or "auto",
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        tta_flip=args.tta == "flip",
+        ema=args.ema,
+        # Beside the JSON; the default (None) is RUN_DIR/predictions{variant}.npz.
+        predictions_path=predictions_beside(out) if args.output else None,
+    )
+    evaluation.write(out)
+    if args.json:
+        print(json.dumps(evaluation.to_json(), indent=2))
+        return 0
+    print(evaluation.format())
+    print(f"written to {out}")
+    return 0
