@@ -8,15 +8,14 @@ import asyncio
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import cifar100
-from cifar100.serve import v2
 from cifar100.serve.app import create_app
 from cifar100.serve.settings import ServeSettings
+from cifar100.serve.v2_codec import OUTPUTS, model_metadata
 from serve_server import running_server
 from synthetic_cifar import CIFAR10_CLASSES
 from tiny_run import train_tiny
@@ -78,7 +77,7 @@ def test_server_and_model_metadata_as_tritonclient_reads_them(client):
     server = client.get_server_metadata()
     assert server["name"] == "cifar100" and server["version"] == cifar100.__version__
     assert {"binary_tensor_data", "classification", "model_repository"} <= set(server["extensions"])
-    scores = [{"name": n, "datatype": "FP32", "shape": [-1, CLASSES]} for n in v2.OUTPUTS]
+    scores = [{"name": n, "datatype": "FP32", "shape": [-1, CLASSES]} for n in OUTPUTS]
     for version in ("", "1"):
         assert client.get_model_metadata("cifar100", version) == {
             "name": "cifar100",
@@ -112,9 +111,7 @@ def test_names_are_the_onnx_exports_so_a_client_moves_to_triton_unchanged(run, c
     ]
     assert [t["name"] for t in served["outputs"]] == [t.name for t in graph.get_outputs()]
     for runtime, platform in [("torch", "pytorch_libtorch"), ("onnx", "onnxruntime_onnx")]:
-        model = SimpleNamespace(image_size=SIZE, classes=CIFAR10_CLASSES, runtime=runtime)
-        service = SimpleNamespace(model=model, settings=ServeSettings())
-        assert v2.metadata(service)["platform"] == platform
+        assert model_metadata("cifar100", SIZE, CLASSES, runtime).platform == platform
 
 
 def test_model_config_is_a_valid_triton_model_config(client):
@@ -127,7 +124,7 @@ def test_model_config_is_a_valid_triton_model_config(client):
     assert parsed.input[0].data_type == model_config_pb2.TYPE_UINT8
     assert list(parsed.input[0].dims) == [SIZE, SIZE, 3]
     assert parsed.input[0].format == model_config_pb2.ModelInput.FORMAT_NHWC
-    assert [(o.name, list(o.dims)) for o in parsed.output] == [(n, [CLASSES]) for n in v2.OUTPUTS]
+    assert [(o.name, list(o.dims)) for o in parsed.output] == [(n, [CLASSES]) for n in OUTPUTS]
 
 
 def test_repository_index_names_the_model_and_load_is_refused(client, server):
@@ -145,14 +142,14 @@ def test_repository_index_names_the_model_and_load_is_refused(client, server):
 @pytest.mark.parametrize("binary_out", [True, False], ids=["binary-out", "json-out"])
 def test_infer_answers_what_the_model_answers_in_process(client, model, binary_in, binary_out):
     pixels = images(5, seed=1)
-    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary_out) for n in v2.OUTPUTS]
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary_out) for n in OUTPUTS]
     result = client.infer("cifar100", [images_input(pixels, binary_in)], outputs=outputs,
                           request_id="req-7")  # fmt: skip
     response = result.get_response()
     assert (response["id"], response["model_name"], response["model_version"]) == (
         "req-7", "cifar100", "1"
     )  # fmt: skip
-    assert [o["name"] for o in response["outputs"]] == list(v2.OUTPUTS)
+    assert [o["name"] for o in response["outputs"]] == list(OUTPUTS)
     assert all(("data" in o) != binary_out for o in response["outputs"])
     probabilities = result.as_numpy("probabilities")
     assert probabilities.dtype == np.float32 and probabilities.shape == (5, CLASSES)
@@ -165,7 +162,7 @@ def test_without_outputs_both_come_as_binary_data_output_asks(client, model):
     # No outputs named: tritonclient asks for binary_data_output; the versions path as well.
     result = client.infer("cifar100", [images_input(pixels)], model_version="1")
     outputs = result.get_response()["outputs"]
-    assert [o["name"] for o in outputs] == list(v2.OUTPUTS)
+    assert [o["name"] for o in outputs] == list(OUTPUTS)
     assert [o["parameters"]["binary_data_size"] for o in outputs] == [2 * CLASSES * 4] * 2
     assert np.allclose(result.as_numpy("probabilities"), model.probabilities(pixels), atol=1e-5)
 

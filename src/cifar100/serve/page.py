@@ -17,8 +17,8 @@ from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
 
-def page_route(service) -> APIRouter:
-    """The router of GET /. The page asks /model for what it shows, so `service` is unused."""
+def page_router() -> APIRouter:
+    """The router of GET /. The page asks /model for what it shows: it needs no service."""
     html = files("cifar100").joinpath("serve/page.html").read_text(encoding="utf-8")
     headers = {"Content-Security-Policy": content_policy(html), "Cache-Control": "no-cache"}
     router = APIRouter(include_in_schema=False)

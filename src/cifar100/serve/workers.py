@@ -25,7 +25,11 @@ import signal
 import tempfile
 import time
 
+import torch
+from prometheus_client import multiprocess
+
 from cifar100.errors import CifarError, ModelError
+from cifar100.serve.process import announce, load_for_serving, run_server, setup_logging
 from cifar100.serve.settings import ServeSettings
 
 log = logging.getLogger("cifar100.serve")
@@ -35,10 +39,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def run_workers(sock, path: str, runtime: str | None, device: str, settings: ServeSettings,
                 n: int) -> int:  # fmt: skip
-    import torch
-
-    from cifar100.serve.server import announce
-
     spawn = multiprocessing.get_context("spawn")  # fork is unsafe after torch's threads start
     metrics_dir = tempfile.mkdtemp(prefix="cifar100-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir  # for the workers, which inherit it
@@ -95,18 +95,12 @@ def run_workers(sock, path: str, runtime: str | None, device: str, settings: Ser
 
 
 def _forget_metrics(pid: int | None) -> None:
-    from prometheus_client import multiprocess
-
     if pid is not None:
         multiprocess.mark_process_dead(pid)  # its live gauges (the queue) no longer count
 
 
 def _worker(index: int, sock, path: str, runtime: str | None, device: str,
             settings: ServeSettings, ready, errors, threads: int) -> None:  # fmt: skip
-    import torch
-
-    from cifar100.serve.server import load_for_serving, run_server, setup_logging
-
     setup_logging(index)
     torch.set_num_threads(threads)
 
