@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make train    set up .venv, then train the report's model (preset seed) on CIFAR-100
 #   make test     set up .venv with the test tools, then run the test suite
+#   make test-fast  the tests not marked slow (under 2 minutes on 2 cores), for working
 # torch is installed first and on its own: on the project's build machines this takes a CPU
 # wheel from local disk; elsewhere pip takes the build for your platform (CUDA on Linux).
 
@@ -14,7 +15,7 @@ ARGS        ?=
 TEST_EXTRAS ?= test,oracle
 BIN          = $(VENV)/bin
 
-.PHONY: setup train test lint clean
+.PHONY: setup train test test-fast lint clean
 
 $(BIN)/cifar100: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +35,9 @@ train: setup
 
 test: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: $(VENV)/.test-deps
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check src tests

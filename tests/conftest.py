@@ -17,3 +17,21 @@ def _offline_and_isolated(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("CIFAR100_MIRROR", "http://127.0.0.1:9/")
     monkeypatch.setenv("CIFAR100_WEIGHTS_MIRROR", "http://127.0.0.1:9/")
     monkeypatch.setenv("CIFAR100_CACHE", str(tmp_path_factory.getbasetemp() / "user-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """One tiny trained run (tiny_run.train_tiny), trained once for the whole session: the
+    tests that need some trained model take a copy of it (`tiny_run_copy`), not a training."""
+    from tiny_run import train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("tiny"))[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run_copy(tiny_trained, tmp_path_factory):
+    """This module's own copy of the session's tiny run, free to write into (a tenth of a
+    second to copy, where training it took seconds)."""
+    import shutil
+
+    return shutil.copytree(tiny_trained, tmp_path_factory.mktemp("tiny-copy") / "run")

@@ -19,14 +19,13 @@ from cifar100 import cli
 from cifar100.data.images import HEADER_BYTES
 from hostile_images import flat_png, peak_run, png_head, sparse_file, webp_head
 from synthetic_folders import ZeroRun, class_image, encode, tar_zero_runs, write_classes
-from tiny_run import train_tiny
 
 LONG_NAME = "a" * 300 + ".png"  # over NAME_MAX (255) on every common file system
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("hostile"))[0]
+def run(tiny_run_copy) -> Path:
+    return tiny_run_copy
 
 
 @pytest.fixture()

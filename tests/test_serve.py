@@ -17,12 +17,11 @@ from PIL import Image
 
 from cifar100 import cli
 from serve_server import multipart, posting, running_server
-from tiny_run import train_tiny
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("serve"))[0]
+def run(tiny_run_copy):
+    return tiny_run_copy
 
 
 @pytest.fixture(scope="module")

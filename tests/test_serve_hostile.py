@@ -19,12 +19,11 @@ import pytest
 from PIL import Image
 
 from serve_server import multipart, posting, request, running_server
-from tiny_run import train_tiny
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("hostile"))[0]
+def run(tiny_run_copy):
+    return tiny_run_copy
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from cifar100.serve.settings import ServeSettings
 from cifar100.serve.v2_codec import OUTPUTS, model_metadata
 from serve_server import running_server
 from synthetic_cifar import CIFAR10_CLASSES
-from tiny_run import train_tiny
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] not installed")
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
@@ -29,8 +28,8 @@ INFER = "v2/models/cifar100/infer"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("v2"))[0]
+def run(tiny_run_copy):
+    return tiny_run_copy
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,11 @@ import pytest
 
 from serve_server import multipart, running_server
 from test_serve import images, predict_cli  # noqa: F401 - the fixture, shared
-from tiny_run import train_tiny
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("workers"))[0]
+def run(tiny_run_copy):
+    return tiny_run_copy
 
 
 def workers_of(pid: int) -> list[int]:

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported here, not above, to keep the CLI's start fast: the service loads torch.
     from cifar100.serve.server import serve
 
-    use_free_cores()  # a light model then leaves one to the HTTP side (serve.server)
+    use_free_cores()  # a light model then leaves one to the HTTP side (serve.process)
     given = {f.name: getattr(args, f.name) for f in fields(ServeSettings) if hasattr(args, f.name)}
     settings = ServeSettings(**given)
     return serve(
