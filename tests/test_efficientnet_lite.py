@@ -17,23 +17,21 @@ import torch.nn.functional as F
 from cifar100.config import ModelConfig
 from cifar100.errors import ModelError
 from cifar100.models.efficientnet_lite import (
+    LITE_PACKAGES,
     LITE_VARIANTS,
     EfficientNetLite,
     SameConv2d,
+    WeightPackage,
+    efficientnet_lite_classifier,
+    load_efficientnet_lite_weights,
+    packaged_weights_path,
     round_filters,
     same_padding,
 )
 from cifar100.models.head import Classifier, Preprocess
 from cifar100.models.registry import build_model, describe_backbones, get_backbone
 from cifar100.models.summary import keras_param_count
-from cifar100.weights.efficientnet_lite import (
-    LITE_PACKAGES,
-    WeightPackage,
-    efficientnet_lite_classifier,
-    load_efficientnet_lite_weights,
-    packaged_weights_path,
-    read_pth,
-)
+from cifar100.weights.efficientnet_lite import read_pth
 
 NAMES = list(LITE_VARIANTS)
 # Keras-style (total incl. BN moving statistics, trainable); the trainable counts plus the

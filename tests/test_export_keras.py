@@ -19,8 +19,8 @@ from cifar100.config import ModelConfig
 from cifar100.errors import ModelError, WriteError
 from cifar100.export.keras_file import RESCALING, write_keras_model
 from cifar100.models.head import Preprocess
+from cifar100.models.keras_report import load_keras_report_model
 from cifar100.models.registry import build_model
-from cifar100.weights.keras import load_keras_report_model
 from keras_oracle import keras_backbone, keras_predict, randomize_keras, report_model
 
 pytestmark = [

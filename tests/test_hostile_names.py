@@ -265,7 +265,7 @@ def test_a_triton_labels_file_cannot_be_split_by_a_class_name(bad, tmp_path):
 
 def test_export_refuses_such_a_name_before_exporting_anything(hostile_run, tmp_path, capsys,
                                                               monkeypatch):  # fmt: skip
-    from cifar100.export import formats
+    from cifar100.export import triton_repo
     from cifar100.runtime.checkpoint import load_checkpoint, save_checkpoint
 
     run, _ = hostile_run
@@ -278,7 +278,7 @@ def test_export_refuses_such_a_name_before_exporting_anything(hostile_run, tmp_p
     def exported(*args, **kwargs):
         raise AssertionError("the ONNX graph was exported before the names were checked")
 
-    monkeypatch.setattr(formats, "_onnx", exported)
+    monkeypatch.setattr(triton_repo, "write_onnx_export", exported)
     capsys.readouterr()
     argv = ["export", str(copy), "--format", "triton", "--out", str(tmp_path / "repo")]
     assert cli.main(argv) == 2

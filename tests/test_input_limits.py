@@ -24,10 +24,10 @@ from cifar100.data import cifar, cifar_sources
 from cifar100.data.folders import load_image_folder
 from cifar100.data.images import HEADER_BYTES
 from cifar100.errors import DataError, ModelError
-from cifar100.models.efficientnet_lite import EfficientNetLite
+from cifar100.models.efficientnet_lite import EfficientNetLite, load_efficientnet_lite_weights
+from cifar100.models.resnet_v2 import load_keras_resnet50v2_h5
 from cifar100.weights import keras_h5
-from cifar100.weights.efficientnet_lite import file_key, load_efficientnet_lite_weights
-from cifar100.weights.keras import load_keras_resnet50v2_h5
+from cifar100.weights.efficientnet_lite import file_key
 from hostile_images import peak_growth, png_head, sparse_file
 from synthetic_folders import ZeroRun, class_image, encode, tar_zero_runs, write_classes
 
@@ -222,7 +222,7 @@ def test_hdf5_dataset_declaring_gigabytes_is_refused_unread(tmp_path):
     }
     path = _legacy_h5(tmp_path / "w.h5", {"conv1_conv/kernel:0": huge})
     assert path.stat().st_size < 64 * 1024
-    setup = "from cifar100.weights.keras import load_keras_resnet50v2_h5"
+    setup = "from cifar100.models.resnet_v2 import load_keras_resnet50v2_h5"
     growth, message = peak_growth(setup, f"load_keras_resnet50v2_h5({str(path)!r})")
     assert growth < 256 * MIB, f"peak memory grew by {growth / MIB:.0f} MiB"
     assert message.startswith(f"ModelError: {path}: '/conv1_conv/conv1_conv/kernel:0' declares")
@@ -265,7 +265,7 @@ def test_keras_archive_member_declaring_more_than_a_model_holds(tmp_path):
             for _ in range(size // block):
                 member.write(bytes(block))
     assert path.stat().st_size < 16 * MIB
-    setup = "from cifar100.weights.keras import load_keras_resnet50v2_h5"
+    setup = "from cifar100.models.resnet_v2 import load_keras_resnet50v2_h5"
     growth, message = peak_growth(setup, f"load_keras_resnet50v2_h5({str(path)!r})")
     assert growth < 256 * MIB, f"peak memory grew by {growth / MIB:.0f} MiB"
     assert message.startswith(f"ModelError: {path}: model.weights.h5 in it declares {size} bytes")

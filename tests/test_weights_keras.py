@@ -13,10 +13,10 @@ import torch
 
 from cifar100.config import ModelConfig
 from cifar100.errors import ChecksumError, DownloadError, ModelError
-from cifar100.models import ResNet50V2, build_model
-from cifar100.weights import keras as kw
-from cifar100.weights import sources
-from cifar100.weights.keras import load_keras_report_model, load_keras_resnet50v2_h5
+from cifar100.models import ResNet50V2, build_model, resnet_v2
+from cifar100.models.keras_report import load_keras_report_model
+from cifar100.models.registry import get_backbone
+from cifar100.models.resnet_v2 import PUBLISHED, load_keras_resnet50v2_h5
 from cifar100.weights.keras_h5 import open_keras_file, read_keras_layers
 from cifar100.weights.sources import MIRROR_ENV, resolve_weights
 from http_server import serve_directory
@@ -287,15 +287,15 @@ def test_cli_reports_a_damaged_file_in_one_line(legacy_file, tmp_path, capsys):
 
 
 def test_path_source(legacy_file, tmp_path):
-    assert resolve_weights("resnet50v2", str(legacy_file)) == legacy_file
+    assert resolve_weights("resnet50v2", PUBLISHED, str(legacy_file)) == legacy_file
     missing = tmp_path / "nope.h5"
     with pytest.raises(ModelError, match="--weights none") as e:
-        resolve_weights("resnet50v2", str(missing))
+        resolve_weights("resnet50v2", PUBLISHED, str(missing))
     assert str(missing) in str(e.value)
 
 
 def test_published_file_is_the_keras_notop_one():
-    wf = sources.PUBLISHED[("resnet50v2", "imagenet")]
+    wf = PUBLISHED["imagenet"]
     assert wf.origin == (
         "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + CANONICAL
     )
@@ -313,33 +313,33 @@ def served(legacy_file, tmp_path, monkeypatch):
 
 
 def patch_md5(monkeypatch, value: str) -> None:
-    key = ("resnet50v2", "imagenet")
-    wf = sources.PUBLISHED[key]
-    monkeypatch.setitem(sources.PUBLISHED, key, dataclasses.replace(wf, md5=value))
+    wf = PUBLISHED["imagenet"]
+    monkeypatch.setitem(PUBLISHED, "imagenet", dataclasses.replace(wf, md5=value))
 
 
 def test_hash_mismatch_is_refused_and_leaves_nothing(served, tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(ChecksumError, match="fac2f116257151a9d068a22e544a4917"):
-        resolve_weights("resnet50v2", "imagenet", cache_dir=cache, progress=False)
+        resolve_weights("resnet50v2", PUBLISHED, "imagenet", cache_dir=cache, progress=False)
     assert not (cache / "weights" / CANONICAL).exists()
 
 
 def test_download_failure_says_what_to_do(served, tmp_path):
     served.fail[f"/{CANONICAL}"] = 404
     with pytest.raises(DownloadError) as e:
-        resolve_weights("resnet50v2", "IMAGENET", cache_dir=tmp_path, progress=False)
+        resolve_weights("resnet50v2", PUBLISHED, "IMAGENET", cache_dir=tmp_path, progress=False)
     msg = str(e.value)
     assert "--weights /path/to/" + CANONICAL in msg and "--weights none" in msg
-    assert sources.PUBLISHED[("resnet50v2", "imagenet")].origin in msg
+    assert PUBLISHED["imagenet"].origin in msg
 
 
 def test_download_is_bounded_by_the_published_size(served, legacy_file, tmp_path, monkeypatch):
-    key = ("resnet50v2", "imagenet")
-    small = dataclasses.replace(sources.PUBLISHED[key], md5=md5(legacy_file), size=1000)
-    monkeypatch.setitem(sources.PUBLISHED, key, small)
+    small = dataclasses.replace(PUBLISHED["imagenet"], md5=md5(legacy_file), size=1000)
+    monkeypatch.setitem(PUBLISHED, "imagenet", small)
     with pytest.raises(DownloadError, match="more than the 1010 expected for resnet50v2_"):
-        resolve_weights("resnet50v2", "imagenet", cache_dir=tmp_path / "c", progress=False)
+        resolve_weights(
+            "resnet50v2", PUBLISHED, "imagenet", cache_dir=tmp_path / "c", progress=False
+        )
     assert not list((tmp_path / "c").rglob("*.h5"))
 
 
@@ -540,6 +540,6 @@ def test_keras2_report_model(keras2, k2backbone, tmp_path, sequential):
     assert_same_probabilities(kmodel, imported, arch.num_classes)
 
 
-def test_registry_dispatch_table():
-    # The registry dispatches on these names.
-    assert kw.KERAS_LOADERS["resnet50v2"] is load_keras_resnet50v2_h5
+def test_the_registry_loads_resnet50v2_with_its_keras_reader():
+    # The backbone registers its own weight loader, which reads Keras files.
+    assert get_backbone("resnet50v2").load_weights is resnet_v2.load_resnet50v2_weights

@@ -1,47 +1,77 @@
 """`cifar100 export`: a trained model written in one of the formats other tools run.
 
     export_model(cifar100.load("runs/r"), "onnx")              # runs/r/model.onnx
-    export_model(model, "onnx", quantize="int8", data=images)  # runs/r/model.int8.onnx
+    export_model(model, "onnx", quantize="int8", images=data)  # runs/r/model.int8.onnx
     export_model(model, "triton", name="cifar100")              # runs/r/triton/cifar100/...
 
-Every export carries the model's ModelInfo (classes, image size, settings, provenance), and the
-ONNX and safetensors ones a digest that `cifar100.load` checks.
+Each format is one entry in FORMATS: its name (--format), its suffix, its writer, and the
+reader `cifar100.load` reads it back with (or None); see "How to add an export format" in
+docs/development.md. Every export carries the model's ModelInfo (classes, image size,
+settings, provenance), and the ONNX and safetensors ones a digest that `cifar100.load` checks.
+
+Light to import: the CLI's parser reads FORMATS for --format's choices at every start, so the
+built-in writers import their modules (torch, onnx, h5py) when they run.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from cifar100.errors import ConfigError, ModelError
+from cifar100.errors import CifarError, ConfigError
+from cifar100.export.job import CALIBRATION_IMAGES, CHECK_IMAGES, ExportJob, ExportResult
+from cifar100.export.onnx_metadata import metadata as metadata  # serve/, bench.py use it here
 from cifar100.fileio import check_writable
-from cifar100.runtime.trained_model import TrainedModel
+from cifar100.paths import resolve_cache_dir
+from cifar100.runtime.model_files import Reader, read_onnx, read_safetensors, register_reader
 
-FORMATS = ("onnx", "safetensors", "keras", "triton")
-SUFFIX = {"onnx": ".onnx", "safetensors": ".safetensors", "keras": ".keras", "triton": ""}
-CHECK_IMAGES = 256  # real images ONNX Runtime is compared with PyTorch on
-CALIBRATION_IMAGES = 512  # training images int8 quantisation is calibrated on
+if TYPE_CHECKING:
+    import numpy as np
+
+    from cifar100.runtime.trained_model import TrainedModel
+
+__all__ = ["FORMATS", "ExportFormat", "ExportResult", "export_model", "register_format"]
+
+Writer = Callable[[ExportJob], ExportResult]
 
 
-@dataclass
-class ExportResult:
-    path: Path
-    format: str
-    details: dict  # what the exporter checked or measured (e.g. max |difference|)
-    note: str = ""  # something the user should know (e.g. no real images to check on)
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: what --format names, what export_model writes, what load reads."""
+
+    name: str
+    # The file's suffix, which `cifar100.load` finds its reader by; "" for a folder (written to
+    # RUN_DIR/<name> by default), whose writer checks its own target.
+    suffix: str
+    writer: Writer
+    reader: Reader | None = None  # registered with cifar100.runtime.model_files for load()
+    quantizes: bool = False  # takes --quantize int8
+    description: str = ""  # what it holds, in a few words (the parser's --format help)
+
+
+FORMATS: dict[str, ExportFormat] = {}  # name -> format; iterating gives the names
+
+
+def register_format(fmt: ExportFormat) -> ExportFormat:
+    """Make `fmt` a --format choice of `cifar100 export` (and readable by load, with a reader)."""
+    if fmt.name in FORMATS:
+        raise ValueError(f"export format {fmt.name!r} is registered twice")
+    if fmt.reader is not None:
+        register_reader(fmt.suffix, fmt.reader)
+    FORMATS[fmt.name] = fmt
+    return fmt
 
 
 def default_output(model: TrainedModel, fmt: str, quantize: str | None = None) -> Path:
-    """RUN_DIR/model.FORMAT (RUN_DIR/triton for a repository); beside a file for a file."""
-    source = model.source
-    folder = source.parent
-    stem = "model" if model.info.run else source.stem
-    if fmt == "triton":
-        return folder / "triton"
-    return folder / f"{stem}{'.int8' if quantize else ''}{SUFFIX[fmt]}"
+    """RUN_DIR/model.SUFFIX (RUN_DIR/NAME for a folder format); beside a file for a file."""
+    entry = FORMATS[fmt]
+    folder = model.source.parent
+    if not entry.suffix:
+        return folder / entry.name
+    stem = "model" if model.info.run else model.source.stem
+    return folder / f"{stem}{'.int8' if quantize else ''}{entry.suffix}"
 
 
 def export_model(
@@ -60,35 +90,30 @@ def export_model(
     images: (training images, test images), uint8 (N, size, size, 3), for int8 calibration and
     for checking the ONNX graph against PyTorch; None: random test images, no calibration.
     """
-    if fmt not in FORMATS:
+    entry = FORMATS.get(fmt)
+    if entry is None:
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if quantize not in (None, "int8"):
         raise ConfigError(f"--quantize {quantize!r}: only int8 is offered")
-    if quantize and fmt not in ("onnx", "triton"):
-        raise ConfigError("--quantize int8 is for ONNX (and Triton) exports")
-    if fmt == "triton":  # before the slow ONNX export: a name labels.txt cannot hold
-        from cifar100.export.triton_repo import check_label_names
-
-        check_label_names(model.classes)
+    if quantize and not entry.quantizes:
+        quantizing = " and ".join(f.name for f in FORMATS.values() if f.quantizes)
+        raise ConfigError(f"--quantize int8 is for {quantizing} exports")
     out = Path(out) if out else default_output(model, fmt, quantize)
-    if fmt != "triton" and out.exists() and not force:  # a repository may hold other models
-        raise ConfigError(f"{out} exists; pass --force to replace it, or another --out")
-    check_writable(out / name if fmt == "triton" else out, f"{fmt} export")
-    if fmt == "safetensors":
-        from cifar100.export.safetensors_file import write_safetensors
-
-        _need_torch(model, fmt)
-        write_safetensors(model.info, model.module.state_dict(), out)
-        return ExportResult(out, fmt, {"tensors": len(model.module.state_dict())})
-    if fmt == "keras":
-        from cifar100.export.keras_file import write_keras_model
-
-        _need_torch(model, fmt)
-        write_keras_model(model.module, model.info.model, model.image_size, out)
-        return ExportResult(out, fmt, {})
-    if fmt == "onnx":
-        return _onnx(model, out, quantize, images)
-    return _triton(model, out, name, quantize, images, max_batch, force)
+    if entry.suffix:  # a file; a folder format may hold other entries, and checks its own
+        if out.exists() and not force:
+            raise ConfigError(f"{out} exists; pass --force to replace it, or another --out")
+        check_writable(out, f"{fmt} export")
+    job = ExportJob(
+        model,
+        fmt,
+        out,
+        force=force,
+        quantize=quantize,
+        name=name,
+        images=images,
+        max_batch=max_batch,
+    )
+    return entry.writer(job)
 
 
 def model_images(
@@ -96,11 +121,10 @@ def model_images(
 ) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
     """(training images, test images) of the model's data (or the data at `data_path`), for
     calibration and checks; (None, why) when that data cannot be had here."""
-    from dataclasses import replace
+    # Heavy (numpy, the data package with torch): this module is read at every CLI start.
+    import numpy as np
 
     from cifar100.data import load_data
-    from cifar100.errors import CifarError
-    from cifar100.paths import resolve_cache_dir
 
     cfg = model.info.config
     data = replace(cfg.data, path=data_path) if data_path else cfg.data
@@ -118,85 +142,58 @@ def model_images(
     return (pick(splits.train, CALIBRATION_IMAGES), pick(splits.test, CHECK_IMAGES)), ""
 
 
-def _need_torch(model: TrainedModel, fmt: str) -> None:
-    if model.module is None:
-        raise ModelError(
-            f"{model.source}: an ONNX export holds no PyTorch weights to write as {fmt}; "
-            "export from its run directory, checkpoint or safetensors file"
-        )
+# --- the built-in formats: each writer imports its module when it runs (torch, onnx, h5py are
+# heavy, and this module is read at every CLI start) ----------------------------------------
 
 
-def metadata(model: TrainedModel) -> dict[str, str]:
-    """The ONNX metadata_props: the whole ModelInfo, and its main facts readable on their own."""
-    info = model.info
-    facts = {
-        "classes": json.dumps(info.classes),
-        "image_size": str(info.image_size),
-        "backbone": info.backbone,
-        "preprocessing": info.preprocessing,
-        "dataset": info.dataset,
-        "source_run": info.run or str(model.source),
-        "commit": info.commit or "",
-        "test_top1": "" if info.test_top1 is None else f"{info.test_top1:.6f}",
-    }
-    return {"cifar100.model": json.dumps(info.to_json()), **facts}
+def _write_onnx(job: ExportJob) -> ExportResult:
+    from cifar100.export.onnx_export import write_onnx_export  # heavy: see above
+
+    return write_onnx_export(job)
 
 
-def _onnx(model, out: Path, quantize, images) -> ExportResult:
-    from cifar100.export.onnx_file import export_onnx, quantize_onnx_int8
-    from cifar100.export.onnx_runtime import seal_onnx
+def _write_safetensors(job: ExportJob) -> ExportResult:
+    from cifar100.export.safetensors_file import write_safetensors_export  # heavy: see above
 
-    _need_torch(model, "onnx")
-    train, test, note = _images(model, images, quantize)
-    fp32 = out if not quantize else out.with_name(out.name.replace(".int8", "") + ".fp32.tmp")
-    try:
-        details = export_onnx(model.module.float(), model.image_size, metadata(model), fp32, test)
-        if quantize:
-            details["int8"] = quantize_onnx_int8(fp32, out, train)
-    finally:
-        if quantize:
-            fp32.unlink(missing_ok=True)
-    seal_onnx(out)
-    return ExportResult(out, "onnx", details, note)
+    return write_safetensors_export(job)
 
 
-def _triton(model, out: Path, name, quantize, images, max_batch, force) -> ExportResult:
-    import tempfile
+def _write_keras(job: ExportJob) -> ExportResult:
+    from cifar100.export.keras_file import write_keras_export  # heavy: see above
 
-    from cifar100.export.triton_repo import write_triton_repository
-
-    details, note = {}, ""
-    # Beside the repository, not in it: Triton takes every folder there for a model.
-    with tempfile.TemporaryDirectory(dir=_existing_parent(out.parent)) as tmp:
-        if model.runtime == "onnx":  # already an ONNX export: Triton runs that file
-            onnx_path = model.source
-        else:
-            onnx_path = Path(tmp) / "model.onnx"
-            result = _onnx(model, onnx_path, quantize, images)
-            details, note = result.details, result.note
-        repo = write_triton_repository(
-            onnx_path, out, name, model.classes, max_batch=max_batch, force=force
-        )
-    return ExportResult(repo, "triton", details, note)
+    return write_keras_export(job)
 
 
-def _existing_parent(path: Path) -> Path:
-    while not path.exists():
-        path = path.parent
-    return path
+def _write_triton(job: ExportJob) -> ExportResult:
+    from cifar100.export.triton_repo import write_triton_export  # heavy: see above
+
+    return write_triton_export(job)
 
 
-def _images(model, images, quantize) -> tuple[np.ndarray | None, np.ndarray, str]:
-    """(calibration images, check images, a note) for an ONNX export."""
-    if images is not None:
-        train, test = images
-        return train[:CALIBRATION_IMAGES], test[:CHECK_IMAGES], ""
-    if quantize:
-        raise ConfigError("--quantize int8 calibrates on training images: pass --data PATH")
-    rng = np.random.default_rng(0)
-    test = rng.integers(0, 256, (32, model.image_size, model.image_size, 3), dtype=np.uint8)
-    note = (
-        "checked against PyTorch on 32 random images: the model's data was not found "
-        "(pass --data PATH to check on real images)"
+register_format(
+    ExportFormat(
+        "onnx",
+        ".onnx",
+        _write_onnx,
+        reader=read_onnx,
+        quantizes=True,
+        description="uint8 images in, probabilities out",
     )
-    return None, test, note
+)
+register_format(
+    ExportFormat(
+        "safetensors",
+        ".safetensors",
+        _write_safetensors,
+        reader=read_safetensors,
+        description="weights and settings",
+    )
+)
+register_format(
+    ExportFormat("keras", ".keras", _write_keras, description="a .keras file (ResNet50V2 models)")
+)
+register_format(
+    ExportFormat(
+        "triton", "", _write_triton, quantizes=True, description="a Triton model repository"
+    )
+)

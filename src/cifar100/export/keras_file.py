@@ -33,6 +33,7 @@ from torch import nn
 
 from cifar100.config import ModelConfig
 from cifar100.errors import ModelError
+from cifar100.export.job import ExportJob, ExportResult
 from cifar100.fileio import atomic_path
 from cifar100.models.head import IMAGENET_MEAN, IMAGENET_STD, Classifier, Upsample
 from cifar100.models.resnet_v2 import ResNet50V2
@@ -261,6 +262,13 @@ def _weights_file(graph: _Graph) -> bytes:
         f.create_group("vars").attrs["name"] = graph.name
         _write_weights(f, graph)
     return buffer.getvalue()
+
+
+def write_keras_export(job: ExportJob) -> ExportResult:
+    """`--format keras`: the job's model (the report's architecture) as a .keras file."""
+    module = job.torch_module()
+    write_keras_model(module, job.model.info.model, job.model.image_size, job.out)
+    return ExportResult(job.out, job.format, {})
 
 
 def write_keras_model(

@@ -1,6 +1,6 @@
-"""The names of a served or exported model's tensors: the ONNX graph, the Triton repository and
-the service's Open Inference Protocol all use these, so a client works against each alike."""
+"""Kept for serve/v2.py, which imports the tensor names from here: they live in
+cifar100.runtime.tensor_names (the ONNX reader in runtime/ needs them); import them from there."""
 
-INPUT = "images"  # UINT8 (N, size, size, 3)
-PROBABILITIES, LOGITS = "probabilities", "logits"  # FP32 (N, classes)
-OUTPUTS = (PROBABILITIES, LOGITS)
+from cifar100.runtime.tensor_names import INPUT, LOGITS, OUTPUTS, PROBABILITIES
+
+__all__ = ["INPUT", "LOGITS", "OUTPUTS", "PROBABILITIES"]

