@@ -26,9 +26,8 @@ import torch
 from cifar100.bench import cpu_name
 from cifar100.config import load_preset
 from cifar100.cpu_threads import fit_threads
-from cifar100.export.formats import metadata
 from cifar100.export.onnx_file import export_onnx, quantize_onnx_int8
-from cifar100.export.onnx_runtime import load_onnx, seal_onnx
+from cifar100.export.onnx_metadata import metadata, seal_onnx
 from cifar100.models.registry import build_model
 from cifar100.runtime.model_info import ModelInfo
 from cifar100.runtime.trained_model import TrainedModel, from_weights, load
@@ -39,14 +38,14 @@ def onnx_variants(model: TrainedModel, folder: Path, int8: str | None, calibrate
     fp32 = folder / f"{id(model)}.onnx"
     export_onnx(model.module, model.image_size, metadata(model), fp32, calibrate[:8])
     seal_onnx(fp32)
-    variants = {"onnxruntime fp32": load_onnx(fp32)}
+    variants = {"onnxruntime fp32": load(fp32)}
     if int8:
         variants["onnxruntime int8"] = load(int8)
     else:
         q = folder / f"{id(model)}.int8.onnx"
         quantize_onnx_int8(fp32, q, calibrate)
         seal_onnx(q)
-        variants["onnxruntime int8"] = load_onnx(q)
+        variants["onnxruntime int8"] = load(q)
     return variants
 
 

@@ -289,7 +289,7 @@ def test_export_refuses_such_a_name_before_exporting_anything(hostile_run, tmp_p
 
 def test_onnx_metadata_keeps_the_names_exactly_as_json(hostile_run):
     import cifar100
-    from cifar100.export.formats import metadata
+    from cifar100.export.onnx_metadata import metadata
 
     run, _ = hostile_run
     facts = metadata(cifar100.load(run))

@@ -18,9 +18,8 @@ import numpy as np
 import onnxruntime
 import torch
 
-from cifar100.export.formats import metadata
 from cifar100.export.onnx_file import export_onnx
-from cifar100.export.onnx_runtime import load_onnx, seal_onnx
+from cifar100.export.onnx_metadata import metadata, seal_onnx
 from cifar100.models.registry import build_model
 from cifar100.runtime.trained_model import from_weights, load
 
@@ -64,7 +63,7 @@ def run_runtime_bench(target: str, batch_size: int = 64, warmup: int = 3, steps:
             path = Path(tmp) / "model.onnx"
             export_onnx(given.module, size, metadata(given), path, images[:8].numpy())
             seal_onnx(path)
-            models = {"pytorch": given, "onnxruntime": load_onnx(path)}
+            models = {"pytorch": given, "onnxruntime": load(path)}
         rows = [
             {
                 "variant": name,

@@ -15,12 +15,12 @@ from cifar100.config import Config, DataConfig
 from cifar100.data import load_data
 from cifar100.data.tensors import fine_to_coarse
 from cifar100.errors import DataError
+from cifar100.models.keras_report import load_keras_report_model
 from cifar100.runtime import run_dir as runs
 from cifar100.runtime.checkpoint import Checkpoint
 from cifar100.runtime.device import environment_info
 from cifar100.runtime.model_info import ModelInfo
 from cifar100.runtime.run_dir import RunDir
-from cifar100.weights.keras import load_keras_report_model
 
 
 def import_keras_model(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 
 from cifar100.cli.args import add_checkpoint_choice, add_common, at_least
 from cifar100.errors import CifarError
+from cifar100.export.formats import FORMATS  # the registry alone: no torch
 
 HELP = "write a trained model as ONNX, safetensors, Keras or a Triton model repository"
 DESCRIPTION = (
@@ -21,28 +21,14 @@ DESCRIPTION = (
 )
 
 
-class FormatNames:
-    """cifar100.export.formats.FORMATS, read when first used (an export, or export's --help):
-    importing it loads torch, which would slow every command's start."""
-
-    def __iter__(self) -> Iterator[str]:
-        from cifar100.export.formats import FORMATS  # here, not above: keeps the start fast
-
-        return iter(FORMATS)
-
-    def __contains__(self, name: object) -> bool:
-        return name in list(self)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="RUN_OR_CHECKPOINT", help="a run directory or a model file")
-    fmt = p.add_argument(
+    p.add_argument(
         "--format",
         required=True,
-        help="onnx: uint8 images in, probabilities out; safetensors: weights and settings; "
-        "keras: a .keras file (ResNet50V2 models); triton: a Triton model repository",
+        choices=list(FORMATS),
+        help="; ".join(f"{f.name}: {f.description}" for f in FORMATS.values()),
     )
-    fmt.choices = FormatNames()  # after add_argument, which would list them at once
     p.add_argument(
         "--out", metavar="PATH", help="default: RUN_DIR/model.FORMAT (RUN_DIR/triton for triton)"
     )

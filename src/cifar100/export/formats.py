@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 from cifar100.errors import CifarError, ConfigError
 from cifar100.export.job import CALIBRATION_IMAGES, CHECK_IMAGES, ExportJob, ExportResult
-from cifar100.export.onnx_metadata import metadata as metadata  # serve/, bench.py use it here
 from cifar100.fileio import check_writable
 from cifar100.paths import resolve_cache_dir
 from cifar100.runtime.model_files import Reader, read_onnx, read_safetensors, register_reader

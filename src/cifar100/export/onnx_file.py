@@ -31,8 +31,8 @@ from torch import nn
 
 import cifar100
 from cifar100.errors import ModelError
-from cifar100.export.tensor_names import INPUT, OUTPUTS
 from cifar100.fileio import atomic_path
+from cifar100.runtime.tensor_names import INPUT, OUTPUTS
 
 BATCH_AXIS = "batch"
 # torchlib's own opset in torch 2.13 (its default, 20, adds a version-conversion pass). The

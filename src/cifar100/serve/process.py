@@ -19,8 +19,7 @@ import uvicorn
 from uvicorn.server import HANDLED_SIGNALS
 
 from cifar100.errors import ModelError
-from cifar100.export.formats import metadata
-from cifar100.export.onnx_runtime import load_onnx, seal_onnx
+from cifar100.export.onnx_metadata import metadata, seal_onnx
 from cifar100.runtime.trained_model import TrainedModel, load
 from cifar100.serve.app import create_app
 from cifar100.serve.protocol import guarded_protocol
@@ -56,7 +55,7 @@ def load_for_serving(
     if runtime == "onnx" and model.runtime == "torch":
         return _as_onnx(model)
     if lighten and model.runtime == "onnx":
-        return load_onnx(model.source)  # its session takes the thread count when it is made
+        return load(model.source)  # its session takes the thread count when it is made
     return model
 
 
@@ -86,7 +85,7 @@ def _as_onnx(model: TrainedModel) -> TrainedModel:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(model.module.cpu(), size, metadata(model), onnx_path, check)
         seal_onnx(onnx_path)
-        served = load_onnx(onnx_path)  # the session holds the graph: the file may go
+        served = load(onnx_path)  # the session holds the graph: the file may go
     served.source = model.source
     return served
 

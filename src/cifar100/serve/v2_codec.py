@@ -7,7 +7,7 @@ decoded into images, logits encoded into responses, the metadata and readiness a
     # answer.body, answer.media_type, answer.headers: what to send
 
 The model is described as the `triton` export describes it: input "images" UINT8 [-1, S, S, 3],
-outputs "probabilities" and "logits" FP32 [-1, C] (export/tensor_names.py). Images come at
+outputs "probabilities" and "logits" FP32 [-1, C] (runtime/tensor_names.py). Images come at
 exactly S x S, as Triton takes them. Extensions, as Triton defines them: binary_tensor_data
 (tritonclient's default), classification ("score:index:label" strings) and model_repository.
 Every refusal is a RequestError (limits.py): its status, and one line for the client.
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from cifar100.export.tensor_names import INPUT, OUTPUTS
+from cifar100.runtime.tensor_names import INPUT, OUTPUTS
 from cifar100.serve.limits import RequestError, check_count
 
 VERSION = "1"  # one model, one version: the version directory the `triton` export writes
