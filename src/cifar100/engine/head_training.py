@@ -19,6 +19,7 @@ from cifar100.engine.features import FeatureCache, cached_features
 from cifar100.engine.interrupt import StepWatch
 from cifar100.engine.optim import build_optimizer, set_lr
 from cifar100.engine.run import Run
+from cifar100.engine.seeding import seed_epoch
 from cifar100.errors import ConfigError, TrainingError
 from cifar100.metrics import accuracy
 from cifar100.schedule import finetune_lr
@@ -57,21 +58,31 @@ def fit_features(
     train_y = run.train_set.labels.repeat(2 if t.feature_flip else 1).to(run.device)
     val_x, val_y = feats(run.val_set, "val"), run.val_set.labels
     optimizer = build_optimizer([model.head], t, "features")
-    state = run.state
-    if state is not None and state.get("phase") == "features":
-        optimizer.load_state_dict(state["optimizer"])
+    saved = run.optimizer_state("features", run.start_epoch)
+    if saved is not None:
+        optimizer.load_state_dict(saved)
     steps = len(train_y) // min(t.batch_size, len(train_y))
     total, warmup = t.epochs * steps, int(t.warmup_epochs * steps)
+
+    def lr_at(step: int) -> float:
+        return finetune_lr(step, total, warmup, t.lr)
+
     watch.signals.unit = "head epoch"  # seconds each: a stop waits for the epoch's end
     with watch.signals:  # head epochs only: Ctrl-C during extraction stops at once
         for epoch in range(run.start_epoch, last_epoch):
             started = time.perf_counter()
-            torch.manual_seed(t.seed * 7_919 + epoch * 31)  # dropout, as in fine-tuning
-            gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
+            gen = seed_epoch(t.seed, epoch)  # dropout and shuffling, as in fine-tuning
             stats = train_head_epoch(
-                model.head, train_x, train_y, optimizer, t.batch_size, t.label_smoothing, gen,
-                lr_fn=lambda step: finetune_lr(step, total, warmup, t.lr), step0=epoch * steps,
-            )  # fmt: skip
+                model.head,
+                train_x,
+                train_y,
+                optimizer,
+                t.batch_size,
+                t.label_smoothing,
+                generator=gen,
+                lr_fn=lr_at,
+                step0=epoch * steps,
+            )
             if not math.isfinite(stats["train_loss"]):
                 raise TrainingError(f"epoch {epoch + 1}: the loss is not finite; lower train.lr")
             stats.pop("steps", None)
