@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -38,22 +39,7 @@ def fit_features(
     if run.dist.enabled:
         raise ConfigError("train.mode=features runs in one process: start it without torchrun")
     model.backbone.requires_grad_(False)
-    cache = FeatureCache(run.cache)
-
-    def feats(data: ImageSet, split: str, flip: bool = False) -> torch.Tensor:
-        return cached_features(
-            model,
-            data,
-            split,
-            cache,
-            run.cfg.model,
-            run.device,
-            t.eval_batch_size,
-            t.amp,
-            flip,
-            progress and run.dist.is_main,
-        )
-
+    feats = _feature_source(run, progress)
     train_x = feats(run.train_set, "train", t.feature_flip).to(run.device)
     train_y = run.train_set.labels.repeat(2 if t.feature_flip else 1).to(run.device)
     val_x, val_y = feats(run.val_set, "val"), run.val_set.labels
@@ -62,11 +48,12 @@ def fit_features(
     if saved is not None:
         optimizer.load_state_dict(saved)
     steps = len(train_y) // min(t.batch_size, len(train_y))
-    total, warmup = t.epochs * steps, int(t.warmup_epochs * steps)
-
-    def lr_at(step: int) -> float:
-        return finetune_lr(step, total, warmup, t.lr)
-
+    lr_at = partial(
+        finetune_lr,
+        total_steps=t.epochs * steps,
+        warmup_steps=int(t.warmup_epochs * steps),
+        peak=t.lr,
+    )
     watch.signals.unit = "head epoch"  # seconds each: a stop waits for the epoch's end
     with watch.signals:  # head epochs only: Ctrl-C during extraction stops at once
         for epoch in range(run.start_epoch, last_epoch):
@@ -93,6 +80,27 @@ def fit_features(
     if last_epoch < t.epochs:
         return None
     return head_logits(model.head, feats(run.splits.test, "test"))
+
+
+def _feature_source(run: Run, progress: bool) -> Callable[..., torch.Tensor]:
+    """feats(data, split, flip=False): the run's cached features of `data`, float32 on the CPU."""
+    t, cache = run.cfg.train, FeatureCache(run.cache)
+
+    def feats(data: ImageSet, split: str, flip: bool = False) -> torch.Tensor:
+        return cached_features(
+            run.model,
+            data,
+            split,
+            cache,
+            run.cfg.model,
+            run.device,
+            t.eval_batch_size,
+            t.amp,
+            flip,
+            progress and run.dist.is_main,
+        )
+
+    return feats
 
 
 def train_head_epoch(
