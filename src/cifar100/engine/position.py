@@ -13,6 +13,7 @@ epoch skips the `step` batches already trained, restores the draws and carries t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,11 @@ class ResumePosition:
         return sums, int(self.sums[2])
 
     def restore(
-        self, generator: torch.Generator, dist: DistInfo, device: torch.device, say
+        self,
+        generator: torch.Generator,
+        dist: DistInfo,
+        device: torch.device,
+        say: Callable[[str], None],
     ) -> None:
         """Set the random state the stopped epoch had: its augmentation generator, this
         rank's RNG.
