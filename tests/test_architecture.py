@@ -131,31 +131,47 @@ def test_no_function_is_longer_than_80_lines():
 
 def test_imports_inside_functions_say_why():
     """An import inside a function keeps the CLI's start fast (or a heavy optional library out
-    of a light path): the comment beside it, or above its group, says so."""
+    of a light path): a comment says so, beside its run of imports or on the line above it; or
+    it is an optional dependency, tried with an ImportError handler."""
     silent = []
     for path, tree in MODULES.values():
         lines = path.read_text(encoding="utf-8").splitlines()
-        inside = {
-            node
-            for func in ast.walk(tree)
-            if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef)
-            for node in ast.walk(func)
-            if isinstance(node, ast.Import | ast.ImportFrom)
-        }
-        silent += [
-            f"{path.relative_to(SRC.parent)}:{node.lineno}"
-            for node in sorted(inside, key=lambda n: n.lineno)
-            if not _explained(lines, node)
-        ]
+        for func in ast.walk(tree):
+            if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+                silent += [
+                    f"{path.relative_to(SRC.parent)}:{run[0].lineno}"
+                    for run, parent in _import_runs(func)
+                    if not _explained(lines, run, parent)
+                ]
     assert silent == []
 
 
-def _explained(lines: list[str], node: ast.stmt) -> bool:
-    """A comment on the import's line, or on the line above its run of imports."""
-    if "#" in lines[node.lineno - 1]:
+def _import_runs(func: ast.AST):
+    """Each run of consecutive import statements in `func`'s blocks, with the statement whose
+    block holds it."""
+    for parent in ast.walk(func):
+        for block in ("body", "orelse", "finalbody"):
+            statements = getattr(parent, block, None)
+            if not isinstance(statements, list):  # a lambda's or an if-expression's body
+                continue
+            run = []
+            for node in [*statements, None]:
+                if isinstance(node, ast.Import | ast.ImportFrom):
+                    run.append(node)
+                elif run:
+                    yield run, parent
+                    run = []
+
+
+def _explained(lines: list[str], run: list[ast.stmt], parent: ast.AST) -> bool:
+    if isinstance(parent, ast.Try) and any(
+        "ImportError" in ast.unparse(h.type or ast.Constant(None)) for h in parent.handlers
+    ):
+        return True  # an optional dependency
+    if any("#" in lines[i - 1] for n in run for i in range(n.lineno, n.end_lineno + 1)):
         return True
-    i = node.lineno - 2
-    while i >= 0 and lines[i].strip().startswith(("import ", "from ")):
+    i = run[0].lineno - 2
+    while i >= 0 and not lines[i].strip():
         i -= 1
     return i >= 0 and "#" in lines[i]
 

@@ -272,7 +272,8 @@ def test_export_refuses_such_a_name_before_exporting_anything(hostile_run, tmp_p
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("best.pt", "plots"))
     state = load_checkpoint(copy / "last.pt")
-    state["classes"] = ["vertical\x0btab", *state["classes"][1:]]
+    classes = state["info"]["classes"]
+    state["info"]["classes"] = ["vertical\x0btab", *classes[1:]]
     save_checkpoint(state, copy / "last.pt")
 
     def exported(*args, **kwargs):

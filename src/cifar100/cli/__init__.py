@@ -40,7 +40,7 @@ def _main(argv: list[str] | None) -> int:
     except OSError as e:  # a user's file or folder: missing, unreadable, unwritable, disk full
         if args.debug:
             raise
-        from cifar100.fileio import describe_os_error
+        from cifar100.fileio import describe_os_error  # on this error path only: a fast start
 
         where = f"{e.filename}: " if e.filename else ""
         message = visible(f"{where}{describe_os_error(e)}")

@@ -1,12 +1,16 @@
 """Augmentation on whole batches, on the training device.
 
-augment_batch runs crop -> flip -> policy (policies.py) -> random erasing; mixup and cutmix,
-which also change the targets, are in mixing.py.
+ImageAugment runs crop -> flip -> policy (policies.py) -> random erasing, its stages chosen
+once; mixup and cutmix, which also change the targets, are in mixing.py; pipeline.py joins
+them into what a training step does to its batch.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +91,56 @@ def random_erasing(
     return torch.where(mask, noise.to(x.dtype), x)
 
 
+# One augmentation stage: stage(x, generator=g) -> x, drawing from g alone.
+Stage = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ImageAugment:
+    """The training-time image augmentation, its stages chosen once: crop, flip, policy
+    (none | trivial | randaugment), erasing; the result clamped to [0, 255].
+
+    A stage that is off is left out, which draws nothing, as the stage itself would at its
+    off setting (padding 0, erasing 0). The output keeps the input's memory format.
+    """
+
+    stages: tuple[Stage, ...]
+
+    @classmethod
+    def build(
+        cls,
+        padding: int,
+        flip: bool,
+        policy: str = "none",
+        magnitude: int = 9,
+        ops: int = 2,
+        erasing: float = 0.0,
+    ) -> ImageAugment:
+        """`magnitude` and `ops` are RandAugment's."""
+        if policy not in POLICIES:
+            raise ValueError(f"policy={policy!r}: choose one of {', '.join(POLICIES)}")
+        stages: list[Stage] = []
+        if padding > 0:
+            stages.append(partial(random_crop, padding=padding))
+        if flip:
+            stages.append(random_flip)
+        if policy == "trivial":
+            stages.append(trivial_augment)
+        elif policy == "randaugment":
+            stages.append(partial(rand_augment, magnitude=magnitude, ops=ops))
+        if erasing > 0:
+            stages.append(partial(random_erasing, p=erasing))
+        return cls(tuple(stages))
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        channels_last = x.dim() == 4 and not x.is_contiguous()
+        channels_last = channels_last and x.is_contiguous(memory_format=torch.channels_last)
+        for stage in self.stages:
+            x = stage(x, generator=generator)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return x.clamp(0, 255).contiguous(memory_format=fmt)
+
+
 def augment_batch(
     x: torch.Tensor,
     padding: int,
@@ -100,19 +154,7 @@ def augment_batch(
     """The training-time augmentation: crop, flip, policy (none | trivial | randaugment), erasing.
 
     `magnitude` and `ops` are RandAugment's; the result is clamped to [0, 255] and keeps the
-    input's memory format (channels_last stays channels_last).
+    input's memory format (channels_last stays channels_last). ImageAugment.build once, for
+    many batches.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"policy={policy!r}: choose one of {', '.join(POLICIES)}")
-    channels_last = x.dim() == 4 and not x.is_contiguous()
-    channels_last = channels_last and x.is_contiguous(memory_format=torch.channels_last)
-    x = random_crop(x, padding, generator)
-    if flip:
-        x = random_flip(x, generator)
-    if policy == "trivial":
-        x = trivial_augment(x, generator)
-    elif policy == "randaugment":
-        x = rand_augment(x, generator, magnitude, ops)
-    x = random_erasing(x, erasing, generator).clamp(0, 255)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return x.contiguous(memory_format=fmt)
+    return ImageAugment.build(padding, flip, policy, magnitude, ops, erasing)(x, generator)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from cifar100.engine import distributed
+from cifar100.engine.position import ResumePosition
 from cifar100.engine.run import Run
 from cifar100.evaluate import save_predictions
 from cifar100.metrics import classification_metrics
@@ -130,14 +131,8 @@ def save_position(
     total = distributed.all_reduce_sum(sums.detach().clone(), run.dist).cpu()
     if run.dist.is_main:
         ckpt = checkpoint_of(run, optimizer, phase, epoch)
-        ckpt.position = {
-            "step": step,
-            "generator": generator.get_state(),
-            "rng": rng,
-            "cuda_rng": cuda_rng,
-            "sums": total,
-            "elapsed": elapsed,
-        }
+        position = ResumePosition(step, generator.get_state(), rng, cuda_rng, total, elapsed)
+        ckpt.position = position.to_dict()
         ckpt.save(run.files.last)
     run.saved_at = f"epoch {epoch + 1}, step {step} of {steps}"
     distributed.barrier(run.dist)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from cifar100.engine.features import FeatureCache, cached_features
 from cifar100.engine.interrupt import StepWatch
 from cifar100.engine.optim import build_optimizer, set_lr
 from cifar100.engine.run import Run
+from cifar100.engine.seeding import seed_epoch
 from cifar100.errors import ConfigError, TrainingError
 from cifar100.metrics import accuracy
 from cifar100.schedule import finetune_lr
@@ -37,11 +39,56 @@ def fit_features(
     if run.dist.enabled:
         raise ConfigError("train.mode=features runs in one process: start it without torchrun")
     model.backbone.requires_grad_(False)
-    cache = FeatureCache(run.cache)
+    feats = _feature_source(run, progress)
+    train_x = feats(run.train_set, "train", t.feature_flip).to(run.device)
+    train_y = run.train_set.labels.repeat(2 if t.feature_flip else 1).to(run.device)
+    val_x, val_y = feats(run.val_set, "val"), run.val_set.labels
+    optimizer = build_optimizer([model.head], t, "features")
+    saved = run.optimizer_state("features", run.start_epoch)
+    if saved is not None:
+        optimizer.load_state_dict(saved)
+    steps = len(train_y) // min(t.batch_size, len(train_y))
+    lr_at = partial(
+        finetune_lr,
+        total_steps=t.epochs * steps,
+        warmup_steps=int(t.warmup_epochs * steps),
+        peak=t.lr,
+    )
+    watch.signals.unit = "head epoch"  # seconds each: a stop waits for the epoch's end
+    with watch.signals:  # head epochs only: Ctrl-C during extraction stops at once
+        for epoch in range(run.start_epoch, last_epoch):
+            started = time.perf_counter()
+            gen = seed_epoch(t.seed, epoch)  # dropout and shuffling, as in fine-tuning
+            stats = train_head_epoch(
+                model.head,
+                train_x,
+                train_y,
+                optimizer,
+                t.batch_size,
+                t.label_smoothing,
+                generator=gen,
+                lr_fn=lr_at,
+                step0=epoch * steps,
+            )
+            if not math.isfinite(stats["train_loss"]):
+                raise TrainingError(f"epoch {epoch + 1}: the loss is not finite; lower train.lr")
+            stats.pop("steps", None)
+            val = evaluate_head(model.head, val_x, val_y)
+            end_epoch(run, epoch, "features", stats, optimizer, started, val)
+            if watch.after_epoch():
+                return None
+    if last_epoch < t.epochs:
+        return None
+    return head_logits(model.head, feats(run.splits.test, "test"))
+
+
+def _feature_source(run: Run, progress: bool) -> Callable[..., torch.Tensor]:
+    """feats(data, split, flip=False): the run's cached features of `data`, float32 on the CPU."""
+    t, cache = run.cfg.train, FeatureCache(run.cache)
 
     def feats(data: ImageSet, split: str, flip: bool = False) -> torch.Tensor:
         return cached_features(
-            model,
+            run.model,
             data,
             split,
             cache,
@@ -53,35 +100,7 @@ def fit_features(
             progress and run.dist.is_main,
         )
 
-    train_x = feats(run.train_set, "train", t.feature_flip).to(run.device)
-    train_y = run.train_set.labels.repeat(2 if t.feature_flip else 1).to(run.device)
-    val_x, val_y = feats(run.val_set, "val"), run.val_set.labels
-    optimizer = build_optimizer([model.head], t, "features")
-    state = run.state
-    if state is not None and state.phase == "features":
-        optimizer.load_state_dict(state.optimizer)
-    steps = len(train_y) // min(t.batch_size, len(train_y))
-    total, warmup = t.epochs * steps, int(t.warmup_epochs * steps)
-    watch.signals.unit = "head epoch"  # seconds each: a stop waits for the epoch's end
-    with watch.signals:  # head epochs only: Ctrl-C during extraction stops at once
-        for epoch in range(run.start_epoch, last_epoch):
-            started = time.perf_counter()
-            torch.manual_seed(t.seed * 7_919 + epoch * 31)  # dropout, as in fine-tuning
-            gen = torch.Generator().manual_seed(t.seed * 1_000_003 + epoch)
-            stats = train_head_epoch(
-                model.head, train_x, train_y, optimizer, t.batch_size, t.label_smoothing, gen,
-                lr_fn=lambda step: finetune_lr(step, total, warmup, t.lr), step0=epoch * steps,
-            )  # fmt: skip
-            if not math.isfinite(stats["train_loss"]):
-                raise TrainingError(f"epoch {epoch + 1}: the loss is not finite; lower train.lr")
-            stats.pop("steps", None)
-            val = evaluate_head(model.head, val_x, val_y)
-            end_epoch(run, epoch, "features", stats, optimizer, started, val)
-            if watch.after_epoch():
-                return None
-    if last_epoch < t.epochs:
-        return None
-    return head_logits(model.head, feats(run.splits.test, "test"))
+    return feats
 
 
 def train_head_epoch(

@@ -14,6 +14,7 @@ from cifar100.config import Config
 from cifar100.data.tensors import DataSplits, ImageSet
 from cifar100.engine.distributed import DistInfo
 from cifar100.engine.ema import ModelEMA
+from cifar100.engine.position import ResumePosition
 from cifar100.runtime.checkpoint import Checkpoint
 from cifar100.runtime.model_info import ModelInfo
 from cifar100.runtime.run_dir import MetricsLog, RunDir
@@ -64,8 +65,16 @@ class Run:
         """Seconds the run has taken in all, every session's set-up and evaluation included."""
         return self.wall_before + time.perf_counter() - self.session_start
 
-    def resume_position(self, epoch: int) -> dict[str, Any] | None:
+    def resume_position(self, epoch: int) -> ResumePosition | None:
         """The saved mid-epoch position when `epoch` is the one the run was stopped in."""
         if self.state is None or epoch != self.start_epoch:
             return None
-        return self.state.position
+        return ResumePosition.from_checkpoint(self.state)
+
+    def optimizer_state(self, phase: str, epoch: int) -> dict[str, Any] | None:
+        """The saved optimizer state, when the checkpoint stopped in `phase` before `epoch`
+        (or within it); None otherwise: a new phase starts a new optimizer."""
+        state = self.state
+        if state is None or state.phase != phase or state.epoch != epoch:
+            return None
+        return state.optimizer

@@ -209,8 +209,9 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
             restore_best(run, state)
         run.epochs_done = run.start_epoch
         run.wall_before = float(state.wall_s or 0.0)
-        if state.position:
-            say(f"resuming epoch {run.start_epoch + 1} at step {state.position['step']}")
+        position = run.resume_position(run.start_epoch)
+        if position is not None:
+            say(f"resuming epoch {run.start_epoch + 1} at step {position.step}")
         if dist_info.is_main:
             run.files.metrics_log().truncate_after(run.start_epoch)
         if run.start_epoch >= t.epochs:

@@ -24,7 +24,7 @@ from cifar100.data.images import prepare_images
 from cifar100.errors import CheckpointError, ModelError
 from cifar100.fileio import file_problem
 from cifar100.models.registry import build_model
-from cifar100.runtime.checkpoint import Checkpoint, load_weights
+from cifar100.runtime.checkpoint import Checkpoint, load_weights, resolve_checkpoint
 from cifar100.runtime.device import select_device, tune_backends
 from cifar100.runtime.inference import model_batches, run_batches, with_flip
 from cifar100.runtime.model_files import READERS
@@ -138,8 +138,6 @@ def load(
 
     ema: the checkpoint's exponential moving average of the weights instead.
     """
-    from cifar100.runtime.checkpoint import resolve_checkpoint
-
     problem = file_problem(path, folder_ok=True)  # before anything opens it: a FIFO would block
     if problem:
         raise CheckpointError(
