@@ -25,13 +25,15 @@ def tiny_trained(tmp_path_factory):
     tests that need some trained model take a copy of it (`tiny_run_copy`), not a training."""
     from tiny_run import train_tiny
 
-    return train_tiny(tmp_path_factory.mktemp("tiny"))[0]
+    return train_tiny(tmp_path_factory.mktemp("tiny"))[0]  # root/run, root/cache, root/c10.tar.gz
 
 
 @pytest.fixture(scope="module")
 def tiny_run_copy(tiny_trained, tmp_path_factory):
-    """This module's own copy of the session's tiny run, free to write into (a tenth of a
-    second to copy, where training it took seconds)."""
+    """This module's own copy of the session's tiny run (with the archive and cache beside it,
+    as train_tiny leaves them), free to write into: a tenth of a second to copy, where training
+    it took seconds."""
     import shutil
 
-    return shutil.copytree(tiny_trained, tmp_path_factory.mktemp("tiny-copy") / "run")
+    root = shutil.copytree(tiny_trained.parent, tmp_path_factory.mktemp("tiny-copy") / "root")
+    return root / tiny_trained.name

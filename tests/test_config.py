@@ -210,11 +210,20 @@ def test_every_text_setting_has_choices_or_is_free_text():
 
 
 def test_the_choices_are_those_the_code_acts_on():
-    from cifar100.data.augment import POLICIES
-    from cifar100.models.head import PREPROCESS_MODES
+    """Every listed policy and preprocessing mode runs (the code reads its lists from CHOICES,
+    so a choice added there without its code fails here)."""
+    import torch
 
-    assert CHOICES["train.policy"] == POLICIES
-    assert CHOICES["model.preprocess"] == PREPROCESS_MODES
+    from cifar100.data.augment import augment_batch
+    from cifar100.models.head import Preprocess
+
+    images = torch.rand(2, 3, 8, 8) * 255
+    for policy in CHOICES["train.policy"]:
+        out = augment_batch(images, 1, True, torch.Generator().manual_seed(0), policy=policy)
+        assert out.shape == images.shape
+    scaled = [Preprocess(mode)(images) for mode in CHOICES["model.preprocess"]]
+    # each its own scaling (a mode without its code would fall through to another's)
+    assert all(not torch.equal(a, b) for i, a in enumerate(scaled) for b in scaled[i + 1 :])
 
 
 @pytest.mark.parametrize("dotted", list(CHOICES))

@@ -106,7 +106,9 @@ def test_a_file_of_another_kind_given_as_a_checkpoint_is_one_line(content, tmp_p
 def test_weights_that_do_not_fit_name_the_file_and_the_first_difference(run, tmp_path, capsys):
     out, _ = run
     state = load_checkpoint(out / "last.pt")
-    state["config"]["model"]["head_units"] = 128  # settings that no longer match the weights
+    state["info"]["config"]["model"]["head_units"] = (
+        128  # settings that no longer match the weights
+    )
     bad = tmp_path / "mismatch.pt"
     save_checkpoint(state, bad)
     image = tmp_path / "x.png"

@@ -15,6 +15,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from cifar100.config import CHOICES
 from cifar100.data.policies import (
     draw_normal,
     draw_uniform,
@@ -22,7 +23,7 @@ from cifar100.data.policies import (
     trivial_augment,
 )
 
-POLICIES = ("none", "trivial", "randaugment")
+POLICIES = CHOICES["train.policy"]  # the one list, config.py's
 
 
 def to_float_nchw(images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -128,6 +129,8 @@ class ImageAugment:
             stages.append(trivial_augment)
         elif policy == "randaugment":
             stages.append(partial(rand_augment, magnitude=magnitude, ops=ops))
+        elif policy != "none":  # a choice in config.CHOICES without its code here
+            raise ValueError(f"policy={policy!r} is listed but not implemented")
         if erasing > 0:
             stages.append(partial(random_erasing, p=erasing))
         return cls(tuple(stages))

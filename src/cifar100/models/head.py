@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cifar100.config import CHOICES
 from cifar100.errors import ModelError
 
-PREPROCESS_MODES = ("tf", "torch", "none", "raw", "lite")
+PREPROCESS_MODES = CHOICES["model.preprocess"]  # the one list, config.py's
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
