@@ -35,6 +35,7 @@ def _op(name: str, m: float, x: torch.Tensor) -> torch.Tensor:
     return apply_ops(x, torch.full((n,), OPS.index(name)), torch.full((n,), float(m)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["trivial", "randaugment"])
 @pytest.mark.parametrize("name", OPS)
 def test_each_op_keeps_shape_dtype_range_and_both_paths_agree(name, policy):

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from synthetic_folders import write_split_folder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -13,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import vary_setting  # noqa: E402
 
 
+@pytest.mark.slow
 def test_vary_setting_trains_once_per_value_and_reports_each(tmp_path, capsys):
     data = write_split_folder(tmp_path / "data", {"a": 12, "b": 12}, {"a": 4, "b": 4})
     vary_setting.main(

@@ -31,6 +31,7 @@ def test_summary_prints_the_reports_table(capsys):
     assert "(None, 10)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_backbones_lists_weights_resolution_and_size(capsys):
     assert cli.main(["backbones"]) == 0
     out = capsys.readouterr().out
@@ -61,6 +62,7 @@ def test_no_command_prints_help_and_fails(capsys):
     assert all(c in out for c in COMMANDS)
 
 
+@pytest.mark.slow
 def test_bench_measures_both_variants_and_their_ratio(capsys):
     args = ["bench", "--backbone", "efficientnet_lite0", "--size", "32", "--batch-size", "4",
             "--steps", "2", "--warmup", "1", "--device", "cpu"]  # fmt: skip

@@ -22,6 +22,7 @@ def threads(monkeypatch):
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(usable_cores()) < 2, reason="needs 2 cores to keep one busy")
 def test_a_busy_process_is_seen_as_a_busy_core():
     spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])

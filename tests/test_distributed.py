@@ -82,6 +82,7 @@ def standalone(tmp_path_factory):
     return archive, cache, root / "ddp", out
 
 
+@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(standalone, tmp_path):
     archive, cache, ddp_dir, stdout = standalone
     assert stdout.count("test top-1") == 1  # rank 0 alone reports
@@ -118,6 +119,7 @@ def test_two_process_ddp_matches_one_process(standalone, tmp_path):
     assert all(torch.allclose(ddp[k], one[k], rtol=1e-4, atol=1e-5) for k in params)
 
 
+@pytest.mark.slow
 def test_ddp_run_stopped_mid_epoch_resumes_exactly(tmp_path):
     archive = make_cifar100_archive(tmp_path / "c100.tar.gz", n_train=160, n_test=40)
     cache = tmp_path / "cache"
@@ -139,6 +141,7 @@ def test_ddp_run_stopped_mid_epoch_resumes_exactly(tmp_path):
     assert all(torch.equal(whole["ema"]["model"][k], v) for k, v in resumed["ema"]["model"].items())
 
 
+@pytest.mark.slow
 def test_two_nodes_through_the_rendezvous_equal_one_node(standalone, tmp_path):
     archive, cache, ddp_dir, _ = standalone
     with socket.socket() as free:  # a port for the c10d rendezvous on this machine
@@ -189,6 +192,7 @@ def test_a_process_that_joined_a_group_ends_without_interpreter_shutdown(monkeyp
     assert exits == [143] and flushed == ["out"]
 
 
+@pytest.mark.slow
 def test_rank_0_alone_warns_about_an_image_folders_skipped_files(tmp_path):
     data = tmp_path / "images"
     write_classes(data, {"a": 12, "b": 12})

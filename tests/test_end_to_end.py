@@ -57,6 +57,7 @@ def trained(archive, tmp_path_factory):
     return run, cache
 
 
+@pytest.mark.slow
 def test_train_writes_a_self_explaining_run_directory(trained):
     run, _ = trained
     for name in (
@@ -87,6 +88,7 @@ def test_train_writes_a_self_explaining_run_directory(trained):
     assert len(ckpt.info.coarse_classes) == 20 and len(ckpt.info.fine_to_coarse) == 100
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_same_weights(archive, trained, tmp_path):
     run, cache = trained
     cfg = apply_overrides(
@@ -131,6 +133,7 @@ def _same_run(a_dir, b_dir):
     assert [[r[k] for k in keys] for r in ra] == [[r[k] for k in keys] for r in rb]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_mid_epoch_resumes_exactly(archive, trained, tmp_path, capsys):
     run, cache = trained
     cfg = apply_overrides(
@@ -171,6 +174,7 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(archive, trained, tmp_path, cap
     assert load_checkpoint(other / "last.pt")["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_position_and_resume_finishes_the_same_run(archive, trained, tmp_path):
     run, cache = trained
     stopped = tmp_path / "stopped"
@@ -207,6 +211,7 @@ def test_sigterm_saves_the_position_and_resume_finishes_the_same_run(archive, tr
     _same_run(run, stopped)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_trains(preset, archive, tmp_path, monkeypatch):
     # Each preset's whole recipe (policies, mixing, EMA, frozen phase, features mode) for a
@@ -234,6 +239,7 @@ def test_every_preset_trains(preset, archive, tmp_path, monkeypatch):
         assert state["phase"] == "finetune"
 
 
+@pytest.mark.slow
 def test_evaluate_prints_and_writes_json(trained, capsys):
     run, cache = trained
     assert cli.main(["evaluate", str(run), "--cache-dir", str(cache), "--no-progress"]) == 0
@@ -259,6 +265,7 @@ def test_evaluate_prints_and_writes_json(trained, capsys):
     assert result["checkpoint"].endswith("best.pt")
 
 
+@pytest.mark.slow
 def test_evaluate_keeps_the_runs_wall_time_and_the_predictions_training_wrote(trained, capsys):
     from cifar100.predictions_file import read_predictions
 
@@ -274,6 +281,7 @@ def test_evaluate_keeps_the_runs_wall_time_and_the_predictions_training_wrote(tr
                        atol=1e-5)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_predict_reports_bad_files_and_still_predicts_the_rest(trained, tmp_path, capsys):
     run, _ = trained
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), np.uint8)).save(
@@ -309,6 +317,7 @@ def test_predict_reports_bad_files_and_still_predicts_the_rest(trained, tmp_path
     assert "a folder holding no image files" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_frozen_phase_keeps_the_backbone_and_its_statistics(archive, tmp_path, monkeypatch):
     # Stand in for pretrained weights (none can be downloaded here) to exercise the frozen phase.
     from cifar100.models import registry
@@ -371,6 +380,7 @@ def test_unavailable_weights_are_one_clear_line(archive, tmp_path, capsys):
     assert rc == 2 and "--weights none" in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_checkpoint_starts_again(trained, tmp_path, capsys):
     run, cache = trained
     early = tmp_path / "early"
@@ -404,6 +414,7 @@ def test_an_existing_run_is_never_overwritten(trained, capsys):
     assert (run / "last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_init_starts_from_another_runs_weights(archive, trained, tmp_path):
     run, cache = trained
     cfg = apply_overrides(
@@ -428,6 +439,7 @@ def test_init_starts_from_another_runs_weights(archive, trained, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
 
 
+@pytest.mark.slow
 def test_features_mode_trains_the_head_on_cached_features(archive, tmp_path, capsys):
     args = ["train", "--preset", "scratch", "--data", str(archive), "--epochs", "3",
             "--set", "train.mode=features", "--set", "train.batch_size=32",
@@ -451,6 +463,7 @@ def test_features_mode_trains_the_head_on_cached_features(archive, tmp_path, cap
     assert "features: train from cache" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_feature_extraction_at_once_and_head_epochs_cleanly(
     archive, tmp_path, monkeypatch
 ):
@@ -480,6 +493,7 @@ def test_ctrl_c_stops_feature_extraction_at_once_and_head_epochs_cleanly(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("finetune_bn", ["batch", "frozen"])
 def test_finetune_bn_frozen_keeps_the_moving_statistics(archive, tmp_path, finetune_bn):
     # Keras's fine-tuning guide keeps batch norm in inference mode (training=False) while every

@@ -152,6 +152,7 @@ def _evaluate(run, cache, *flags, capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_predictions_and_new_metrics(runs, capsys):
     run, _, cache, _ = runs
     result = _evaluate(run, cache, capsys=capsys)
@@ -169,6 +170,7 @@ def test_evaluate_writes_predictions_and_new_metrics(runs, capsys):
     assert "macro-F1" in out and "ECE" in out and "top-5" in out  # 100 classes
 
 
+@pytest.mark.slow
 def test_tta_and_ema_flags(runs, capsys):
     run, _, cache, trained = runs
     plain = _evaluate(run, cache, capsys=capsys)
@@ -276,6 +278,7 @@ def three_classes(tmp_path_factory):
     return root / "run", cache
 
 
+@pytest.mark.slow
 def test_no_top5_with_five_classes_or_fewer(three_classes, runs, tmp_path, capsys):
     from cifar100.compare import compare_runs, format_comparison
     from cifar100.report import build_report

@@ -27,6 +27,7 @@ def onnx_file(run):
     return out / "model.onnx"
 
 
+@pytest.mark.slow
 def test_an_onnx_export_predicts_as_the_checkpoint(run, onnx_file, capsys):
     out, cache = run
     torch_model = cifar100.load(out, device="cpu")
@@ -74,6 +75,7 @@ def test_a_tampered_or_truncated_onnx_file_is_refused(onnx_file, tmp_path, capsy
         assert "\n" not in err and f"{name}.onnx" in err
 
 
+@pytest.mark.slow
 def test_int8_needs_training_images_and_then_runs(run, tmp_path, capsys):
     out, cache = run
     target = tmp_path / "m.int8.onnx"
@@ -88,6 +90,7 @@ def test_int8_needs_training_images_and_then_runs(run, tmp_path, capsys):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_triton_repository_holds_the_same_model(run, onnx_file, tmp_path, capsys):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
@@ -124,6 +127,7 @@ def test_a_triton_repository_holds_the_same_model(run, onnx_file, tmp_path, caps
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("tmp", "."))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["run", "onnx"])
 def test_bench_times_pytorch_beside_onnx_runtime(which, run, onnx_file, capsys):
     target = run[0] if which == "run" else onnx_file

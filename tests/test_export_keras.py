@@ -135,6 +135,7 @@ def exports(keras, tmp_path_factory):
     return export
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_keras_loads_it_and_predicts_as_we_do(exports, case):
     model, _, kmodel = exports(case)
@@ -181,6 +182,7 @@ def layout(path) -> tuple:
     return members, order, tree
 
 
+@pytest.mark.slow
 def test_layout_is_the_one_keras_writes(exports, tmp_path):
     """Keras's own save of the loaded export has the same layers in the same order, and the
     same weight groups and shapes: the keys Keras finds weights by are the ones it writes."""
@@ -189,6 +191,7 @@ def test_layout_is_the_one_keras_writes(exports, tmp_path):
     assert layout(ours) == layout(tmp_path / "theirs.keras")
 
 
+@pytest.mark.slow
 def test_round_trip_keras_import_export_keras(keras, tmp_path):
     """The report's Keras model -> import-keras -> our checkpoint -> cifar100.load -> export
     -> Keras: the same probabilities as the original, which takes x/127.5 - 1 where the export
@@ -216,6 +219,7 @@ def test_round_trip_keras_import_export_keras(keras, tmp_path):
     assert_close(keras_predict(keras.saving.load_model(exported), x), want, "round trip")
 
 
+@pytest.mark.slow
 def test_import_keras_reads_our_export_back_exactly(classifier, tmp_path):
     """Without TensorFlow: our own reader takes the export back to the very same tensors."""
     model, cfg = classifier
@@ -229,6 +233,7 @@ def test_import_keras_reads_our_export_back_exactly(classifier, tmp_path):
         assert torch.equal(imported.state_dict[key], tensor), key
 
 
+@pytest.mark.slow
 def test_other_preprocessing_is_never_read_as_the_reports(tmp_path):
     """A reader that assumes the report's x/127.5 - 1 finds a Rescaling that says otherwise."""
     model, cfg = report_classifier(resize=1, preprocess="none")
@@ -248,6 +253,7 @@ def test_other_backbones_are_one_clear_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_unwritable_output_is_a_clean_error_and_leaves_nothing(classifier, tmp_path):
     model, cfg = classifier
     blocker = tmp_path / "file"

@@ -88,6 +88,7 @@ def lite0(tmp_path_factory):
     return model, path, result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 3, 17])
 def test_onnx_runtime_matches_torch(lite0, batch):
     model, path, _ = lite0
@@ -159,6 +160,7 @@ def test_resnet50v2_at_224_inside(tmp_path):
     assert np.abs(probabilities - torch_probabilities(model, x)).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_a_mismatch_raises_and_writes_nothing(tmp_path, monkeypatch):
     real_session = onnx_file._session
 
@@ -177,6 +179,7 @@ def test_a_mismatch_raises_and_writes_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["parent is a file", "target is a directory"])
 def test_an_unwritable_path_is_one_error_and_leaves_nothing(tmp_path, where):
     (tmp_path / "file").write_text("not a directory")
@@ -188,6 +191,7 @@ def test_an_unwritable_path_is_one_error_and_leaves_nothing(tmp_path, where):
     assert list((tmp_path / "dir").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_callers_model_keeps_its_mode_and_weights(tmp_path):
     model = tiny_model().train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -218,6 +222,7 @@ def test_metadata_must_be_text(tmp_path):
 # --- int8 --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_int8_keeps_the_interface_and_the_metadata(lite0, tmp_path):
     model, path, _ = lite0
     result = quantize_onnx_int8(path, tmp_path / "int8.onnx", images(16, seed=1))

@@ -52,6 +52,7 @@ def parse_config(entry) -> "model_config_pb2.ModelConfig":
     return text_format.Parse((entry / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
 
 
+@pytest.mark.slow
 def test_config_follows_tritons_schema_and_the_onnx_graph(onnx_path, tmp_path):
     entry = write_triton_repository(onnx_path, tmp_path, "cifar10-lite", CLASSES, max_batch=32)
     assert entry == tmp_path / "cifar10-lite"

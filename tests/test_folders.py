@@ -190,6 +190,7 @@ def test_unwritable_cache_warns_and_still_loads(tmp_path, capsys, monkeypatch):
     assert not list((tmp_path / "cache").rglob("*.npz"))
 
 
+@pytest.mark.slow
 def test_process_pool_path(tmp_path, monkeypatch):
     # Small limits push a small folder through the worker pool, errors included.
     monkeypatch.setattr(decode_pool, "SERIAL_LIMIT", 4)

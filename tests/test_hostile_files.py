@@ -203,6 +203,7 @@ def special_results(run, tmp_path_factory) -> dict[tuple[str, str], tuple[int, s
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fifo", "device", "proc"])
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_a_special_file_is_one_line_saying_what_it_is(special_results, entry, kind):
@@ -414,6 +415,7 @@ def _sparse_bombs(folder: Path) -> list[str]:
     return list(_bombs())
 
 
+@pytest.mark.slow
 def test_sparse_files_in_a_folder_are_skipped_in_bounded_memory(tmp_path):
     root = tmp_path / "set"
     write_classes(root, {"a": 3, "b": 3})
@@ -425,6 +427,7 @@ def test_sparse_files_in_a_folder_are_skipped_in_bounded_memory(tmp_path):
     assert "on disk (a sparse file)" in stderr
 
 
+@pytest.mark.slow
 def test_the_same_files_in_a_tarball_are_skipped_in_bounded_memory(tmp_path):
     bombs = [(f"set/a/{n}", ZeroRun(head, LARGEST - len(head))) for n, head in _bombs().items()]
     tarball = tar_zero_runs(tmp_path / "set.tar.gz", [*_good_members(), *bombs])
@@ -434,6 +437,7 @@ def test_the_same_files_in_a_tarball_are_skipped_in_bounded_memory(tmp_path):
     _assert_skipped_with_one_warning(stderr, tarball, [name for name, _ in bombs])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "colour, depth", [(6, 8), (4, 8), (0, 16)], ids=["rgba", "grey-alpha", "grey-16-bit"]
 )
@@ -449,6 +453,7 @@ def test_a_large_flat_image_decodes_within_the_bound(tmp_path, colour, depth):
     assert growth < BOUND, f"peak memory grew by {growth / MIB:.0f} MiB"
 
 
+@pytest.mark.slow
 def test_predict_of_such_files_stays_within_the_bound(run, good, tmp_path):
     names = _sparse_bombs(tmp_path)
     (tmp_path / "flat.png").write_bytes(flat_png(SIDE, SIDE, 6))

@@ -65,6 +65,7 @@ def axes_share(fig) -> tuple[float, float]:
 # --- 1. names are text, not mathematics ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_report_of_a_run_with_hostile_class_names_is_written(hostile_run, capsys):
     run, _ = hostile_run
     capsys.readouterr()
@@ -142,6 +143,7 @@ def test_visible_shows_every_bidi_control_and_control_character():
         assert visible(kept) == kept
 
 
+@pytest.mark.slow
 def test_names_show_their_controls_in_plots_and_terminal_output(hostile_run, tmp_path, capsys):
     run, cache = hostile_run
     fig = plots.plot_per_class({"abc\u202edcba.exe": 0.5, "cat": 1.0})
@@ -218,6 +220,7 @@ def test_the_serve_page_shows_names_as_text_with_their_controls_visible(tmp_path
 # --- 4. no warning per missing glyph ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_names_no_font_can_draw_give_one_line_at_most(tmp_path, capsys, caplog):
     classes = ["猫咪", "犬", "鳥類", "魚", "قطة"]
     labels = np.arange(5).repeat(2)

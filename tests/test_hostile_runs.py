@@ -49,6 +49,7 @@ def fail_once(monkeypatch, name: str) -> None:
     monkeypatch.setattr(checkpoint_module, "torch_save_atomic", save)
 
 
+@pytest.mark.slow
 def test_a_best_pt_the_disk_refused_is_written_when_the_run_resumes(
     archive, tmp_path, capsys, monkeypatch
 ):
@@ -80,6 +81,7 @@ def test_a_disk_that_fills_between_last_pt_and_best_pt_loses_no_best_pt(archive,
         assert load_checkpoint(out / "best.pt")["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_evaluate_says_why_best_pt_is_missing_and_what_to_do(archive, tmp_path, capsys):
     out, cache = tmp_path / "run", tmp_path / "cache"
     assert cli.main(train_args(archive, out, cache, epochs=1)) == 0
@@ -97,6 +99,7 @@ def test_evaluate_says_why_best_pt_is_missing_and_what_to_do(archive, tmp_path, 
     assert cli.main(argv) == 0
 
 
+@pytest.mark.slow
 def test_a_resume_that_cannot_bring_back_best_pt_says_so(archive, tmp_path, capsys):
     out, cache = tmp_path / "run", tmp_path / "cache"
     assert cli.main(train_args(archive, out, cache, epochs=2)) == 0
@@ -219,6 +222,7 @@ def test_report_of_a_damaged_run_file_is_one_line(trained, tmp_path, capsys, nam
     assert str(run / name) in line
 
 
+@pytest.mark.slow
 def test_report_leaves_out_values_of_the_wrong_type(trained, tmp_path, capsys):
     run = copy_run(trained, tmp_path / "run")
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -34,6 +34,7 @@ def keras_file(tmp_path_factory):
     return model, path
 
 
+@pytest.mark.slow
 def test_import_evaluate_and_predict_like_keras(keras_file, tmp_path, capsys):
     kmodel, path = keras_file
     archive = make_cifar100_archive(tmp_path / "c100.tar.gz", n_train=100, n_test=20)
@@ -116,6 +117,7 @@ SCALINGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preprocess", sorted(SCALINGS))
 def test_each_preprocess_choice_reaches_predict_as_keras_sees_it(
     preprocess, keras_file, tmp_path, capsys

@@ -63,6 +63,7 @@ def _images(*folders: str) -> list[tuple[str, ZeroRun]]:
 # --- images in tarballs and folders ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tar_member_declaring_gigabytes_is_refused_unread(tmp_path):
     # The reported case: a few MB of .tar.gz whose one image member is a GB of zeros.
     bomb = ZeroRun(png_head(64, 64), GIB)
@@ -104,6 +105,7 @@ def test_refused_member_is_an_error_only_inside_the_layout(tmp_path, head, messa
     assert str(e.value).count(str(Image.MAX_IMAGE_PIXELS)) <= 1
 
 
+@pytest.mark.slow
 def test_many_large_members_are_not_held_at_once(tmp_path):
     # 96 members of 4 MiB each (no header check at that size): decoded a bounded chunk at a time.
     members = [(f"set/a/{i:03d}.png", ZeroRun(b"", HEADER_BYTES)) for i in range(96)]
@@ -114,6 +116,7 @@ def test_many_large_members_are_not_held_at_once(tmp_path):
     assert "(set/a/000.png: not a format Pillow recognises; " in message
 
 
+@pytest.mark.slow
 def test_image_file_declaring_gigabytes_in_a_folder_is_refused_unread(tmp_path):
     root = tmp_path / "set"
     write_classes(root, {"a": 2, "b": 2})
@@ -128,6 +131,7 @@ def test_image_file_declaring_gigabytes_in_a_folder_is_refused_unread(tmp_path):
         load_image_folder(root, 8, tmp_path / "cache", progress=False, strict=True)
 
 
+@pytest.mark.slow
 def test_large_real_images_still_load(tmp_path):
     """Files over HEADER_BYTES that are what they say: noise as PNG, lossless WebP, q100 JPEG."""
     rng = np.random.default_rng(0)
@@ -154,6 +158,7 @@ def _binstring_pickle(size: int) -> tuple[bytes, bytes]:
     return b"\x80\x02}q\x00U\x04dataq\x01T" + struct.pack("<i", size), b"q\x02s."
 
 
+@pytest.mark.slow
 def test_cifar_folder_member_declaring_gigabytes_is_refused_unread(tmp_path):
     archive = sc.make_cifar10_archive(tmp_path / "c.tar.gz")
     with tarfile.open(archive) as tar:
@@ -212,6 +217,7 @@ def _legacy_h5(path: Path, datasets: dict[str, dict]) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_hdf5_dataset_declaring_gigabytes_is_refused_unread(tmp_path):
     # Chunked and compressed, never written: a few KB that h5py would read as 2 GiB of zeros.
     huge = {
@@ -229,6 +235,7 @@ def test_hdf5_dataset_declaring_gigabytes_is_refused_unread(tmp_path):
     assert f"({2 * GIB} bytes)" in message
 
 
+@pytest.mark.slow
 def test_hdf5_weights_over_the_total_bound(tmp_path):
     each = {"shape": (keras_h5.MAX_TENSOR_BYTES // 4,), "dtype": "float32", "chunks": (2**16,)}
     count = keras_h5.MAX_WEIGHT_BYTES // keras_h5.MAX_TENSOR_BYTES + 1
@@ -255,6 +262,7 @@ def test_hdf5_weights_must_be_numbers_inside_the_file(tmp_path, kwargs, message)
     assert "'/conv1_conv/conv1_conv/kernel:0'" in str(e.value)
 
 
+@pytest.mark.slow
 def test_keras_archive_member_declaring_more_than_a_model_holds(tmp_path):
     path = tmp_path / "m.keras"
     block = 64 * MIB
@@ -280,6 +288,7 @@ def lite_state() -> dict[str, torch.Tensor]:
     return {file_key(k): v for k, v in EfficientNetLite("efficientnet_lite0").state_dict().items()}
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 @pytest.mark.filterwarnings("ignore:TypedStorage is deprecated:UserWarning")
 @pytest.mark.parametrize(
@@ -304,6 +313,7 @@ def test_damaged_lite_weights_are_one_clear_error(lite_state, tmp_path, change, 
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_lite_weights_zip_declaring_gigabytes_is_refused_unread(tmp_path):
     # torch.save writes a zip; torch.load inflates a deflated member whole, whatever it declares.
     small, path = tmp_path / "small.pth", tmp_path / "lite0.pth"

@@ -70,6 +70,7 @@ def _check_against_the_run(run_dir, taken: list[float]):
     return records, schedule, steps
 
 
+@pytest.mark.slow
 def test_schedule_is_what_fine_tuning_set_at_every_step(archive, tmp_path, monkeypatch):
     from cifar100 import plots
     from cifar100.models import registry
@@ -99,6 +100,7 @@ def test_schedule_is_what_fine_tuning_set_at_every_step(archive, tmp_path, monke
     assert list(dots.get_xdata()) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_schedule_is_what_features_mode_set_at_every_step(archive, tmp_path):
     cfg = apply_overrides(
         load_preset("scratch"),

@@ -217,6 +217,7 @@ def test_forward_backward_gives_finite_gradients() -> None:
     assert torch.isfinite(loss)
 
 
+@pytest.mark.slow
 def test_leaky_relu_option_changes_the_activation() -> None:
     torch.manual_seed(0)
     relu = build_model(random_cfg(resize=1), num_classes=10).eval()

@@ -58,6 +58,7 @@ def predictions() -> dict:
     return dict(labels=labels, preds=preds, classes=classes, f2c=f2c, images=images)
 
 
+@pytest.mark.slow
 def test_every_figure_writes_png_and_svg(tmp_path, predictions):
     p = predictions
     figures = {
@@ -104,6 +105,7 @@ def _scheduled_run(tmp_path: Path, train_images: int | None = 100) -> list[dict]
     return records
 
 
+@pytest.mark.slow
 def test_lr_is_drawn_per_step_by_phase_where_the_log_gives_the_step_count(tmp_path):
     records = _scheduled_run(tmp_path)
     schedule = plots.run_schedule(tmp_path, records)
@@ -120,6 +122,7 @@ def test_lr_is_drawn_per_step_by_phase_where_the_log_gives_the_step_count(tmp_pa
     assert "lr" in plots.plot_run(tmp_path)
 
 
+@pytest.mark.slow
 def test_lr_of_a_run_logged_before_the_step_count_is_per_epoch(tmp_path):
     records = _scheduled_run(tmp_path, train_images=None)
     assert plots.run_schedule(tmp_path, records) is None
@@ -135,6 +138,7 @@ def test_curves_mark_the_phase_change():
         assert 3.5 in xs
 
 
+@pytest.mark.slow
 def test_plot_run_with_only_a_metrics_log(tmp_path):
     lines = [json.dumps(r) for r in _records()]
     # A crash mid-write leaves half a record: it must be skipped, not fail the plot.
@@ -151,6 +155,7 @@ def test_plot_run_with_only_a_metrics_log(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_plot_run_with_predictions(tmp_path, predictions):
     # 30 images keep the two example grids (the slowest figures) small.
     p = {k: v[:30] if isinstance(v, np.ndarray) else v for k, v in predictions.items()}

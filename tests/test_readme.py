@@ -44,6 +44,7 @@ def example_run(tmp_path, monkeypatch):
     return run
 
 
+@pytest.mark.slow
 def test_the_use_a_trained_model_examples_run(example_run, capsys):
     blocks = section_code("## Use a trained model")
     assert len(blocks) >= 3  # load and predict, probabilities, ONNX Runtime on its own

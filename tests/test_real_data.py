@@ -23,6 +23,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.slow
 def test_short_cpu_run_on_real_cifar10_learns(tmp_path, capsys):
     run = tmp_path / "run"
     start = time.perf_counter()

@@ -25,6 +25,7 @@ def run_dir(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_report_is_one_self_contained_page(run_dir, capsys):
     assert cli.main(["report", str(run_dir)]) == 0
     page = (run_dir / "report.html").read_text()
@@ -38,6 +39,7 @@ def test_report_is_one_self_contained_page(run_dir, capsys):
     assert json.loads((run_dir / "config.json").read_text())["preset"] in page
 
 
+@pytest.mark.slow
 def test_the_report_shows_other_evaluations_beside_the_runs_own(run_dir, capsys):
     args = ["--cache-dir", str(run_dir.parent / "cache"), "--no-progress", "--json"]
     assert cli.main(["evaluate", str(run_dir), "--tta", "flip", *args]) == 0
@@ -51,6 +53,7 @@ def test_the_report_shows_other_evaluations_beside_the_runs_own(run_dir, capsys)
     (run_dir / "evaluation-ema.json").unlink()
 
 
+@pytest.mark.slow
 def test_a_report_says_why_figures_are_missing(tmp_path, run_dir):
     old = tmp_path / "old"  # a run from before training kept its predictions
     shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("*.pt", "plots", "report.html"))
@@ -61,6 +64,7 @@ def test_a_report_says_why_figures_are_missing(tmp_path, run_dir):
     assert f"<code>cifar100 evaluate {old}</code> writes it" in page
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_is_reported_from_its_log(tmp_path, run_dir):
     partial = tmp_path / "partial"
     partial.mkdir()
@@ -82,6 +86,7 @@ def test_not_a_run_is_one_line(tmp_path, capsys):
     assert f"{tmp_path / 'nope'}: no such directory" in err and "\n" not in err
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_report_renders_in_a_headless_browser(run_dir):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed")

@@ -79,6 +79,7 @@ def run(archive, tmp_path_factory):
     return out, cache
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_corrupted_checkpoint(run, tmp_path, capsys):
     out, _ = run
     copy = tmp_path / "copy"
@@ -181,6 +182,7 @@ def test_the_lock_goes_with_a_killed_process_even_if_its_children_live(tmp_path)
         subprocess.run(["pkill", "-f", str(tmp_path)], check=False)
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_still_training_is_refused_and_logs_no_epoch_twice(archive, tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -255,6 +257,7 @@ def grow(path: Path, megabytes: int) -> None:
     subprocess.run(["mount", "-o", f"remount,size={megabytes}m", str(path)], check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precheck", [True, False], ids=["checked-first", "torch-fails"])
 def test_a_full_disk_while_checkpointing_keeps_a_resumable_run(
     precheck, archive, tmp_path, capsys, monkeypatch
@@ -275,6 +278,7 @@ def test_a_full_disk_while_checkpointing_keeps_a_resumable_run(
     # (the file system is gone now; what it held was checked above and in the resumed run)
 
 
+@pytest.mark.slow
 def test_the_first_save_failing_leaves_a_run_that_starts_again(archive, tmp_path, monkeypatch):
     """An injected ENOSPC, so this runs everywhere: nothing trained is kept, yet the run is
     neither stuck ("checkpoint not found") nor refused as existing."""
@@ -386,6 +390,7 @@ def test_a_checkpoint_that_would_inflate_is_refused_before_loading(tmp_path):
         load_checkpoint(bomb)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, content, words",
     [

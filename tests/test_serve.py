@@ -47,6 +47,7 @@ def predict_cli(run, paths, capsys) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
+@pytest.mark.slow
 def test_predict_answers_what_the_cli_prints(server, run, images, capsys):
     files, root = images
     body, content_type = multipart(list(files.items()))
@@ -95,6 +96,7 @@ def test_bad_requests_are_one_clear_4xx_naming_the_part(server, images):
     assert got in (400, 422) and one_line(answer)
 
 
+@pytest.mark.slow
 def test_limits_protect_the_server(run, images):
     files, _ = images
     big = io.BytesIO()
@@ -176,6 +178,7 @@ def _metric(text: str, name: str) -> str:
     return next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " "))
 
 
+@pytest.mark.slow
 def test_a_full_queue_answers_503_with_retry_after(run, images):
     files, _ = images
     body, content_type = multipart([("a.jpg", files["a.jpg"])] * 4)
@@ -190,6 +193,7 @@ def test_a_full_queue_answers_503_with_retry_after(run, images):
         assert s.post("predict", body, content_type)[0] == 200
 
 
+@pytest.mark.slow
 def test_health_stays_responsive_under_load(server, images):
     files, _ = images
     body, content_type = multipart([("a.jpg", files["a.jpg"])] * 8)
@@ -203,6 +207,7 @@ def test_health_stays_responsive_under_load(server, images):
     assert worst < 1.0  # the event loop never waits for the model
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_requests_in_flight_and_exits_0(run, images):
     files, _ = images
     body, content_type = multipart([("a.jpg", files["a.jpg"])] * 16)
@@ -218,6 +223,7 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(run, images):
     assert log.count('"POST /predict" 200') == 6  # one log line per request
 
 
+@pytest.mark.slow
 def test_onnx_runtime_serves_the_same_predictions(run, images, capsys):
     files, root = images
     body, content_type = multipart([("a.jpg", files["a.jpg"])])
@@ -232,6 +238,7 @@ def test_onnx_runtime_serves_the_same_predictions(run, images, capsys):
     assert all(abs(got[p["class"]] - p["probability"]) < 1e-4 for p in want)
 
 
+@pytest.mark.slow
 def test_a_bad_model_or_a_taken_port_is_one_line(tmp_path, run):
     def serve(*argv):
         return subprocess.run([sys.executable, "-m", "cifar100", "serve", *argv],
@@ -248,6 +255,7 @@ def test_a_bad_model_or_a_taken_port_is_one_line(tmp_path, run):
     assert len(busy.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_model_that_fails_is_a_json_500_and_never_ready(run, images):
     from starlette.testclient import TestClient
 

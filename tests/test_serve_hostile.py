@@ -90,6 +90,7 @@ def send_forever(sock: socket.socket, piece: bytes, limit_bytes: int) -> int:
 # 1. A request head has a size limit and a time limit; memory stays bounded whatever is sent.
 
 
+@pytest.mark.slow
 def test_an_endless_head_is_refused_with_431_and_memory_stays_bounded(server):
     pid = server.process.pid
     before = rss_mb(pid)
@@ -115,6 +116,7 @@ def test_an_endless_head_is_refused_with_431_and_memory_stays_bounded(server):
     assert server.get("v2/health/ready")[0] == 200
 
 
+@pytest.mark.slow
 def test_a_head_that_never_ends_in_time_is_refused_with_408(server):
     s = connect(server.url)
     s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")  # and then nothing
@@ -136,6 +138,7 @@ def test_a_normal_head_with_long_headers_under_the_limit_is_served(server):
 # 5. A body has a time limit: a slow body, or a Content-Length larger than the body.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trickle", [True, False], ids=["one-byte-a-second", "short-body"])
 def test_a_body_that_does_not_arrive_in_time_gets_408(server, trickle):
     s = connect(server.url)
@@ -155,6 +158,7 @@ def test_a_body_that_does_not_arrive_in_time_gets_408(server, trickle):
     assert '"POST /predict" 408' in "\n".join(server.stderr[-20:])
 
 
+@pytest.mark.slow
 def test_sigterm_does_not_wait_for_a_slow_body(run):
     with running_server(run) as s:  # the default body timeout, 30 s
         slow = connect(s.url)
@@ -192,6 +196,7 @@ def test_many_images_that_declare_many_pixels_are_refused_before_decoding(server
     assert "500000000 pixels" in message and "--max-request-pixels" in message
 
 
+@pytest.mark.slow
 def test_health_and_metrics_answer_fast_while_images_are_decoded(server):
     # Each request: two 5000x5000 images, inside the budget, about 0.3 s each to decode.
     body, content_type = multipart([(f"{i}.png", one_bit_png(5000)) for i in range(2)])
@@ -211,6 +216,7 @@ def test_health_and_metrics_answer_fast_while_images_are_decoded(server):
 #    and the memory a burst took is handed back once it is over.
 
 
+@pytest.mark.slow
 def test_a_burst_of_large_uploads_is_bounded_and_its_memory_returned(run):
     size = 12 << 20  # under the 16 MB body limit
     with running_server(run, "--max-inflight-mb", "64") as s:
@@ -298,6 +304,7 @@ def test_small_refusals_are_in_the_documented_shape(server):
     assert status == 400 and "closing boundary" in json.loads(raw)["error"]
 
 
+@pytest.mark.slow
 def test_a_client_that_leaves_mid_body_is_no_error_of_ours(server):
     s = connect(server.url)
     s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
@@ -309,6 +316,7 @@ def test_a_client_that_leaves_mid_body_is_no_error_of_ours(server):
     assert not [line for line in server.stderr if "Traceback" in line or "failed" in line]
 
 
+@pytest.mark.slow
 def test_a_budget_smaller_than_one_body_is_refused_at_start(run):
     import subprocess
     import sys
@@ -322,6 +330,7 @@ def test_a_budget_smaller_than_one_body_is_refused_at_start(run):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_path_cannot_forge_a_log_line(server):
     server.get("nothing%0A2026-01-01%2000:00:00,000%20127.0.0.1%20%22GET%20/forged%22%20200")
     time.sleep(0.2)

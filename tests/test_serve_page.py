@@ -162,6 +162,7 @@ def cli_predictions(model: Path, files: list[Path]) -> list[list]:
     return [[[p["class"], p["probability"]] for p in r["predictions"]] for r in rows]
 
 
+@pytest.mark.slow
 def test_a_photo_gets_the_top5_that_cifar100_predict_prints(visit, model, images, server):
     v = visit()
     photo = images[0]
@@ -177,6 +178,7 @@ def test_a_photo_gets_the_top5_that_cifar100_predict_prints(visit, model, images
     v.check_clean()
 
 
+@pytest.mark.slow
 def test_the_model_card_says_what_the_model_is(visit, model, server):
     v = visit()
     card = server.json("model")
@@ -204,6 +206,7 @@ def test_the_model_card_says_what_the_model_is(visit, model, server):
     v.check_clean()
 
 
+@pytest.mark.slow
 def test_rejected_files_show_the_servers_message_in_place(visit, images, server, tmp_path):
     v = visit()
     text = tmp_path / "notes.txt"
@@ -227,6 +230,7 @@ def test_rejected_files_show_the_servers_message_in_place(visit, images, server,
     v.check_clean(failed_statuses=(413, 422))
 
 
+@pytest.mark.slow
 def test_a_busy_server_then_a_bare_error_then_a_retry_that_works(visit, images):
     v = visit()
     answers = iter([
@@ -252,6 +256,7 @@ def test_a_busy_server_then_a_bare_error_then_a_retry_that_works(visit, images):
     v.check_clean(failed_statuses=(502, 503))
 
 
+@pytest.mark.slow
 def test_several_files_chosen_dropped_or_pasted_each_get_their_own_request(
     visit, model, images, server
 ):
@@ -297,6 +302,7 @@ def test_several_files_chosen_dropped_or_pasted_each_get_their_own_request(
     v.check_clean()
 
 
+@pytest.mark.slow
 def test_desktop_and_phone_width(visit, images, tmp_path):
     """Screenshots of both, no horizontal scrolling at 375 px, touch-sized controls, and the
     file chooser reached from the keyboard."""
@@ -339,6 +345,7 @@ def _png(path: Path) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_names_are_shown_as_text_with_their_controls_visible(visit, server, images, tmp_path):
     from cifar100.display_text import visible
 

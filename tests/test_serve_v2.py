@@ -69,6 +69,7 @@ def lower(headers: dict) -> dict:
     return {k.lower(): v for k, v in headers.items()}
 
 
+@pytest.mark.slow
 def test_server_and_model_metadata_as_tritonclient_reads_them(client):
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("cifar100") and client.is_model_ready("cifar100", "1")
@@ -94,6 +95,7 @@ def test_server_and_model_metadata_as_tritonclient_reads_them(client):
     assert e.value.status() == "404"
 
 
+@pytest.mark.slow
 def test_names_are_the_onnx_exports_so_a_client_moves_to_triton_unchanged(run, client, tmp_path):
     """The served model's tensors, as a v2 client sees them, are the exported graph's own."""
     import onnxruntime
@@ -322,6 +324,7 @@ def metrics(server) -> dict[str, float]:
     }
 
 
+@pytest.mark.slow
 def test_name_and_limits_set_on_the_command_line(run, model):
     options = ["--name", "tiny-c10", "--max-request-mb", "0.01", "--max-images", "2"]
     with running_server(run, "--device", "cpu", *options) as server:

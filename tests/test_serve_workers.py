@@ -44,6 +44,7 @@ def counter(text: str, name: str, **labels: str) -> float:
     return total
 
 
+@pytest.mark.slow
 def test_two_workers_serve_as_one(run, images, capsys):  # noqa: F811
     files, root = images
     body, content_type = multipart([("a.jpg", files["a.jpg"])])
@@ -64,6 +65,7 @@ def test_two_workers_serve_as_one(run, images, capsys):  # noqa: F811
     assert s.returncode == 0
 
 
+@pytest.mark.slow
 def test_ready_only_while_every_worker_is_warm(run):
     with running_server(run, "--workers", "2") as s:
         first, second = workers_of(s.process.pid)
@@ -82,6 +84,7 @@ def test_ready_only_while_every_worker_is_warm(run):
     assert s.returncode == 0
 
 
+@pytest.mark.slow
 def test_sigterm_drains_every_worker(run, images):  # noqa: F811
     files, _ = images
     body, content_type = multipart([("a.jpg", files["a.jpg"])] * 16)
@@ -97,6 +100,7 @@ def test_sigterm_drains_every_worker(run, images):  # noqa: F811
     assert log.count('"POST /predict" 200') == 8 and "Traceback" not in log
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_load_is_one_line_with_workers(tmp_path):
     import sys
 
@@ -109,6 +113,7 @@ def test_a_model_that_cannot_load_is_one_line_with_workers(tmp_path):
     assert done.returncode == 2 and len(lines) == 1 and "nothing" in lines[0], done.stderr
 
 
+@pytest.mark.slow
 def test_what_exists_after_warm_up_is_out_of_the_collectors_sight(run):
     """Full garbage collections walked every object of torch, FastAPI and the model (70-140 ms
     here, 250-300 ms under load, once a second); frozen after the warm-up, they walk only what

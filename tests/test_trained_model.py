@@ -37,6 +37,7 @@ def photos(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_load_describes_the_model(run):
     out, _, _ = run
     model = cifar100.load(out, device="cpu")
@@ -93,6 +94,7 @@ def test_images_that_cannot_be_used_are_one_clear_error(run):
         model.predict(b"not an image")
 
 
+@pytest.mark.slow
 def test_a_safetensors_export_is_the_same_model_without_pickle(run, photos, tmp_path, capsys):
     out, cache, archive = run
     target = tmp_path / "model.safetensors"

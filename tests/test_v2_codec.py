@@ -237,6 +237,7 @@ def test_repository_index_and_refusals():
     )
 
 
+@pytest.mark.slow
 def test_metadata_names_the_exported_graphs_tensors(graph):
     metadata = codec.model_metadata("m", SIZE, len(CLASSES), "onnx")
     assert metadata.platform == "onnxruntime_onnx" and metadata.versions == ["1"]

@@ -85,6 +85,7 @@ def assert_state_equal(got: dict[str, torch.Tensor], want: dict[str, torch.Tenso
 # --- without TensorFlow --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_legacy_layout_round_trip(legacy_file, torch_backbone):
     state = load_keras_resnet50v2_h5(legacy_file)
     assert_state_equal(state, torch_backbone.state_dict())
@@ -173,6 +174,7 @@ def test_deeper_architecture_is_refused(tmp_path, backbone_layers):
         load_keras_resnet50v2_h5(path)
 
 
+@pytest.mark.slow
 def test_nested_legacy_backbone_ignores_its_surroundings(tmp_path, backbone_layers, torch_backbone):
     # Keras 2 `model.save` of the report's model: the backbone is one group whose weight names
     # ("conv1_conv/kernel:0", ...) say which layer each belongs to; the head is not ours to read.
@@ -252,6 +254,7 @@ def keras_archive(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_truncated_keras_archive_is_a_model_error(keras_archive):
     with open_keras_file(keras_archive) as (f, config):  # whole, it reads
         assert list(read_keras_layers(f, keras_archive)) == ["dense"] and config["config"]
@@ -343,6 +346,7 @@ def test_download_is_bounded_by_the_published_size(served, legacy_file, tmp_path
     assert not list((tmp_path / "c").rglob("*.h5"))
 
 
+@pytest.mark.slow
 def test_build_model_downloads_once_and_loads(served, legacy_file, torch_backbone, monkeypatch):
     patch_md5(monkeypatch, md5(legacy_file))
     for _ in range(2):
@@ -386,6 +390,7 @@ def nchw_to_nhwc(x: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).numpy()
 
 
+@pytest.mark.slow
 def test_backbone_equals_keras(kbackbone, kfiles):
     ours = ResNet50V2().eval()
     ours.load_state_dict(load_keras_resnet50v2_h5(kfiles["legacy"]), strict=True)
@@ -401,12 +406,14 @@ def test_backbone_equals_keras(kbackbone, kfiles):
         assert diff < TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["b.weights.h5", "b.h5", "b.keras"])
 def test_keras3_layouts_give_the_same_state(kfiles, layout):
     want = load_keras_resnet50v2_h5(kfiles["legacy"])
     assert_state_equal(load_keras_resnet50v2_h5(kfiles[layout]), want)
 
 
+@pytest.mark.slow
 def test_download_path_with_keras_written_file(kfiles, tmp_path, monkeypatch):
     root = tmp_path / "www"
     root.mkdir()
@@ -454,6 +461,7 @@ def assert_same_probabilities(kmodel, imported, num_classes: int) -> None:
     assert (got.argmax(1) == want.argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_report_model_equals_keras(keras, kbackbone, kfiles, tmp_path):
     kmodel, paths = report_files(keras, kbackbone, tmp_path, seed=10)
     imported = load_keras_report_model(paths["h5"])
@@ -468,6 +476,7 @@ def test_report_model_equals_keras(keras, kbackbone, kfiles, tmp_path):
     assert_state_equal(backbone, load_keras_resnet50v2_h5(kfiles["legacy"]))
 
 
+@pytest.mark.slow
 def test_sequential_leaky_report_model(keras, kbackbone, tmp_path):
     kmodel, paths = report_files(
         keras, kbackbone, tmp_path, seed=20, num_classes=10, leaky=0.1, sequential=True
@@ -510,6 +519,7 @@ def k2backbone(keras2):
     return model
 
 
+@pytest.mark.slow
 def test_keras2_save_weights_file(k2backbone, tmp_path):
     # Exactly how the canonical ImageNet file was written: Keras 2 model.save_weights("x.h5").
     path = tmp_path / CANONICAL
@@ -524,6 +534,7 @@ def test_keras2_save_weights_file(k2backbone, tmp_path):
     assert diff < TOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sequential", [False, True])
 def test_keras2_report_model(keras2, k2backbone, tmp_path, sequential):
     kwargs = dict(num_classes=10, leaky=0.1, sequential=True) if sequential else {}
