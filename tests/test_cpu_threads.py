@@ -62,3 +62,28 @@ def test_train_says_when_it_uses_fewer_threads_than_cores(threads, monkeypatch, 
     cli.main(["train", "--set", "train.lr=-1"])  # refused at once, after the threads are set
     err = capsys.readouterr().err
     assert "CPU cores are busy with other work" in err and "OMP_NUM_THREADS" in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(usable_cores()) < 2, reason="one core: no second one to come free")
+def test_a_run_started_beside_a_busy_core_uses_it_once_it_is_free(threads, monkeypatch, tmp_path):
+    """The count is fitted again between epochs (issue 19: a snapshot at the start left a run
+    on one core for all its minutes), recorded per epoch, and kept in the checkpoint."""
+    import json
+
+    from cifar100.engine import epoch_end
+    from cifar100.runtime.checkpoint import Checkpoint
+    from synthetic_cifar import make_cifar10_archive
+    from tiny_run import SMALL
+
+    busy = iter([1.0])  # another process holds a core as the run starts, then ends
+    monkeypatch.setattr(cpu_threads, "busy_cores_elsewhere", lambda seconds=0: next(busy, 0.0))
+    monkeypatch.setattr(epoch_end, "REFIT_EVERY_S", 0.0)
+    archive = make_cifar10_archive(tmp_path / "c10.tar.gz", 64, 32)
+    run = tmp_path / "run"
+    argv = ["train", *SMALL, "--data", str(archive), "--epochs", "2", "--out", str(run)]
+    assert cli.main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    cores = len(usable_cores())
+    assert [r["threads"] for r in records] == [cores - 1, cores]
+    assert Checkpoint.load(run / "last.pt").threads == cores  # what a resume goes on with

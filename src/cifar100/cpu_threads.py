@@ -4,11 +4,14 @@ torch's default is one OpenMP thread per core. Beside another busy process that 
 each parallel step waits for its slowest thread, the one that lost its core, while the others
 spin (benchmarks/cpu_contention.py: on 2 cores beside one busy process, training ran at 0.3x
 of its speed alone). `fit_threads` uses as many threads as there are cores that other
-processes leave free when a command starts, which keeps about a fair share instead.
+processes leave free, which keeps about a fair share instead.
 
-The count is chosen once, at the start: results on the CPU depend on it in the last digits, so
-it does not change under a running job. OMP_NUM_THREADS, when set, decides it instead (as
-torchrun sets it for each worker).
+A command chooses the count when it starts. A training run chooses it again between epochs
+(`refit_threads`), so that a core another process held at the start is used once it is free
+(and given back when another process takes it); results on the CPU depend on the count in the
+last digits, so it never changes within an epoch, and a checkpoint records the count its run
+goes on with, which a resume keeps. OMP_NUM_THREADS, when set, decides it instead (as torchrun
+sets it for each worker, and as the test suite does).
 """
 
 from __future__ import annotations
@@ -73,11 +76,30 @@ def fit_threads(keep: int | None = None, reserve: int = 0) -> int:
     if os.environ.get(THREADS_ENV):
         return torch.get_num_threads()
     cores = len(usable_cores())
-    if keep is not None and 1 <= keep <= cores:
-        threads = keep
-    else:
-        busy = busy_cores_elsewhere()
-        free = cores if busy is None else min(cores, round(cores - busy))
-        threads = max(1, free - reserve)
+    threads = keep if keep is not None and 1 <= keep <= cores else free_threads(reserve)
     torch.set_num_threads(threads)
     return threads
+
+
+def free_threads(reserve: int = 0) -> int:
+    """The cores other processes leave free now (measured over a quarter of a second), less
+    `reserve`; at least one."""
+    cores = len(usable_cores())
+    busy = busy_cores_elsewhere()
+    free = cores if busy is None else min(cores, round(cores - busy))
+    return max(1, free - reserve)
+
+
+def refit_threads() -> tuple[int, int] | None:
+    """Between a run's epochs: fit the count to the cores free now. (old, new) where it
+    changed, else None; None always when OMP_NUM_THREADS decides."""
+    # torch on first use, as in fit_threads
+    import torch
+
+    if os.environ.get(THREADS_ENV):
+        return None
+    old, new = torch.get_num_threads(), free_threads()
+    if new == old:
+        return None
+    torch.set_num_threads(new)
+    return old, new

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from cifar100.cpu_threads import refit_threads
 from cifar100.engine import distributed
 from cifar100.engine.position import ResumePosition
 from cifar100.engine.run import Run
@@ -39,7 +40,30 @@ def checkpoint_of(run: Run, optimizer, phase: str, epochs_done: int) -> Checkpoi
         best_epoch=run.best_epoch,
         wall_s=run.wall_s(),
         ema=run.ema.state_dict() if run.ema is not None else None,
+        threads=torch.get_num_threads() if run.device.type == "cpu" else None,
     )
+
+
+def fits_threads(run: Run) -> bool:
+    """Whether the run fits its CPU threads to the free cores as it goes: on a CPU, one
+    process (DDP's workers keep the count torchrun gave them)."""
+    return run.device.type == "cpu" and not run.dist.enabled
+
+
+REFIT_EVERY_S = 30.0  # measuring takes a quarter of a second: not after every short epoch
+
+
+def refit(run: Run) -> None:
+    """Between epochs, at most every REFIT_EVERY_S: the thread count fitted again to the cores
+    other work leaves free now (cpu_threads.refit_threads), said where it changed."""
+    if not fits_threads(run) or time.perf_counter() - run.threads_fitted < REFIT_EVERY_S:
+        return
+    run.threads_fitted = time.perf_counter()
+    changed = refit_threads()
+    if changed:
+        old, new = changed
+        why = "other work left cores free" if new > old else "other work took cores"
+        run.say(f"threads: {old} -> {new} from the next epoch ({why})")
 
 
 def end_epoch(
@@ -65,6 +89,8 @@ def end_epoch(
         if run.ema is not None:
             ema = evaluate_model(run.ema.module, run.val_set, run.device, t.eval_batch_size, t.amp)
             record.update(val_loss_ema=ema["loss"], val_top1_ema=ema["top1"])
+        if fits_threads(run):
+            record["threads"] = torch.get_num_threads()  # those this epoch ran with
         run.log.append(record)
         # Accuracies in percent, as evaluate, compare and the report print them.
         top5 = f" top-5 {val['top5']:.2%}" if "top5" in val else ""
@@ -77,6 +103,7 @@ def end_epoch(
         improved = val["top1"] > run.best
         run.best = max(run.best, val["top1"])
         run.best_epoch = epoch + 1 if improved else run.best_epoch
+        refit(run)  # before the checkpoint, which records the count the run goes on with
         ckpt = checkpoint_of(run, optimizer, phase, epoch + 1)
         ckpt.val_top1 = val["top1"]
         ckpt.save(run.files.last, *([run.files.best] if improved else []))

@@ -55,6 +55,7 @@ class Run:
     saved_at: str = ""  # where last.pt stands, for messages
     wall_before: float = 0.0  # seconds the run took in earlier sessions (before a resume)
     session_start: float = field(default_factory=time.perf_counter)
+    threads_fitted: float = field(default_factory=time.perf_counter)  # when last fitted
 
     @property
     def files(self) -> RunDir:

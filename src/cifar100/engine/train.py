@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from cifar100.config import Config, validate
+from cifar100.cpu_threads import fit_threads
 from cifar100.data import load_data, split_holdout
 from cifar100.data.tensors import fine_to_coarse
 from cifar100.display_text import visible
@@ -202,6 +203,8 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
             say(f"{run_dir} has no checkpoint to continue from: starting it again")
     else:
         run.state = state
+        if state.threads and device.type == "cpu" and not dist_info.enabled:
+            fit_threads(keep=state.threads)  # as it went on computing, where the cores allow
         load_weights(model, state.model, run.files.last)
         run.start_epoch, run.best = int(state.epoch), float(state.best_val_top1)
         run.best_epoch = state.recorded_best_epoch()

@@ -46,9 +46,10 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None
     ema: dict[str, Any] | None = None  # {"model": state dict, "updates": n}
     position: dict[str, Any] | None = None  # mid-epoch: where the epoch stopped
+    threads: int | None = None  # the CPU threads the run goes on with (a resume keeps them)
 
     FIELDS = ("phase", "epoch", "best_val_top1", "best_epoch", "val_top1", "wall_s",
-              "optimizer", "ema", "position")  # fmt: skip
+              "optimizer", "ema", "position", "threads")  # fmt: skip
 
     def to_state(self) -> dict[str, Any]:
         """The container's dict: the record's values, None left out."""
