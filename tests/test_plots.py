@@ -228,3 +228,19 @@ def test_reliability_diagram_from_calibration_bins(tmp_path):
     assert "0.050" in fig.axes[0].get_title()
     files = plots.save_figure(fig, tmp_path / "reliability")
     assert [f.suffix for f in files] == [".png", ".svg"] and all(f.stat().st_size for f in files)
+
+
+def test_the_lr_legend_sits_below_the_axes_not_over_the_schedule():
+    """Inside the axes it covered the warm-up ramp (issue 19, item 11)."""
+    from cifar100.config import TrainConfig
+    from cifar100.schedule import lr_schedule
+
+    t = TrainConfig(epochs=6, freeze_epochs=1, warmup_epochs=1, lr=0.02, head_lr=0.001)
+    schedule = lr_schedule(t, 5000)
+    per_epoch = len(schedule) // t.epochs
+    records = [{"epoch": e + 1, "lr": schedule[(e + 1) * per_epoch - 1].lr} for e in range(6)]
+    fig = plots.plot_lr(records, schedule)
+    assert fig.axes[0].get_legend() is None and len(fig.legends) == 1
+    fig.canvas.draw()  # the legend's box is known once drawn
+    legend = fig.legends[0].get_window_extent()
+    assert legend.y1 <= fig.axes[0].get_window_extent().y0  # wholly below the plot

@@ -107,3 +107,27 @@ def test_report_renders_in_a_headless_browser(run_dir):
             browser.close()
     assert errors == []
     assert len(shown) >= 4 and all(shown)
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_report_fits_a_phone_and_a_laptop(run_dir):
+    """At 390 px on a phone (which lays out a page without a viewport tag 980 px wide) and at
+    1280 px the page itself never scrolls sideways: a wide table scrolls within itself."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
+    assert cli.main(["report", str(run_dir)]) == 0
+    widths = {}
+    with playwright.sync_playwright() as p:
+        browser = launch(p)
+        try:
+            for width, phone in ((390, True), (1280, False)):
+                context = browser.new_context(
+                    viewport={"width": width, "height": 800}, is_mobile=phone, has_touch=phone
+                )
+                page = context.new_page()
+                page.goto((run_dir / "report.html").as_uri())
+                widths[width] = page.evaluate("document.documentElement.scrollWidth")
+                context.close()
+        finally:
+            browser.close()
+    assert widths == {390: 390, 1280: 1280}

@@ -30,6 +30,11 @@ th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
 pre { background: #f7f7f7; padding: 0.8rem; overflow-x: auto; font-size: 13px; }
 figure { margin: 1rem 0; } figcaption { color: #555; font-size: 13px; }
 img { max-width: 100%; border: 1px solid #eee; }
+table { display: block; max-width: 100%; overflow-x: auto; }  /* scrolls itself, not the page */
+@media (max-width: 600px) {  /* a phone: plots at a readable size, panned within their frame */
+  body { margin: 1rem auto; font-size: 14px; }
+  figure { overflow-x: auto; } figure img { max-width: none; width: 640px; }
+}
 .headline { font-size: 1.3rem; margin: 0.6rem 0 1rem; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 0.5rem 0.8rem; }
 """
@@ -73,6 +78,7 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
     parts += ["<h2>Environment</h2>", f"<pre>{_e(environment_text)}</pre>"]
     page = (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>cifar100 run {_e(run_dir.name)}</title><style>{STYLE}</style></head>"
         f"<body>{''.join(parts)}</body></html>\n"
     )

@@ -126,7 +126,8 @@ def plot_lr(
             if prev.phase != cur.phase:
                 _phase_line(ax, prev.epoch, cur.phase)
         ax.plot(x, y, "o", color="black", markersize=3.5, zorder=3, label="logged at epoch end")
-        ax.legend(fontsize=8)
+        # Below the axes: inside, wherever it went, it covered a warm-up ramp or a phase.
+        fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
         ax.set_ylabel("learning rate (per step)")
     else:
         values = y
