@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -176,6 +177,31 @@ def test_concurrent_requests_are_batched_and_counted(server, images):
 
 def _metric(text: str, name: str) -> str:
     return next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " "))
+
+
+def _requests_by_route(server) -> dict[str, float]:
+    """cifar100_requests_total summed over statuses, by route label."""
+    text = server.get("metrics")[1].decode()
+    found = re.findall(r'^cifar100_requests_total\{route="([^"]*)",status="\d+"\} (\S+)$',
+                       text, re.MULTILINE)  # fmt: skip
+    totals: dict[str, float] = {}
+    for route, value in found:
+        totals[route] = totals.get(route, 0.0) + float(value)
+    return totals
+
+
+def test_metrics_count_the_api_docs_under_their_own_routes(server):
+    """/docs, /openapi.json and the docs' files are routes of their own, not "unmatched"
+    (FastAPI leaves its own Starlette routes and mounts out of the request's scope)."""
+    wanted = {"docs": "/docs", "openapi.json": "/openapi.json",
+              "docs/assets/swagger-ui.css": "/docs/assets/{path}"}  # fmt: skip
+    before = _requests_by_route(server)
+    statuses = {path: server.get(path)[0] for path in [*wanted, "no/such/page"]}
+    after = _requests_by_route(server)
+    counted = {route: after.get(route, 0) - before.get(route, 0)
+               for route in [*wanted.values(), "unmatched"]}  # fmt: skip
+    assert counted == {**dict.fromkeys(wanted.values(), 1), "unmatched": 1}  # the 404 alone
+    assert statuses == {**dict.fromkeys(wanted, 200), "no/such/page": 404}
 
 
 @pytest.mark.slow
