@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import socket
 import subprocess
@@ -249,19 +250,47 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(run, images):
     assert log.count('"POST /predict" 200') == 6  # one log line per request
 
 
+# A line of the service's own log: its time, then "ready: ..." or one request's line.
+OUR_LOG_LINE = re.compile(r'\d{4}-\d\d-\d\d [\d:,]+ (ready: |127\.0\.0\.1 "[A-Z]+ /)')
+
+
 @pytest.mark.slow
-def test_onnx_runtime_serves_the_same_predictions(run, images, capsys):
+def test_onnx_runtime_serves_the_same_predictions_and_quietly(run, images, capsys):
     files, root = images
     body, content_type = multipart([("a.jpg", files["a.jpg"])])
     with running_server(run, "--runtime", "onnx") as s:
         assert s.json("model")["runtime"] == "onnx"
         status, answer, _ = s.post("predict?k=10", body, content_type)
     assert status == 200
+    # The export before serving: no library's INFO chatter ("Replaced initializer ..." from
+    # the ONNX optimiser, some 75 lines), only the service's own lines.
+    assert [line for line in s.stderr if not OUR_LOG_LINE.match(line)] == []
     got = {p["class"]: p["probability"] for p in json.loads(answer)[0]["predictions"]}
     capsys.readouterr()
     assert cli.main(["predict", str(run), str(root / "a.jpg"), "-k", "10", "--json"]) == 0
     want = json.loads(capsys.readouterr().out)["predictions"]
     assert all(abs(got[p["class"]] - p["probability"]) < 1e-4 for p in want)
+
+
+@pytest.mark.slow
+def test_the_onnx_export_for_serving_is_quiet_unless_debug(run, caplog):
+    """The ONNX optimiser's INFO lines stay out of a log that shows INFO (as a notebook's
+    logging.basicConfig(level=INFO) does), and come back with our loggers at DEBUG (--debug)."""
+    import cifar100
+    from cifar100.serve.process import _as_onnx
+
+    model = cifar100.load(run, device="cpu")
+
+    def optimiser_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name.startswith("onnx")]
+
+    caplog.set_level(logging.INFO)
+    assert _as_onnx(model).runtime == "onnx"
+    assert optimiser_lines() == []
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="cifar100")
+    _as_onnx(model)
+    assert any(line.startswith("Replaced initializer") for line in optimiser_lines())
 
 
 @pytest.mark.slow
