@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 import socket
 import subprocess
 import sys
@@ -178,6 +180,31 @@ def _metric(text: str, name: str) -> str:
     return next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " "))
 
 
+def _requests_by_route(server) -> dict[str, float]:
+    """cifar100_requests_total summed over statuses, by route label."""
+    text = server.get("metrics")[1].decode()
+    found = re.findall(r'^cifar100_requests_total\{route="([^"]*)",status="\d+"\} (\S+)$',
+                       text, re.MULTILINE)  # fmt: skip
+    totals: dict[str, float] = {}
+    for route, value in found:
+        totals[route] = totals.get(route, 0.0) + float(value)
+    return totals
+
+
+def test_metrics_count_the_api_docs_under_their_own_routes(server):
+    """/docs, /openapi.json and the docs' files are routes of their own, not "unmatched"
+    (FastAPI leaves its own Starlette routes and mounts out of the request's scope)."""
+    wanted = {"docs": "/docs", "openapi.json": "/openapi.json",
+              "docs/assets/swagger-ui.css": "/docs/assets/{path}"}  # fmt: skip
+    before = _requests_by_route(server)
+    statuses = {path: server.get(path)[0] for path in [*wanted, "no/such/page"]}
+    after = _requests_by_route(server)
+    counted = {route: after.get(route, 0) - before.get(route, 0)
+               for route in [*wanted.values(), "unmatched"]}  # fmt: skip
+    assert counted == {**dict.fromkeys(wanted.values(), 1), "unmatched": 1}  # the 404 alone
+    assert statuses == {**dict.fromkeys(wanted, 200), "no/such/page": 404}
+
+
 @pytest.mark.slow
 def test_a_full_queue_answers_503_with_retry_after(run, images):
     files, _ = images
@@ -223,19 +250,47 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(run, images):
     assert log.count('"POST /predict" 200') == 6  # one log line per request
 
 
+# A line of the service's own log: its time, then "ready: ..." or one request's line.
+OUR_LOG_LINE = re.compile(r'\d{4}-\d\d-\d\d [\d:,]+ (ready: |127\.0\.0\.1 "[A-Z]+ /)')
+
+
 @pytest.mark.slow
-def test_onnx_runtime_serves_the_same_predictions(run, images, capsys):
+def test_onnx_runtime_serves_the_same_predictions_and_quietly(run, images, capsys):
     files, root = images
     body, content_type = multipart([("a.jpg", files["a.jpg"])])
     with running_server(run, "--runtime", "onnx") as s:
         assert s.json("model")["runtime"] == "onnx"
         status, answer, _ = s.post("predict?k=10", body, content_type)
     assert status == 200
+    # The export before serving: no library's INFO chatter ("Replaced initializer ..." from
+    # the ONNX optimiser, some 75 lines), only the service's own lines.
+    assert [line for line in s.stderr if not OUR_LOG_LINE.match(line)] == []
     got = {p["class"]: p["probability"] for p in json.loads(answer)[0]["predictions"]}
     capsys.readouterr()
     assert cli.main(["predict", str(run), str(root / "a.jpg"), "-k", "10", "--json"]) == 0
     want = json.loads(capsys.readouterr().out)["predictions"]
     assert all(abs(got[p["class"]] - p["probability"]) < 1e-4 for p in want)
+
+
+@pytest.mark.slow
+def test_the_onnx_export_for_serving_is_quiet_unless_debug(run, caplog):
+    """The ONNX optimiser's INFO lines stay out of a log that shows INFO (as a notebook's
+    logging.basicConfig(level=INFO) does), and come back with our loggers at DEBUG (--debug)."""
+    import cifar100
+    from cifar100.serve.process import _as_onnx
+
+    model = cifar100.load(run, device="cpu")
+
+    def optimiser_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name.startswith("onnx")]
+
+    caplog.set_level(logging.INFO)
+    assert _as_onnx(model).runtime == "onnx"
+    assert optimiser_lines() == []
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="cifar100")
+    _as_onnx(model)
+    assert any(line.startswith("Replaced initializer") for line in optimiser_lines())
 
 
 @pytest.mark.slow

@@ -373,3 +373,32 @@ def test_names_are_shown_as_text_with_their_controls_visible(visit, server, imag
     assert "\u202e" not in result["alt"]
     assert v.page.eval_on_selector_all("b", "bs => bs.length") == 0  # no markup from a name
     v.check_clean()
+
+
+@pytest.mark.slow
+def test_the_api_docs_render_offline(browser, server):
+    """/docs (Swagger UI) with every request beyond this server failed, as on a machine
+    without internet: its script, style and icon come from the service itself."""
+    origin = server.url.rstrip("/")
+    context = browser.new_context()
+    try:
+        asked, errors = [], []
+        here = (origin + "/", "data:", "blob:")
+        context.route("**/*", lambda r: r.continue_() if r.request.url.startswith(here)
+                      else r.abort("internetdisconnected"))  # fmt: skip
+        page = context.new_page()
+        page.on("request", lambda r: asked.append(r.url))
+        page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+
+        page.goto(server.url + "docs")
+        page.wait_for_selector(".swagger-ui .opblock-summary-path", timeout=20_000)
+        paths = page.eval_on_selector_all(
+            ".opblock-summary-path", "ps => ps.map(p => p.textContent.replace(/\\u200b/g, ''))"
+        )
+        assert {"/predict", "/model", "/v2/models/{name}/infer"} <= set(paths)
+        assert page.inner_text(".swagger-ui .info .title").startswith("cifar100")
+
+        assert [u for u in asked if not u.startswith(here)] == []
+        assert errors == []
+    finally:
+        context.close()

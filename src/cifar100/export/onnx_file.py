@@ -140,19 +140,32 @@ def _torch_export(wrapper: nn.Module, image_size: int, opset: int) -> onnx.Model
     return proto
 
 
+# The graph optimiser torch.onnx runs (onnxscript over onnx_ir) logs each step at INFO, some
+# 75 lines of "Replaced initializer ..." for EfficientNet-Lite0: shown wherever INFO is (as
+# `cifar100 serve` has it for its own lines) unless quietened here.
+OPTIMISER_LOGGERS = ("onnxscript", "onnx_ir")
+
+
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     # torch 2.13's exporter logs a warning per torchvision op when torchvision is absent, and
     # its pytree code warns about a deprecation inside torch: noise, not the user's problem.
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
+    # The optimiser's INFO lines stay, as everything does, when our loggers are at DEBUG
+    # (`cifar100 serve --debug`).
+    quiet = {"torch.onnx._internal.exporter._registration": logging.ERROR}
+    if not logging.getLogger("cifar100").isEnabledFor(logging.DEBUG):
+        quiet.update(dict.fromkeys(OPTIMISER_LOGGERS, logging.WARNING))
+    loggers = {logging.getLogger(name): level for name, level in quiet.items()}
+    before = {logger: logger.level for logger in loggers}
+    for logger, level in loggers.items():
+        logger.setLevel(max(level, logger.level))
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
             yield
     finally:
-        registration.setLevel(level)
+        for logger, level in before.items():
+            logger.setLevel(level)
 
 
 def _describe(proto: onnx.ModelProto, image_size: int, metadata: dict[str, str]) -> None:

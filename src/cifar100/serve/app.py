@@ -3,9 +3,10 @@
     app = create_app(cifar100.load("runs/r"), ServeSettings(max_batch=32))
 
 Routes: GET / (the page, page.py), GET /model, POST /predict and GET /metrics (json_api.py),
-the Open Inference Protocol under /v2 (v2.py), and FastAPI's /docs; each takes the Service
-(service.py) as a dependency. Ready (/v2/health/ready) once warmed up. Every refusal and
-failure is {"error": one line}.
+the Open Inference Protocol under /v2 (v2.py), and the API docs at /docs; each takes the
+Service (service.py) as a dependency. Swagger UI's script and style come from the
+fastapi-offline package (under DOCS_ASSETS), not a CDN: /docs works offline, as the page does.
+Ready (/v2/health/ready) once warmed up. Every refusal and failure is {"error": one line}.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount, Route
 
 from cifar100.display_text import visible
 from cifar100.runtime.trained_model import TrainedModel
@@ -36,6 +39,7 @@ __all__ = ["RequestError", "ServeSettings", "Service", "create_app"]
 
 log = logging.getLogger("cifar100.serve")
 LOGGED_PATH_CHARS = 200
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's script and style, and the icon
 
 
 def create_app(
@@ -46,15 +50,19 @@ def create_app(
     """The FastAPI application serving `model`; `all_ready(mine)` says whether every worker
     process is ready, given this one's state (default: this one alone)."""
     service = Service(model, settings or ServeSettings(), all_ready)
-    app = FastAPI(
+    # FastAPI itself, with /docs reading its files from DOCS_ASSETS. No /redoc: ReDoc's page
+    # fetches its logo from the internet, which the service's pages never do.
+    app = FastAPIOffline(
+        redoc_url=None,
         title="cifar100",
         version=__version__,
         summary=f"{model.backbone} image classifier: {len(model.classes)} classes",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
     )
     app.state.service = service  # what get_service gives each route
     add_error_handlers(app, service.monitoring)
-    app.add_middleware(CountAndLog, service=service)
+    app.add_middleware(CountAndLog, service=service, router=app.router)
     add_json_api(app)
     app.include_router(v2_router())
     app.include_router(page_router())
@@ -111,14 +119,17 @@ class CountAndLog:
     """ASGI middleware: each request counted, timed and logged in one line (a plain ASGI
     wrapper: Starlette's @app.middleware("http") costs more per request)."""
 
-    def __init__(self, app, service: Service) -> None:
-        self.app, self.service = app, service
+    def __init__(self, app, service: Service, router) -> None:
+        self.app, self.service, self.router = app, service, router
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         start, status = time.perf_counter(), 500
+        # Where the request was sent, before routing rewrites it (a Mount moves root_path).
+        sent = {"type": "http", "method": scope["method"], "path": scope["path"],
+                "root_path": scope.get("root_path", "")}  # fmt: skip
 
         async def sending(message) -> None:
             nonlocal status
@@ -134,13 +145,27 @@ class CountAndLog:
                     self.service.decoders, self.service.inflight.trim
                 )
             seconds = time.perf_counter() - start
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = route_label(scope.get("route"), sent, self.router.routes)
             self.service.monitoring.observe_request(route, status, seconds)
             client = (scope.get("client") or ("-",))[0]
             # The path is the client's: %0A in it would forge a log line of its own.
             path = visible(scope["path"][:LOGGED_PATH_CHARS])
             log.info('%s "%s %s" %d %.1fms', client, scope["method"], path, status,
                      seconds * 1000)  # fmt: skip
+
+
+def route_label(route, sent: dict, routes) -> str:
+    """The path template a request went to, as /metrics counts it ("unmatched": none).
+
+    FastAPI puts the routes made by its decorators (APIRoute) in the scope, but not a plain
+    Starlette route (its own /openapi.json) or a mount (DOCS_ASSETS): those are found again
+    from the request as it was sent. Only they and unknown paths pay for the search."""
+    if route is not None:
+        return route.path
+    for candidate in routes:
+        if isinstance(candidate, Route | Mount) and candidate.matches(sent)[0] != Match.NONE:
+            return candidate.path_format  # a Mount's: its path + "/{path}"
+    return "unmatched"
 
 
 def validation_message(e: RequestValidationError) -> str:

@@ -90,10 +90,14 @@ def _as_onnx(model: TrainedModel) -> TrainedModel:
     return served
 
 
-def setup_logging(worker: int | None = None) -> None:
+def setup_logging(worker: int | None = None, debug: bool = False) -> None:
+    """The service's own lines (the cifar100 loggers: one per request, ready, failures) on
+    stderr from INFO up; other libraries' only from WARNING up, unless `debug`: their INFO is
+    chatter to a user (the ONNX export of `--runtime onnx` alone logged some 75 lines)."""
     who = "" if worker is None else f"worker-{worker} "
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {who}%(message)s",
-                        stream=sys.stderr)  # fmt: skip
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING,
+                        format=f"%(asctime)s {who}%(message)s", stream=sys.stderr)  # fmt: skip
+    logging.getLogger("cifar100").setLevel(logging.DEBUG if debug else logging.INFO)
 
 
 def run_server(model: TrainedModel, settings: ServeSettings, sock, all_ready=None,

@@ -21,12 +21,15 @@ def serve(
     device: str = "auto",
     settings: ServeSettings | None = None,
     workers: int = 1,
+    debug: bool = False,
 ) -> int:
-    setup_logging()
+    """Serve the model at `path` until SIGTERM or Ctrl-C; `debug`: other libraries' INFO log
+    lines too (process.setup_logging)."""
+    setup_logging(debug=debug)
     settings = settings or ServeSettings()
     sock = listen(host, port)  # before the model loads: a taken port is found in a second
     if workers > 1:
-        return run_workers(sock, path, runtime, device, settings, workers)
+        return run_workers(sock, path, runtime, device, settings, workers, debug)
     model = load_for_serving(path, runtime, device)
     return run_server(model, settings, sock, announce=True)
 

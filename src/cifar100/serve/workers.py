@@ -38,14 +38,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def run_workers(sock, path: str, runtime: str | None, device: str, settings: ServeSettings,
-                n: int) -> int:  # fmt: skip
+                n: int, debug: bool = False) -> int:  # fmt: skip
     spawn = multiprocessing.get_context("spawn")  # fork is unsafe after torch's threads start
     metrics_dir = tempfile.mkdtemp(prefix="cifar100-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir  # for the workers, which inherit it
     ready = spawn.Array("b", n, lock=False)
     errors = spawn.SimpleQueue()  # a worker's one line, when it cannot start
     threads = max(1, torch.get_num_threads() // n)  # the free cores, shared out
-    args = (sock, path, runtime, device, settings, ready, errors, threads)
+    args = (sock, path, runtime, device, settings, ready, errors, threads, debug)
 
     def start(index: int):
         process = spawn.Process(target=_worker, args=(index, *args), name=f"worker-{index}")
@@ -100,8 +100,9 @@ def _forget_metrics(pid: int | None) -> None:
 
 
 def _worker(index: int, sock, path: str, runtime: str | None, device: str,
-            settings: ServeSettings, ready, errors, threads: int) -> None:  # fmt: skip
-    setup_logging(index)
+            settings: ServeSettings, ready, errors, threads: int,
+            debug: bool) -> None:  # fmt: skip
+    setup_logging(index, debug)
     torch.set_num_threads(threads)
 
     def all_ready(mine: bool) -> bool:
