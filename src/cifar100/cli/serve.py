@@ -104,5 +104,12 @@ def run(args: argparse.Namespace) -> int:
     given = {f.name: getattr(args, f.name) for f in fields(ServeSettings) if hasattr(args, f.name)}
     settings = ServeSettings(**given)
     return serve(
-        args.model, args.host, args.port, args.runtime, args.device, settings, args.workers
+        args.model,
+        args.host,
+        args.port,
+        args.runtime,
+        args.device,
+        settings,
+        args.workers,
+        debug=args.debug,  # other libraries' INFO lines too
     )
