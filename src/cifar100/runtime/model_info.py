@@ -23,8 +23,9 @@ VERSION = 1
 class ModelInfo:
     """A trained classifier's settings and provenance (None where unknown)."""
 
-    # The run's resolved settings: the architecture (config.model, whose `weights` is "none":
-    # the weights come with the model), the data it was trained and tested on, the recipe.
+    # The run's settings as run: the architecture (config.model; its `weights` say what
+    # training started from: the weights come with the model, and load() rebuilds it without
+    # fetching any), the data it was trained and tested on, the recipe.
     config: Config
     classes: list[str]
     image_size: int  # the side of the square uint8 images it takes

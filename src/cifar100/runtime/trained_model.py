@@ -12,6 +12,7 @@ through the one batched inference loop (inference.py), with PyTorch or ONNX Runt
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,7 @@ def from_weights(
     info: ModelInfo, weights: dict[str, torch.Tensor], source: Path, device: str = "auto"
 ) -> TrainedModel:
     """Rebuild `info`'s model, fill it with `weights` and put it on `device` for inference."""
-    module = build_model(info.model, num_classes=len(info.classes))
+    module = rebuild_model(info)
     load_weights(module, weights, source)
     dev = select_device(device)
     tune_backends(dev)
@@ -171,6 +172,14 @@ def from_weights(
         module.to(memory_format=torch.channels_last)
     fn = torch.no_grad()(model_batches(module, dev, info.amp))
     return TrainedModel(info, source, fn, dev, module)
+
+
+def rebuild_model(info: ModelInfo) -> torch.nn.Module:
+    """`info`'s model, randomly initialised, for weights that come with it: its settings say
+    what training started from (model.weights "imagenet", model.init), which loading neither
+    fetches nor reads."""
+    settings = dataclasses.replace(info.model, weights="none", init=None)
+    return build_model(settings, num_classes=len(info.classes))
 
 
 def _read_checkpoint(path: Path, ema: bool) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
