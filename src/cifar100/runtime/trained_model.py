@@ -79,10 +79,11 @@ class TrainedModel:
     test_top1 = property(lambda self: self.info.test_top1)
 
     def __repr__(self) -> str:
-        acc = f", test top-1 {self.test_top1:.2%}" if self.test_top1 is not None else ""
+        top1 = self.test_top1
+        acc = f"test top-1 {top1:.2%}" if top1 is not None else "test accuracy not measured"
         return (
             f"TrainedModel({self.backbone}, {len(self.classes)} classes, {self.image_size}px, "
-            f"{self.runtime} on {self.device}{acc}; from {self.source})"
+            f"{self.runtime} on {self.device}, {acc}; from {self.source})"
         )
 
     def prepare(self, images: Any) -> np.ndarray:
@@ -186,6 +187,7 @@ def _read_checkpoint(path: Path, ema: bool) -> tuple[ModelInfo, dict[str, torch.
     ckpt = Checkpoint.load(path)
     if not ema:
         return ckpt.info, ckpt.model
+    ckpt.info.test_top1 = ckpt.info.test_top5 = None  # what was measured: the raw weights
     if not isinstance(ckpt.ema, dict) or "model" not in ckpt.ema:
         raise CheckpointError(
             f"{path}: no EMA weights in this checkpoint (train with --set train.ema_decay=0.999 "
