@@ -309,3 +309,78 @@ def test_no_top5_with_five_classes_or_fewer(three_classes, runs, tmp_path, capsy
         assert cli.main(["predict", str(run), str(tmp_path / "a.png"), *k, "--json"]) == 0
         (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
         assert sorted(p["class"] for p in line["predictions"]) == ["a", "b", "c"]
+
+
+# --- each model file's own results (issue 19: items 2 and 3) ------------------------------------
+
+
+def _evaluate_file(target, capsys) -> dict:
+    cache = target.parent.parent / "cache"  # tiny_run_copy's root: run/, cache/, the archive
+    argv = ["evaluate", str(target), "--json", "--no-progress", "--cache-dir", str(cache)]
+    assert cli.main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _export(run, fmt: str, out, capsys) -> None:
+    assert cli.main(["export", str(run), "--format", fmt, "--out", str(out), "--force"]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.slow
+def test_each_evaluated_model_file_keeps_its_own_results_and_the_report_lists_them(
+    tiny_run_copy, capsys
+):
+    import shutil
+
+    run = tiny_run_copy
+    _export(run, "safetensors", run / "model.safetensors", capsys)
+    shutil.copy(run / "last.pt", run / "model.pt")  # another model file named model.*
+    results = {
+        name: _evaluate_file(run / name, capsys) for name in ("model.safetensors", "model.pt")
+    }
+    for name, result in results.items():
+        written = json.loads((run / f"{name}.eval.json").read_text())
+        assert written == result and written["checkpoint"] == str(run / name)
+        assert written["predictions"] == str(run / f"{name}.predictions.npz")
+        assert (run / f"{name}.predictions.npz").is_file()
+    assert not (run / "model.eval.json").exists()  # the name the two files shared
+    assert cli.main(["report", str(run)]) == 0
+    others = (run / "report.html").read_text().split("Other evaluations", 1)[-1]
+    assert "model.safetensors" in others and "model.pt" in others
+    for name in results:
+        (run / f"{name}.eval.json").unlink()
+
+
+@pytest.mark.slow
+def test_a_model_files_accuracy_is_the_one_measured_on_that_file(tiny_run_copy, capsys):
+    import cifar100
+
+    run = tiny_run_copy
+    target = run / "measured.safetensors"
+    _export(run, "safetensors", target, capsys)
+    assert cifar100.load(run, device="cpu").test_top1 is not None  # training measured last.pt
+    exported = cifar100.load(target, device="cpu")  # never measured: not the checkpoint's figure
+    assert exported.test_top1 is None and exported.info.test_top5 is None
+    assert "test accuracy not measured" in repr(exported)
+    result = _evaluate_file(target, capsys)
+    again = cifar100.load(target, device="cpu")
+    assert again.test_top1 == result["top1"] and f"test top-1 {result['top1']:.2%}" in repr(again)
+
+
+@pytest.mark.slow
+def test_an_evaluation_under_the_old_shared_name_counts_for_the_file_it_names(
+    tiny_run_copy, capsys
+):
+    import cifar100
+    from cifar100.runtime.evaluation import Evaluation
+
+    run = tiny_run_copy
+    target = run / "old.safetensors"
+    _export(run, "safetensors", target, capsys)
+    # Before each file kept its own: old.eval.json, shared by old.onnx and old.safetensors.
+    shared = run / "old.eval.json"
+    Evaluation.of(checkpoint=str(run / "old.onnx"), top1=0.25, images=32).write(shared)
+    assert cifar100.load(target, device="cpu").test_top1 is None  # another file's
+    Evaluation.of(checkpoint=str(target), top1=0.375, images=32).write(shared)
+    assert cifar100.load(target, device="cpu").test_top1 == 0.375
+    shared.unlink()

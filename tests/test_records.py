@@ -127,3 +127,20 @@ def test_old_checkpoints_of_every_format_version_are_zip_files_torch_reads(tmp_p
     assert zipfile.is_zipfile(tmp_path / "m.pt")
     raw = torch.load(Path(tmp_path / "m.pt"), weights_only=True)
     assert raw["info"]["classes"] == CLASSES
+
+
+@pytest.mark.slow
+def test_the_model_record_keeps_the_weights_setting_the_run_started_from(weights, tmp_path):
+    """config.json says "imagenet": so does every record of the model, and loading it fetches
+    nothing (the weights come with the file; the suite is offline)."""
+    from cifar100.export.formats import export_model
+
+    cfg = apply_overrides(_config(), ["model.weights=imagenet"])
+    Checkpoint(ModelInfo(cfg, CLASSES, 32), weights, epoch=1).save(tmp_path / "m.pt")
+    assert Checkpoint.load(tmp_path / "m.pt").info.config.model.weights == "imagenet"
+    model = cifar100.load(tmp_path / "m.pt", device="cpu")
+    assert model.info.config.model.weights == "imagenet"
+    export_model(model, "safetensors", tmp_path / "m.safetensors")
+    exported = cifar100.load(tmp_path / "m.safetensors", device="cpu")
+    assert exported.info.config.model.weights == "imagenet"
+    assert all(torch.equal(exported.module.state_dict()[k], v) for k, v in weights.items())

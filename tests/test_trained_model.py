@@ -113,7 +113,8 @@ def test_a_safetensors_export_is_the_same_model_without_pickle(run, photos, tmp_
         exported = cifar100.load(target, device="cpu")
     files = [photos / "wide.png", photos / "grey.png"]
     assert np.array_equal(exported.probabilities(files), original.probabilities(files))
-    assert exported.classes == original.classes and exported.test_top1 == original.test_top1
+    assert exported.classes == original.classes
+    assert original.test_top1 is not None and exported.test_top1 is None  # not measured yet
     # predict, evaluate and train --init take it too
     assert cli.main(["predict", str(target), str(files[0]), "--json"]) == 0
     init = tmp_path / "init"

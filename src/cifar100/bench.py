@@ -20,8 +20,7 @@ import torch
 
 from cifar100.export.onnx_file import export_onnx
 from cifar100.export.onnx_metadata import metadata, seal_onnx
-from cifar100.models.registry import build_model
-from cifar100.runtime.trained_model import from_weights, load
+from cifar100.runtime.trained_model import from_weights, load, rebuild_model
 
 
 def timed(fn, warmup: int, steps: int, device: torch.device) -> float:
@@ -54,7 +53,7 @@ def run_runtime_bench(target: str, batch_size: int = 64, warmup: int = 3, steps:
     images = torch.from_numpy(rng.integers(0, 256, (batch_size, size, size, 3), np.uint8))
     with tempfile.TemporaryDirectory() as tmp:
         if given.runtime == "onnx":
-            weights = build_model(info.model, len(info.classes)).state_dict()
+            weights = rebuild_model(info).state_dict()
             models = {
                 "pytorch": from_weights(info, weights, given.source, "cpu"),
                 "onnxruntime": given,

@@ -196,13 +196,29 @@ VARIANT_WORDS = {"best": "best checkpoint", "ema": "EMA weights", "tta": "flip T
 
 
 def _variants(run: RunDir) -> list[tuple[str, Evaluation]]:
-    """The run's other evaluations (evaluate --checkpoint best, --ema, --tta flip), by name."""
+    """The run's other evaluations (evaluate --checkpoint best, --ema, --tta flip), by name;
+    then those of its model files (evaluate runs/x/model.onnx), by the file's name."""
     found = []
     for words, path in run.variant_evaluations():
         e = Evaluation.read_if_usable(path)
         if all(w in VARIANT_WORDS for w in words) and e is not None:
             found.append((", ".join(VARIANT_WORDS[w] for w in words), e))
-    return found
+    return found + _file_evaluations(run)
+
+
+def _file_evaluations(run: RunDir) -> list[tuple[str, Evaluation]]:
+    """Each evaluated model file's evaluations, named by the file the record names; a file's
+    own (model.onnx.eval.json) before the old shared name (model.eval.json) says the same."""
+    read = [(p, Evaluation.read_if_usable(p)) for p in run.file_evaluations()]
+    usable = [(p, e) for p, e in read if e is not None and e.checkpoint]
+    usable.sort(key=lambda pe: not pe[0].name.startswith(Path(pe[1].checkpoint).name + "."))
+    found: dict[str, Evaluation] = {}
+    for _, e in usable:
+        words = [Path(e.checkpoint).name]
+        words += ["EMA weights"] if e.record.get("weights") == "ema" else []
+        words += ["flip TTA"] if e.record.get("tta") == "flip" else []
+        found.setdefault(", ".join(words), e)
+    return list(found.items())
 
 
 def _variants_table(plain: Evaluation | None, variants: list[tuple[str, Evaluation]]) -> str:

@@ -15,7 +15,8 @@ DESCRIPTION = (
     "per superclass; printed, and written as JSON, with the predictions (logits, labels, "
     "images) beside it as predictions.npz. --checkpoint best, --ema and --tta write "
     "evaluation-best.json, -ema, -tta (and predictions-...) instead, so the run's own "
-    "evaluation.json stays what report and compare read."
+    "evaluation.json stays what report and compare read. A model file's results go beside it "
+    "under its whole name (model.onnx.eval.json, model.onnx.predictions.npz)."
 )
 
 
@@ -28,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output",
         metavar="FILE",
-        help="write the JSON here (default: RUN_DIR/evaluation[-VARIANT].json)",
+        help="write the JSON here (default: RUN_DIR/evaluation[-VARIANT].json; for a model "
+        "file, FILE.eval[-VARIANT].json beside it)",
     )
     p.add_argument(
         "--tta",

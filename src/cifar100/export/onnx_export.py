@@ -23,7 +23,7 @@ def write_onnx_export(job: ExportJob) -> ExportResult:
     try:
         details = export_onnx(module.float(), model.image_size, metadata(model), fp32, test)
         if quantize:
-            details["int8"] = quantize_onnx_int8(fp32, out, train)
+            details["int8"] = quantize_onnx_int8(fp32, out, train, test)
     finally:
         if quantize:
             fp32.unlink(missing_ok=True)

@@ -6,7 +6,8 @@
 The graph holds everything between decoded pixels and the answer (NHWC -> NCHW, uint8 ->
 float, scaling, upsampling), so a client sends the images it has and nothing else. Each file
 is run in ONNX Runtime before it is written: the export must match PyTorch, the int8 model
-must load and answer in the float one's shape (its accuracy is measured elsewhere).
+must load and answer in the float one's shape, and its top-1 is compared with the float
+one's on the check images (its test accuracy: `cifar100 evaluate` of the file).
 """
 
 from __future__ import annotations
@@ -214,12 +215,18 @@ def _compare_with_torch(
     return float(np.abs(np.concatenate(got) - expected).max()), sizes
 
 
-def quantize_onnx_int8(fp32_path: Path, out: Path, calibration_images: np.ndarray) -> dict:
+def quantize_onnx_int8(
+    fp32_path: Path,
+    out: Path,
+    calibration_images: np.ndarray,
+    check_images: np.ndarray | None = None,
+) -> dict:
     """Statically quantise an exported file to int8 (ONNX Runtime, QDQ), written as `out`.
 
     Activations are calibrated (min/max) on `calibration_images`, uint8 (N, S, S, 3) as the
     file takes them; weights are int8 per output channel. Inputs, outputs and metadata stay
-    as they were, with "quantization" added.
+    as they were, with "quantization" added. With `check_images`, the int8 graph's top-1 is
+    compared with the fp32 graph's on them (its own measured agreement, in the result).
     """
     fp32 = _load(fp32_path)
     size = fp32.graph.input[0].type.tensor_type.shape.dim[1].dim_value
@@ -261,9 +268,27 @@ def quantize_onnx_int8(fp32_path: Path, out: Path, calibration_images: np.ndarra
     num_classes = fp32.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     if not probabilities.shape == logits.shape == (len(batch), num_classes):
         raise ModelError(f"the int8 model gives {probabilities.shape}, not (N, {num_classes})")
+    result = {"path": str(out), "bytes": len(data), "calibration_images": count}
+    if check_images is not None:
+        result |= _int8_agreement(fp32.SerializeToString(), data, check_images)
     with atomic_path(out, "int8 ONNX model", needed=len(data)) as tmp_out:
         tmp_out.write_bytes(data)
-    return {"path": str(out), "bytes": len(data), "calibration_images": count}
+    return result
+
+
+def _int8_agreement(fp32: bytes, int8: bytes, images: np.ndarray) -> dict:
+    """How many of `images` the int8 graph gives another top-1 than the fp32 graph, and the
+    largest difference of a probability: what quantisation changed, measured on this file."""
+    sessions = _session(fp32), _session(int8)
+    got = [
+        np.concatenate([s.run([OUTPUTS[0]], {INPUT: b})[0] for b in _batches(images)])
+        for s in sessions
+    ]
+    return {
+        "int8_top1_differ": int((got[0].argmax(1) != got[1].argmax(1)).sum()),
+        "int8_max_abs_diff": float(np.abs(got[0] - got[1]).max()),
+        "int8_images_compared": len(images),
+    }
 
 
 class _CalibrationImages:

@@ -75,7 +75,6 @@ class Checkpoint:
             info = ModelInfo.from_loose_keys(state, path)
         values = {k: state[k] for k in cls.FIELDS if state.get(k) is not None}
         ckpt = cls(info, state.get("model"), **values)
-        info.config.model.weights = "none"  # the weights come with the model
         position = ckpt.position or {}
         ema = ckpt.ema
         info.epoch, info.steps_into_next_epoch = ckpt.epoch, position.get("step")

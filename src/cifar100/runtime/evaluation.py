@@ -1,5 +1,6 @@
 """An evaluation: one model's metrics on a test split, as evaluation.json (and its variants, and
-FILE.eval.json beside an export) hold them. Its keys are read here and nowhere else.
+FILE.eval.json beside a model file: model.onnx.eval.json) hold them. Its keys are read here
+and nowhere else.
 
     e = Evaluation.read(run.evaluation)
     e.top1, e.top5, e.per_class, e.ema_top1
@@ -120,9 +121,21 @@ class Evaluation:
     def ema_top1(self) -> float | None:
         return _number(self.ema.get("top1"))
 
-    def matches(self, checkpoint: Path) -> bool:
-        """Whether this evaluates the checkpoint file named like `checkpoint` (last or best)."""
-        return Path(self.checkpoint).name == checkpoint.name
+    @property
+    def plain(self) -> bool:
+        """The weights as saved, without TTA (not an EMA or flip-TTA evaluation)."""
+        return self.record.get("weights") != "ema" and self.record.get("tta") != "flip"
+
+    def matches(self, model_file: Path, epoch: int | None = None, steps: int | None = None) -> bool:
+        """Whether this is a plain evaluation of `model_file` as it is now: the file it names
+        is named like it (a run directory may have been moved) and, where both say, holds the
+        same training epoch and steps (a file replaced since by later weights is not)."""
+        if not self.plain or Path(self.checkpoint).name != model_file.name:
+            return False
+        if epoch is None or self.epoch is None:
+            return True
+        recorded = self.record.get("steps_into_next_epoch") or None
+        return self.epoch == epoch and recorded == (steps or None)
 
     # -- text -----------------------------------------------------------------------------------
     def format(self) -> str:

@@ -62,7 +62,9 @@ def _model_info(text: str, path: Path) -> ModelInfo:
     # Imported here: model_info brings torch, and this module is read at every CLI start.
     from cifar100.runtime.model_info import ModelInfo
 
-    return ModelInfo.from_json(text, path)
+    info = ModelInfo.from_json(text, path)
+    info.read_measured(path)  # this file's own accuracy, not its checkpoint's
+    return info
 
 
 def graph_digest(model) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 from cifar100.config import Config, ModelConfig, from_dict
 from cifar100.errors import CheckpointError
 from cifar100.runtime.evaluation import Evaluation
-from cifar100.runtime.run_dir import RunDir
+from cifar100.runtime.run_dir import RunDir, file_evaluations
 
 FORMAT = "cifar100-model"
 VERSION = 1
@@ -23,8 +23,9 @@ VERSION = 1
 class ModelInfo:
     """A trained classifier's settings and provenance (None where unknown)."""
 
-    # The run's resolved settings: the architecture (config.model, whose `weights` is "none":
-    # the weights come with the model), the data it was trained and tested on, the recipe.
+    # The run's settings as run: the architecture (config.model; its `weights` say what
+    # training started from: the weights come with the model, and load() rebuilds it without
+    # fetching any), the data it was trained and tested on, the recipe.
     config: Config
     classes: list[str]
     image_size: int  # the side of the square uint8 images it takes
@@ -34,6 +35,8 @@ class ModelInfo:
     run: str | None = None  # the run directory it was trained in
     epoch: int | None = None  # whole epochs trained
     steps_into_next_epoch: int | None = None  # a run stopped mid-epoch
+    # As measured on the file it was read from (its own evaluation, read_measured), None where
+    # that file was not measured; never stored in a file's record, which an export copies.
     test_top1: float | None = None
     test_top5: float | None = None
     saved_at: str | None = None  # when its weights were saved (ISO 8601)
@@ -67,7 +70,10 @@ class ModelInfo:
         return self.model.preprocess or get_backbone(self.model.backbone).preprocessing
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, **dataclasses.asdict(self)}
+        """The record a file carries: the measured accuracy left out (None), since it is the
+        file's that was measured, not a copy's (an int8 export is not its checkpoint)."""
+        record = dataclasses.asdict(self) | {"test_top1": None, "test_top5": None}
+        return {"format": FORMAT, "version": VERSION, **record}
 
     @classmethod
     def from_json(cls, raw: Any, source: str | Path) -> ModelInfo:
@@ -83,7 +89,9 @@ class ModelInfo:
             raise CheckpointError(f"{source}: no cifar100 model record in it")
         if raw.get("version", 0) > VERSION:
             raise CheckpointError(f"{source}: written by a newer cifar100; upgrade to read it")
-        fields = {f.name for f in dataclasses.fields(cls)}
+        # A measured accuracy stored by an older version was its source's (an int8 export held
+        # its checkpoint's): read_measured finds the file's own.
+        fields = {f.name for f in dataclasses.fields(cls)} - {"test_top1", "test_top5"}
         values = {k: v for k, v in raw.items() if k in fields}
         try:
             config = raw["config"]
@@ -121,16 +129,30 @@ class ModelInfo:
         return info
 
     def read_run(self, path: Path) -> None:
-        """Test accuracy and commit from the run directory holding the checkpoint at `path`,
-        where it is one."""
+        """The run directory holding the checkpoint at `path` (where it is one) and its commit;
+        the accuracy measured on that checkpoint (read_measured)."""
         run = RunDir(path.parent)
-        if not run.is_run():
-            return
-        self.run = str(run)
-        evaluation = Evaluation.read_if_usable(run.evaluation)
-        if evaluation is not None and evaluation.matches(path):
-            self.test_top1, self.test_top5 = evaluation.top1, evaluation.top5
-        self.commit = (run.read_environment() or {}).get("git_commit")
+        if run.is_run():
+            self.run = str(run)
+            self.commit = (run.read_environment() or {}).get("git_commit")
+        self.read_measured(path)
+
+    def read_measured(self, path: Path) -> None:
+        """test_top1 and test_top5 as measured on the model file at `path`: its own plain
+        evaluation (FILE.eval.json, or the old shared name where its record names this file),
+        or for a run's checkpoint the run's evaluation.json (evaluation-best.json) where it
+        evaluated that checkpoint at its epoch; None where the file was not measured."""
+        run = RunDir(path.parent)
+        in_run = [run.evaluation, run.evaluation_variant("-best")] if run.is_run() else []
+        candidates = in_run + file_evaluations(path)
+        for candidate in candidates:
+            evaluation = Evaluation.read_if_usable(candidate)
+            if evaluation is not None and evaluation.matches(
+                path, self.epoch, self.steps_into_next_epoch
+            ):
+                self.test_top1, self.test_top5 = evaluation.top1, evaluation.top5
+                return
+        self.test_top1 = self.test_top5 = None
 
     def check(self, source: str | Path) -> None:
         """The fields a model is rebuilt from, checked; CheckpointError naming `source`."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,13 @@ class RunDir:
             found.append((path.stem.removeprefix("evaluation-").split("-"), path))
         return found
 
+    def file_evaluations(self) -> list[Path]:
+        """The evaluations of model files in the run directory (`cifar100 evaluate FILE` of an
+        export or a checkpoint): FILE.eval.json, FILE.eval-VARIANT.json, and the old shared
+        name (model.eval.json); the record in each names the file it evaluated."""
+        found = self.path.glob("*.eval*.json")
+        return sorted(p for p in found if re.fullmatch(r".+\.eval(-[a-z]+)*\.json", p.name))
+
     def read_config(self) -> Config:
         return read_run_config(self.path)
 
@@ -102,13 +110,26 @@ class RunDir:
 
 def file_evaluation(target: Path, variant: str = "") -> Path:
     """Where `cifar100 evaluate FILE` writes the evaluation of a model file (an export or a
-    checkpoint outside a run): FILE.eval{variant}.json beside it."""
-    return target.with_suffix(f".eval{variant}.json")
+    checkpoint outside a run): FILE.eval{variant}.json beside it, named with the file's whole
+    name (model.onnx.eval.json), so that model.onnx and model.safetensors each keep their own."""
+    return target.with_name(f"{target.name}.eval{variant}.json")
 
 
 def file_predictions(target: Path, variant: str = "") -> Path:
-    """FILE.predictions{variant}.npz beside a model file."""
-    return target.with_suffix(f".predictions{variant}.npz")
+    """FILE.predictions{variant}.npz beside a model file (model.onnx.predictions.npz)."""
+    return target.with_name(f"{target.name}.predictions{variant}.npz")
+
+
+def shared_file_evaluation(target: Path) -> Path:
+    """The name a file's evaluation had before each file kept its own: the stem's
+    (model.eval.json, shared by model.onnx and model.safetensors). Still read, where the
+    record it holds names the file (Evaluation.matches)."""
+    return target.with_suffix(".eval.json")
+
+
+def file_evaluations(target: Path) -> list[Path]:
+    """Where a model file's own plain evaluation may be: its name, then the shared old one."""
+    return [file_evaluation(target), shared_file_evaluation(target)]
 
 
 def predictions_beside(evaluation: Path) -> Path:

@@ -12,6 +12,7 @@ through the one batched inference loop (inference.py), with PyTorch or ONNX Runt
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,10 +79,11 @@ class TrainedModel:
     test_top1 = property(lambda self: self.info.test_top1)
 
     def __repr__(self) -> str:
-        acc = f", test top-1 {self.test_top1:.2%}" if self.test_top1 is not None else ""
+        top1 = self.test_top1
+        acc = f"test top-1 {top1:.2%}" if top1 is not None else "test accuracy not measured"
         return (
             f"TrainedModel({self.backbone}, {len(self.classes)} classes, {self.image_size}px, "
-            f"{self.runtime} on {self.device}{acc}; from {self.source})"
+            f"{self.runtime} on {self.device}, {acc}; from {self.source})"
         )
 
     def prepare(self, images: Any) -> np.ndarray:
@@ -162,7 +164,7 @@ def from_weights(
     info: ModelInfo, weights: dict[str, torch.Tensor], source: Path, device: str = "auto"
 ) -> TrainedModel:
     """Rebuild `info`'s model, fill it with `weights` and put it on `device` for inference."""
-    module = build_model(info.model, num_classes=len(info.classes))
+    module = rebuild_model(info)
     load_weights(module, weights, source)
     dev = select_device(device)
     tune_backends(dev)
@@ -173,10 +175,19 @@ def from_weights(
     return TrainedModel(info, source, fn, dev, module)
 
 
+def rebuild_model(info: ModelInfo) -> torch.nn.Module:
+    """`info`'s model, randomly initialised, for weights that come with it: its settings say
+    what training started from (model.weights "imagenet", model.init), which loading neither
+    fetches nor reads."""
+    settings = dataclasses.replace(info.model, weights="none", init=None)
+    return build_model(settings, num_classes=len(info.classes))
+
+
 def _read_checkpoint(path: Path, ema: bool) -> tuple[ModelInfo, dict[str, torch.Tensor]]:
     ckpt = Checkpoint.load(path)
     if not ema:
         return ckpt.info, ckpt.model
+    ckpt.info.test_top1 = ckpt.info.test_top5 = None  # what was measured: the raw weights
     if not isinstance(ckpt.ema, dict) or "model" not in ckpt.ema:
         raise CheckpointError(
             f"{path}: no EMA weights in this checkpoint (train with --set train.ema_decay=0.999 "
