@@ -202,7 +202,7 @@ def test_the_model_card_says_what_the_model_is(visit, model, server):
     v.page.route("**/model", lambda route: route.fulfill(json=json.loads(unevaluated)))
     v.page.reload()
     v.page.wait_for_selector("#facts [data-fact=backbone]")
-    assert v.page.inner_text("[data-fact=accuracy] dd") == "not evaluated"
+    assert v.page.inner_text("[data-fact=accuracy] dd") == "not measured on this file"
     v.check_clean()
 
 
