@@ -131,7 +131,7 @@ def train_one(args, env: dict[str, str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)

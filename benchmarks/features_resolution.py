@@ -30,7 +30,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar1
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--resize", type=int, nargs="+", default=[2, 3], help="32 px times this")

@@ -46,7 +46,7 @@ def _watched(fn, level_inside: int, level_after: int):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--preset", default="best", help="its recipe: policy, mixing, EMA, ...")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--resize", type=int, default=2, help="model.resize (7 is the report's 224)")

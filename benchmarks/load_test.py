@@ -259,7 +259,7 @@ def seed_checkpoint(folder: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("model", nargs="?", help="a run, checkpoint or export to serve")
     p.add_argument("--seed", action="store_true", help="serve the seed model at 224 instead")
     p.add_argument(

@@ -83,7 +83,7 @@ def time_models(models: dict[str, TrainedModel], batch: int, steps: int, reps: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("run", nargs="?", help="a trained run (or checkpoint, or safetensors file)")
     p.add_argument("--int8", help="its int8 ONNX export (default: quantise on random images)")
     p.add_argument("--seed-only", action="store_true", help="only the seed model at 224")

@@ -100,7 +100,7 @@ class Probe:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("model", help="a run, checkpoint or export to serve")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])

@@ -28,7 +28,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar1
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("vary", metavar="KEY=V1,V2,...", help="the setting and its values")
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--backbone", default="efficientnet_lite0")

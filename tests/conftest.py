@@ -17,6 +17,8 @@ def _offline_and_isolated(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("CIFAR100_MIRROR", "http://127.0.0.1:9/")
     monkeypatch.setenv("CIFAR100_WEIGHTS_MIRROR", "http://127.0.0.1:9/")
     monkeypatch.setenv("CIFAR100_CACHE", str(tmp_path_factory.getbasetemp() / "user-cache"))
+    # `train`'s time estimate (seconds of timed steps) is tested in test_estimate.py alone.
+    monkeypatch.setenv("CIFAR100_NO_ESTIMATE", "1")
 
 
 @pytest.fixture(scope="session")

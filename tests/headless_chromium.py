@@ -8,9 +8,12 @@ import shutil
 import pytest
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# README's "Tests" says the same: how to get the browser these tests need.
+GET_CHROMIUM = "sudo apt-get install chromium"
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None,
-    reason="Chromium not installed (.ci/run installs Debian's chromium for this test)",
+    reason=f"Chromium not installed: `{GET_CHROMIUM}` (Debian, Ubuntu), or put a chromium or "
+    "chromium-browser on PATH; .ci/run installs it (README: Tests)",
 )
 # Headless in a container, and quiet: nothing reaches for the network on its own.
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

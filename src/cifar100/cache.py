@@ -10,11 +10,17 @@ Loaders mark an entry used (its mtime) on every hit, so "last used" means just t
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from cifar100.data.cifar_sources import SOURCES
 from cifar100.data.download import STAMP_SUFFIX
+from cifar100.display_text import visible
 from cifar100.errors import ConfigError
 
 # kind -> (where under the cache root, what removing it costs)
@@ -27,6 +33,8 @@ KINDS = {
     "partial": ("**/.*.tmp", "nothing: left by a process killed while writing"),
 }
 REBUILT_LOCALLY = ("decoded", "folders", "features", "partial")  # `clear`'s default
+DECODED_NAME = re.compile(r"(\w+)-([0-9a-f]+)-v\d+\.npz")  # data.cifar: NAME-MD5-vN.npz
+LISTED = 10  # entries listed by name, largest first
 
 
 @dataclass(frozen=True)
@@ -116,13 +124,50 @@ def format_cache(root: Path, entries: list[CacheEntry], now: float | None = None
         size = human_size(sum(e.size for e in mine))
         last = _ago(now - max(e.last_used for e in mine))
         lines.append(f"  {kind:<10} {len(mine):>7} {size:>10}  {last:<14} {cost}")
-    largest = sorted(entries, key=lambda e: -e.size)[:5]
+    largest = sorted(entries, key=lambda e: -e.size)[:LISTED]
     if largest:
-        lines.append("  largest:")
+        lines.append("  largest:" if len(entries) > LISTED else "  entries:")
         for e in largest:
             ago = _ago(now - e.last_used)
-            lines.append(f"    {human_size(e.size):>10}  {ago:<14} {e.path.relative_to(root)}")
+            lines.append(
+                f"    {human_size(e.size):>10}  {ago:<14} {e.path.relative_to(root)}: "
+                + visible(entry_origin(e))
+            )
     return "\n".join(lines)
+
+
+def entry_origin(entry: CacheEntry) -> str:
+    """The dataset or model an entry came from, as far as the entry itself tells."""
+    name = entry.path.name
+    if entry.kind == "downloads":
+        titles = [s.title for s in SOURCES.values() if s.filename == name]
+        return f"the {titles[0]} python archive" if titles else "a downloaded archive"
+    if entry.kind == "weights":
+        return f"pretrained weights {name}"
+    if entry.kind == "decoded":
+        found = DECODED_NAME.fullmatch(name)
+        source = SOURCES.get(found[1]) if found else None
+        if source is None:
+            return "a decoded CIFAR archive"
+        which = "as published" if found[2] == source.md5 else f"archive md5 {found[2][:12]}"
+        return f"{source.title}, decoded ({which})"
+    if entry.kind == "folders":
+        origin = _folder_origin(entry.path)
+        if origin:
+            return f"the image folder {origin}"
+        return "an image folder (its path not recorded: cached before cifar100 recorded it)"
+    if entry.kind == "features":
+        return "frozen-backbone features (which backbone and data are not recorded in the file)"
+    return "a file left half-written"
+
+
+def _folder_origin(path: Path) -> str | None:
+    """The folder or tarball an image-folder cache was decoded from (its meta's "origin")."""
+    try:
+        with np.load(path, allow_pickle=False) as z:  # reads the one small member
+            return json.loads(str(z["meta"])).get("origin")
+    except Exception:  # noqa: BLE001 - a damaged entry is named as unknown, never fatal here
+        return None
 
 
 def human_size(n: float) -> str:

@@ -8,6 +8,7 @@ import math
 from cifar100.config import CHOICES
 
 DEVICE_HELP = " | ".join(CHOICES["train.device"])
+DEVICE_DEFAULT_HELP = f"{DEVICE_HELP} (default: auto: CUDA, then Apple MPS, then the CPU)"
 CHECKPOINTS = ("last", "best")  # of a run directory
 STRICT_HELP = (
     "refuse an image folder holding files that are not readable images, instead of skipping "
@@ -52,7 +53,9 @@ def add_checkpoint_choice(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
+def add_common(
+    p: argparse.ArgumentParser, device: bool = True, device_help: str = DEVICE_DEFAULT_HELP
+) -> None:
     """--cache-dir, --device (train.device for train) and --no-progress."""
     p.add_argument(
         "--cache-dir",
@@ -60,5 +63,5 @@ def add_common(p: argparse.ArgumentParser, device: bool = True) -> None:
         help="downloads and decoded data (default: $CIFAR100_CACHE or the user cache dir)",
     )
     if device:
-        p.add_argument("--device", default=None, help=DEVICE_HELP)
+        p.add_argument("--device", default=None, help=device_help)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from cifar100.cli.args import DEVICE_HELP, at_least
+from cifar100.cli.args import DEVICE_DEFAULT_HELP, at_least
 from cifar100.cli.threads import use_free_cores
 
 HELP = "measure training and inference images/s against an eager fp32 baseline"
@@ -51,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="untimed steps first (default: 3)",
     )  # fmt: skip
     p.add_argument("--compile", action="store_true", help="torch.compile the tuned variant")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_DEFAULT_HELP)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -67,7 +68,23 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2) if args.json else format_runtime_bench(result))
         return 0
     size = args.size or get_backbone(args.backbone).native_size
+    say_plan(args, size)
     result = run_bench(args.backbone, size, args.batch_size, args.device, args.compile,
                        args.warmup, args.steps)  # fmt: skip
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
+
+
+def say_plan(args: argparse.Namespace, size: int) -> None:
+    """Before the minutes of timing: what bench will do, and roughly how long it takes here."""
+    # Imported here, not above, to keep the CLI's start fast: they load torch.
+    from cifar100.engine.estimate import bench_lines, bench_times
+    from cifar100.engine.throughput import variants
+    from cifar100.runtime.device import select_device
+
+    device = select_device(args.device)
+    names = [v.name for v in variants(device, args.compile)]
+    times = bench_times(args.backbone, size, args.batch_size, device)
+    for line in bench_lines(args.backbone, size, args.batch_size, names, args.warmup,
+                            args.steps, times):  # fmt: skip
+        print(line, file=sys.stderr, flush=True)

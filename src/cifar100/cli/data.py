@@ -23,7 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=DataConfig.dataset,
         help=f"which data (default: {DataConfig.dataset}); folder needs --data",
     )
-    p.add_argument("--data", metavar="PATH", help="archive, extracted folder or image folder")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="archive, extracted folder or image folder (default: download CIFAR, or its cached "
+        "copy)",
+    )
     p.add_argument(
         "--image-size",
         type=at_least(RANGES["data.image_size"][0]),

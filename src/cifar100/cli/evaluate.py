@@ -23,8 +23,15 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_target(p, "target")
     add_checkpoint_choice(p)
-    p.add_argument("--data", metavar="PATH", help="read the test data from here instead")
-    p.add_argument("--batch-size", type=at_least(1), metavar="N", help="images per inference batch")
+    p.add_argument(
+        "--data", metavar="PATH", help="read the test data from here (default: the run's own)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=at_least(1),
+        metavar="N",
+        help="images per inference batch (default: the run's train.eval_batch_size)",
+    )
     p.add_argument("--json", action="store_true", help="print the JSON result only")
     p.add_argument(
         "--output",

@@ -59,10 +59,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here, not above, to keep the CLI's start fast: the export loads torch.
-    from cifar100.export.formats import export_model, model_images
+    from cifar100.export.formats import check_output, export_model, model_images
     from cifar100.runtime.trained_model import load
 
     model = load(args.target, device="cpu", checkpoint=args.checkpoint)
+    # Before reading the data: a refusal comes at once, not after the work it would waste.
+    check_output(model, args.format, args.out, force=args.force, quantize=args.quantize,
+                 name=args.name)  # fmt: skip
     images, why = None, ""
     if args.format in ("onnx", "triton") and model.runtime == "torch":
         images, why = model_images(model, args.data, args.cache_dir)

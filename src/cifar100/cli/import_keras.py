@@ -24,7 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=DataConfig.dataset,
         help=f"the data it was trained on, for class names (default: {DataConfig.dataset})",
     )
-    p.add_argument("--data", metavar="PATH", help="that data's archive or folder")
+    p.add_argument(
+        "--data",
+        metavar="PATH",
+        help="that data's archive or folder (default: CIFAR's, downloaded or from the cache)",
+    )
     p.add_argument(
         "--class-names",
         metavar="FILE",

@@ -39,9 +39,12 @@ COMMANDS = {
     "cache": cache,
 }
 DEBUG_HELP = "show full tracebacks on errors"
+# No prefixes of flags: `summary --data X` would be taken for --dataset, and a flag added later
+# would change what an old command line means.
+ABBREVIATIONS = False
 EPILOG = """examples:
   cifar100 train --preset seed                      the report's model and recipe on CIFAR-100
-  cifar100 train --preset cpu --dataset folder --data images.tar.gz   (no GPU)
+  cifar100 train --preset cpu-finetune --dataset folder --data images.tar.gz   (no GPU)
   cifar100 evaluate runs/20261125-120000-seed       test top-1/top-5, per class and superclass
   cifar100 evaluate RUN --tta flip --ema            mirror-image TTA, the EMA weights
   cifar100 compare runs/*                           one table of runs
@@ -57,17 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
         "classifiers on CIFAR-100, CIFAR-10 and image folders.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=ABBREVIATIONS,
     )
     p.add_argument("--version", action="version", version=f"cifar100 {__version__}")
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     # --debug also works after the command name (`cifar100 train --debug`).
-    debug = argparse.ArgumentParser(add_help=False)
+    debug = argparse.ArgumentParser(add_help=False, allow_abbrev=ABBREVIATIONS)
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     for name, command in COMMANDS.items():
         command.add_arguments(
             sub.add_parser(
-                name, parents=[debug], help=command.HELP, description=command.DESCRIPTION
+                name,
+                parents=[debug],
+                help=command.HELP,
+                description=command.DESCRIPTION,
+                allow_abbrev=ABBREVIATIONS,
             )
         )
     return p

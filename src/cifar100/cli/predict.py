@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from cifar100.cli.args import DEVICE_HELP, add_model_target, at_least
+from cifar100.cli.args import DEVICE_DEFAULT_HELP, add_model_target, at_least
 from cifar100.cli.threads import use_free_cores
 from cifar100.display_text import DISPLAY_LIMIT, display_name, visible
 
@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="how many classes to show (default: 5)",
     )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_DEFAULT_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

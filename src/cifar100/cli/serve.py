@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from cifar100.cli.args import DEVICE_HELP, at_least
+from cifar100.cli.args import DEVICE_DEFAULT_HELP, at_least
 from cifar100.cli.threads import use_free_cores
 from cifar100.serve.settings import ServeSettings  # owns the defaults of the flags below
 
@@ -93,7 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="server processes, each with its own copy of the model, sharing one port (1); "
         "on the CPU they share the cores",
     )
-    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (PyTorch runtime)")
+    p.add_argument(
+        "--device", default="auto", help=f"{DEVICE_DEFAULT_HELP}; for the PyTorch runtime"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

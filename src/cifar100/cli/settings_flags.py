@@ -32,11 +32,15 @@ class SettingFlag:
         self.flag = flag or "--" + key.partition(".")[2].replace("_", "-")  # --batch-size
         self.dest = self.flag[2:].replace("-", "_")
 
-    def add_to(self, p: argparse.ArgumentParser) -> None:
+    def add_to(self, p: argparse.ArgumentParser, preset: Config | None = None) -> None:
+        """`preset`: the default preset, whose value --help shows where the preset decides."""
         section, _, name = self.key.partition(".")
         kind, _ = setting_kind(self.key)
         default = getattr(SECTIONS[section], name, None)
-        options: dict = {"metavar": self.metavar, "help": self.help.format(default=default)}
+        text = self.help.format(default=default)
+        if "default" not in text and kind != "bool":  # a switch's default is off
+            text += f" (default: {preset_default(self.key, preset)})"
+        options: dict = {"metavar": self.metavar, "help": text}
         if kind == "bool":  # "true" as --set would give it: the flag only ever turns it on
             options.update(action="store_const", const="true")
         elif kind in ("int", "float"):
@@ -71,7 +75,9 @@ SETTING_FLAGS = {
             flag="--data",
         ),
         SettingFlag("train.epochs", "N", "total epochs (train.epochs)"),
-        SettingFlag("train.batch_size", "N", "train.batch_size"),
+        SettingFlag(
+            "train.batch_size", "N", "images per step, all devices together (train.batch_size)"
+        ),
         SettingFlag("train.lr", "LR", "fine-tuning peak learning rate (train.lr)"),
         SettingFlag("train.seed", "N", "random seed (train.seed)"),
         SettingFlag(
@@ -88,9 +94,21 @@ SETTING_FLAGS = {
 MODEL_FLAGS = ("model.backbone", "data.dataset")  # what a model's shape needs (summary)
 
 
+DEFAULT_PRESET = "seed"  # without --preset or --config
+
+
+def preset_default(key: str, preset: Config | None) -> str:
+    """What --help says of a setting's default: the preset's, and the default preset's value."""
+    preset = preset or load_preset(DEFAULT_PRESET)
+    section, _, name = key.partition(".")
+    value = getattr(getattr(preset, section), name)
+    return f"the preset's; {DEFAULT_PRESET}: {'none' if value is None else value}"
+
+
 def add_setting_flags(p: argparse.ArgumentParser, keys=SETTING_FLAGS) -> None:
+    preset = load_preset(DEFAULT_PRESET)
     for key in keys:
-        SETTING_FLAGS[key].add_to(p)
+        SETTING_FLAGS[key].add_to(p, preset)
 
 
 def add_config_source(p: argparse.ArgumentParser) -> None:
@@ -99,7 +117,8 @@ def add_config_source(p: argparse.ArgumentParser) -> None:
         "--preset",
         default=None,
         metavar="NAME",
-        help="seed (the report, default), cpu, ...: see `cifar100 presets`",
+        help=f"{DEFAULT_PRESET} (the report, default), cpu-finetune, cpu, ...: see "
+        "`cifar100 presets`",
     )
     p.add_argument("--config", metavar="FILE", help="a TOML config file (may `extends` a preset)")
     p.add_argument(
@@ -123,7 +142,9 @@ def resolve_config(args: argparse.Namespace) -> Config:
         raise CifarError(
             'give --preset or --config, not both (a config file can `extends = "PRESET"`)'
         )
-    cfg = load_config_file(args.config) if args.config else load_preset(args.preset or "seed")
+    cfg = (
+        load_config_file(args.config) if args.config else load_preset(args.preset or DEFAULT_PRESET)
+    )
     given = {f.key: (f.flag, getattr(args, f.dest, None)) for f in SETTING_FLAGS.values()}
     given["train.device"] = ("--device", getattr(args, "device", None))
     for key, (flag, value) in given.items():

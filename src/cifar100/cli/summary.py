@@ -37,11 +37,17 @@ def run(args: argparse.Namespace) -> int:
     from cifar100.models.registry import build_model
     from cifar100.models.summary import format_summary
 
-    cfg = validate(resolve_config(args))
-    cfg.model.weights = "none"  # the table needs shapes and counts, not trained values
+    cfg = resolve_config(args)
     n = args.classes or cfg.data.class_count()
     if n is None:
-        raise CifarError("an image folder's class count comes from its data: pass --classes N")
+        raise CifarError(
+            "an image folder's class count comes from its data, which summary does not read: "
+            "pass --classes N"
+        )
+    if cfg.data.dataset == "folder":  # the table needs the class count alone, not the folder
+        cfg.data.path = cfg.data.path or "(not read)"
+    cfg = validate(cfg)
+    cfg.model.weights = "none"  # the table needs shapes and counts, not trained values
     model = build_model(cfg.model, num_classes=n)
     print(format_summary(model, cfg.data.decoded_size()))
     return 0

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from cifar100.cli.args import add_common
+from cifar100.cli.args import DEVICE_HELP, add_common
 from cifar100.cli.settings_flags import (
     SETTING_FLAGS,
     add_config_source,
     add_setting_flags,
     given_flags,
+    preset_default,
     resolve_config,
 )
 from cifar100.cli.threads import use_free_cores
@@ -19,6 +21,7 @@ from cifar100.errors import CifarError
 from cifar100.runtime.run_dir import RunDir, recorded_threads
 
 HELP = "train a model (a preset, a config file, overrides)"
+NO_ESTIMATE_ENV = "CIFAR100_NO_ESTIMATE"  # set (to anything): as --no-estimate
 DESCRIPTION = (
     "Train a classifier into a run directory holding its config, environment, metrics log "
     "and checkpoints."
@@ -39,7 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
     )
-    add_common(p)
+    p.add_argument(
+        "--no-estimate",
+        action="store_true",
+        help="start at once, without first timing a few steps to say how long the run will "
+        f"take (default: time them, unless ${NO_ESTIMATE_ENV} is set)",
+    )
+    device_help = f"{DEVICE_HELP} (train.device; default: {preset_default('train.device', None)})"
+    add_common(p, device_help=device_help)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
         result = train(resume=args.resume, cache_dir=args.cache_dir, progress=not args.no_progress)
         return _exit_code(result)
     cfg = resolve_config(args)
+    if args.out:
+        check_not_finished(Path(args.out))
     use_free_cores(say=True)
+    if not (args.no_estimate or os.environ.get(NO_ESTIMATE_ENV)) and single_process():
+        say_estimate(cfg)
     result = train(
         cfg,
         out=args.out,
@@ -67,6 +81,47 @@ def run(args: argparse.Namespace) -> int:
         runs_root=args.runs_root,
     )
     return _exit_code(result)
+
+
+def single_process() -> bool:
+    """Not one of torchrun's processes (each would time the model on its own)."""
+    return os.environ.get("WORLD_SIZE", "1") == "1"
+
+
+def check_not_finished(out: Path) -> None:
+    """A finished run at --out: resuming it would only test it again, so say what does help.
+    (An unfinished one is refused by the engine, which says to resume it.)"""
+    run = RunDir(out)
+    if not (run.evaluation.is_file() and run.is_run()):
+        return
+    try:
+        epochs = run.read_config().train.epochs
+    except CifarError:
+        return  # a damaged config: the engine's refusal names the run all the same
+    if max((m.get("epoch", 0) for m in run.read_metrics()), default=0) >= epochs:
+        raise CifarError(
+            f"run directory {out} holds a finished run (its test evaluation is written): choose "
+            f"another --out for a new run; `cifar100 evaluate {out}` tests it again"
+        )
+
+
+def say_estimate(cfg) -> None:
+    """Print how long the run should take here, timed now; never stops the run from starting."""
+    # Imported here, not above, to keep the CLI's start fast: the estimate loads torch.
+    from cifar100.config import validate
+    from cifar100.engine.estimate import estimate_lines, estimate_run, time_steps
+    from cifar100.runtime.device import select_device
+
+    try:
+        validate(cfg)
+        times = time_steps(cfg, select_device(cfg.train.device))
+    except CifarError:
+        return  # the run itself says what is wrong, in its own words
+    except Exception as e:  # noqa: BLE001 - an estimate that fails must not stop the run
+        print(f"note: no time estimate ({type(e).__name__}: {e})", file=sys.stderr)
+        return
+    for line in estimate_lines(estimate_run(cfg, times), cfg.preset):
+        print(line, file=sys.stderr)
 
 
 def _exit_code(result) -> int:

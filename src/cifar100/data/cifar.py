@@ -30,9 +30,16 @@ from cifar100.data.cifar_sources import (
 )
 from cifar100.data.cifar_unpickler import unpickle_arrays
 from cifar100.data.download import fetch_cached, file_digest, size_limit
+from cifar100.data.images import IMAGE_EXTENSIONS
 from cifar100.data.tensors import DataSplits, ImageSet
 from cifar100.errors import DataError
 from cifar100.fileio import file_problem
+
+# An image folder or tarball given where CIFAR's python archive was expected (no --dataset folder).
+IMAGE_FOLDER_HINT = (
+    "a {what}, not the {title} python archive: to train on these images as an image folder, "
+    "add --dataset folder (data.dataset=folder)"
+)
 
 
 def load_cifar(
@@ -107,6 +114,7 @@ def _read_archive(source: CifarSource, archive: Path) -> dict[str, Any]:
     """Unpickle the needed members in one pass over the (gzipped) tar; nothing touches disk."""
     wanted = {f"{source.folder}/{m}": m for m in source.members}
     found: dict[str, Any] = {}
+    images = 0  # members named as image files: an image-folder tarball, given for CIFAR
     try:
         # Iterating reads the stream once; looking members up by name would gunzip it again.
         with tarfile.open(archive, "r:*") as tar:
@@ -116,6 +124,8 @@ def _read_archive(source: CifarSource, archive: Path) -> dict[str, Any]:
                     label = f"{archive}:{member.name}"
                     _check_size(source, key, member.size, label)
                     found[key] = unpickle_arrays(tar.extractfile(member), label)
+                elif member.isfile() and Path(member.name).suffix.lower() in IMAGE_EXTENSIONS:
+                    images += 1
     except DataError:
         raise
     except Exception as e:  # tarfile.ReadError, EOFError, gzip.BadGzipFile, zlib.error, OSError
@@ -124,6 +134,9 @@ def _read_archive(source: CifarSource, archive: Path) -> dict[str, Any]:
             "delete it and download it again"
         ) from e
     missing = [f"{source.folder}/{m}" for m in source.members if m not in found]
+    if missing and not found and images:
+        what = f"tarball of {images:,} images"
+        raise DataError(f"{archive}: " + IMAGE_FOLDER_HINT.format(what=what, title=source.title))
     if missing:
         raise DataError(
             f"{archive}: missing {', '.join(missing)}; is it the {source.title} "
@@ -137,10 +150,24 @@ def _find_folder(source: CifarSource, path: Path) -> Path:
         # exists, not is_file: a member that is a FIFO or a device is then named for what it is
         if all((folder / m).exists() for m in source.members):
             return folder
+    if _holds_images(path):
+        raise DataError(
+            f"{path}: {IMAGE_FOLDER_HINT.format(what='folder of images', title=source.title)}"
+        )
     raise DataError(
         f"{path}: not an extracted {source.title} folder: expected "
         f"{', '.join(source.members)} in it or in {path / source.folder}"
     )
+
+
+def _holds_images(path: Path, look: int = 2000) -> bool:
+    """Whether image files lie among the first `look` entries under `path` (class folders)."""
+    for i, entry in enumerate(path.rglob("*")):
+        if i >= look:
+            return False
+        if entry.suffix.lower() in IMAGE_EXTENSIONS and entry.is_file():
+            return True
+    return False
 
 
 def _read_folder(source: CifarSource, folder: Path) -> dict[str, Any]:

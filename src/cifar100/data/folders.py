@@ -86,6 +86,7 @@ def load_image_folder(
             else:
                 fetch = _directory_fetch(src, decoder)
             train, test, meta = build_splits(src, listing, fetch, test_fraction, seed)
+        meta["origin"] = str(src.resolve())  # what `cifar100 cache` names the entry by
         write_cache(cache_path, train, test, meta)
     else:
         train, test, meta = cached

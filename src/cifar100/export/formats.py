@@ -48,6 +48,8 @@ class ExportFormat:
     reader: Reader | None = None  # registered with cifar100.runtime.model_files for load()
     quantizes: bool = False  # takes --quantize int8
     description: str = ""  # what it holds, in a few words (the parser's --format help)
+    # A folder format's check of its target (out, name, force), run before any slow step.
+    check_target: Callable[[Path, str, bool], None] | None = None
 
 
 FORMATS: dict[str, ExportFormat] = {}  # name -> format; iterating gives the names
@@ -97,11 +99,7 @@ def export_model(
     if quantize and not entry.quantizes:
         quantizing = " and ".join(f.name for f in FORMATS.values() if f.quantizes)
         raise ConfigError(f"--quantize int8 is for {quantizing} exports")
-    out = Path(out) if out else default_output(model, fmt, quantize)
-    if entry.suffix:  # a file; a folder format may hold other entries, and checks its own
-        if out.exists() and not force:
-            raise ConfigError(f"{out} exists; pass --force to replace it, or another --out")
-        check_writable(out, f"{fmt} export")
+    out = check_output(model, fmt, out, force=force, quantize=quantize, name=name)
     job = ExportJob(
         model,
         fmt,
@@ -113,6 +111,28 @@ def export_model(
         max_batch=max_batch,
     )
     return entry.writer(job)
+
+
+def check_output(
+    model: TrainedModel,
+    fmt: str,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    quantize: str | None = None,
+    name: str = "cifar100",
+) -> Path:
+    """Where the export goes, refused at once if it exists (unless `force`): before the work
+    (reading data, exporting) that a refusal would waste. Returns the path."""
+    entry = FORMATS[fmt]
+    out = Path(out) if out else default_output(model, fmt, quantize)
+    if entry.suffix:  # a file; a folder format may hold other entries, and checks its own
+        if out.exists() and not force:
+            raise ConfigError(f"{out} exists; pass --force to replace it, or another --out")
+        check_writable(out, f"{fmt} export")
+    elif entry.check_target is not None:
+        entry.check_target(out, name, force)
+    return out
 
 
 def model_images(
@@ -169,6 +189,12 @@ def _write_triton(job: ExportJob) -> ExportResult:
     return write_triton_export(job)
 
 
+def _check_triton(out: Path, name: str, force: bool) -> None:
+    from cifar100.export.triton_repo import check_target  # heavy: see above
+
+    check_target(out / name, force)
+
+
 register_format(
     ExportFormat(
         "onnx",
@@ -193,6 +219,11 @@ register_format(
 )
 register_format(
     ExportFormat(
-        "triton", "", _write_triton, quantizes=True, description="a Triton model repository"
+        "triton",
+        "",
+        _write_triton,
+        quantizes=True,
+        description="a Triton model repository",
+        check_target=_check_triton,
     )
 )

@@ -94,6 +94,13 @@ def write_triton_repository(
         )
     config = _config_text(name, onnx_path.name, max_batch, inputs, outputs, labelled)
     target = out_dir / name
+    check_target(target, force)
+    _write_entry(target, config, classes, onnx_path, version)
+    return target
+
+
+def check_target(target: Path, force: bool) -> None:
+    """Refuse a repository entry that exists (unless `force`): checked before any slow step."""
     if target.is_symlink() or target.exists() and not target.is_dir():
         raise ModelError(f"{target} exists and is not a directory; choose another name")
     if target.is_dir() and any(target.iterdir()) and not force:
@@ -101,15 +108,14 @@ def write_triton_repository(
             f"{target} already holds a model; choose another name or directory, or replace "
             "it (--force)"
         )
-    _write_entry(target, config, classes, onnx_path, version)
-    return target
 
 
 def write_triton_export(job: ExportJob) -> ExportResult:
     """`--format triton`: the job's model as an entry `job.name` of the repository `job.out`,
     around its ONNX export (made here, or the file itself for an ONNX export)."""
     model = job.model
-    check_label_names(model.classes)  # before the slow ONNX export
+    check_label_names(model.classes)  # these two before the slow ONNX export
+    check_target(job.out / job.name, job.force)
     check_writable(job.out / job.name, "triton export")
     details, note = {}, ""
     # Beside the repository, not in it: Triton takes every folder there for a model.
