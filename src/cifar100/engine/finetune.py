@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from cifar100.data.loader import DeviceBatches
 from cifar100.data.pipeline import AugmentPipeline

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from cifar100.config import Config, validate
 from cifar100.data import load_data, split_holdout
