@@ -12,8 +12,9 @@ from pathlib import Path
 import cifar100
 
 SRC = Path(cifar100.__file__).parent
-# The commands that train: `train`, and `bench`, which times the engine's training step.
-ENGINE_USERS = {"cifar100.cli.train", "cifar100.cli.bench"}
+# The commands that train: `train`, `bench` (which times the engine's training step), and
+# the Python API's train (cifar100.train), which imports it when called.
+ENGINE_USERS = {"cifar100.cli.train", "cifar100.cli.bench", "cifar100.api"}
 MAX_FUNCTION_LINES = 80
 # Every file a run directory holds, spelled in runtime/run_dir.py alone.
 RUN_FILES = {"config.json", "environment.json", "metrics.jsonl", "evaluation.json",

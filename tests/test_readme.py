@@ -53,3 +53,23 @@ def test_the_use_a_trained_model_examples_run(example_run, capsys):
         exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - our own README
     printed = capsys.readouterr().out
     assert "TrainedModel(efficientnet_lite0, 10 classes, 32px" in printed
+
+
+@pytest.mark.slow
+def test_the_train_from_python_example_runs(tmp_path, monkeypatch, capsys):
+    """cifar100.train, evaluate and export as README shows them, on a small CIFAR-10 archive
+    (enough images for the scratch preset's batch of 128)."""
+    make_cifar10_archive(tmp_path / "cifar-10-python.tar.gz", 300, 40)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (50, 60, 3), np.uint8)).save(tmp_path / "cat.jpg")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CIFAR100_CACHE", str(tmp_path / "cache"))
+    (code,) = section_code("## Train from Python")
+    namespace: dict = {}
+    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 - our own README
+    printed = capsys.readouterr().out
+    assert "TrainingRun(runs/notebook, 2 epochs, test top-1 " in printed
+    run = namespace["run"]
+    assert run.finished and not run.stopped_early and run.metrics.top1 is not None
+    assert (tmp_path / "runs/notebook/evaluation-tta.json").is_file()
+    assert (tmp_path / "runs/notebook/model.onnx").is_file()

@@ -97,6 +97,9 @@ class TrainConfig:
     # Also save the exact position this often within an epoch (resume is exact from any
     # step; Ctrl-C / SIGTERM save it too); 0: at epoch ends only.
     checkpoint_minutes: float = 10.0
+    # Stop when validation top-1 has not improved for this many epochs, then test the best
+    # epoch's weights (best.pt); 0: off, every epoch is trained.
+    early_stopping: int = 0
 
 
 @dataclass
@@ -289,6 +292,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.eval_batch_size": (1, None, True, True),
     "train.log_every": (1, None, True, True),
     "train.checkpoint_minutes": (0, None, True, True),
+    "train.early_stopping": (0, None, True, True),  # patience in epochs; 0 is off
 }
 
 

@@ -124,11 +124,24 @@ def _headline(config: dict, evaluation: Evaluation | None, records: list[dict]) 
         f"data {_e(d.get('dataset', '?'))}",
         f"{len(records)} of {_e(config.get('train', {}).get('epochs', '?'))} epochs",
     ]
+    stop = evaluation.early_stopping if evaluation else None
+    if stop:
+        words.append(_early_stop_words(stop))
     if evaluation:
         top5 = evaluation.top5  # none for 5 classes or fewer
         words.append(f"test top-1 <b>{evaluation.top1:.2%}</b>"
                      + (f", top-5 {_fmt(top5, '{:.2%}')}" if top5 is not None else ""))  # fmt: skip
     return f"<p class='headline'>{' &middot; '.join(words)}</p>"
+
+
+def _early_stop_words(stop: dict) -> str:
+    """The headline's words for a run train.early_stopping ended."""
+    tested = "tested on the best, epoch " if stop.get("tested") == "best" else "best: epoch "
+    return (
+        f"<b>stopped early</b> after epoch {_e(stop.get('after_epoch', '?'))} "
+        f"(no validation gain in {_e(stop.get('patience', '?'))} epochs; "
+        f"{tested}{_e(stop.get('best_epoch', '?'))})"
+    )
 
 
 def _model_table(config: dict, evaluation: Evaluation | None) -> str:

@@ -17,7 +17,7 @@ from concurrent.futures import (
 )
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from cifar100.data.images import decode_image
 from cifar100.errors import DataError

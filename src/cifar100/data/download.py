@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from cifar100.errors import ChecksumError, DownloadError
 from cifar100.fileio import atomic_path, check_free_space, mark_used, write_json_atomic

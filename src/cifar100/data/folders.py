@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from cifar100.data.decode_pool import DecodePool
 from cifar100.data.download import file_digest

@@ -20,7 +20,7 @@ from cifar100.engine.position import ResumePosition
 from cifar100.engine.run import Run
 from cifar100.evaluate import save_predictions
 from cifar100.metrics import classification_metrics
-from cifar100.runtime.checkpoint import Checkpoint
+from cifar100.runtime.checkpoint import Checkpoint, load_weights
 from cifar100.runtime.evaluation import Evaluation
 from cifar100.runtime.inference import evaluate_model, predict_logits
 
@@ -108,7 +108,54 @@ def end_epoch(
         ckpt.val_top1 = val["top1"]
         ckpt.save(run.files.last, *([run.files.best] if improved else []))
     run.epochs_done, run.saved_at = epoch + 1, f"the end of epoch {epoch + 1}"
+    # Every rank decides early stopping alike from rank 0's best (a collective: a barrier too).
+    run.best, run.best_epoch = distributed.broadcast_object((run.best, run.best_epoch), run.dist)
     distributed.barrier(run.dist)
+
+
+def patience_spent(run: Run) -> bool:
+    """train.early_stopping: True when validation top-1 has not improved for that many epochs
+    (and epochs remain); then run.early_stop records when and why, and the run says so.
+
+    Checked before each epoch, so a stopped run resumed stays stopped (and is tested again)."""
+    t = run.cfg.train
+    done, best = run.epochs_done, run.best_epoch
+    if not t.early_stopping or not best or done >= t.epochs or done - best < t.early_stopping:
+        return False
+    reason = (
+        f"validation top-1 did not improve for {done - best} epochs (train.early_stopping="
+        f"{t.early_stopping}); the best was {run.best:.2%} at epoch {best}"
+    )
+    run.early_stop = {
+        "after_epoch": done,
+        "of_epochs": t.epochs,
+        "best_epoch": best,
+        "best_val_top1": run.best,
+        "patience": t.early_stopping,
+        "reason": reason,
+    }
+    run.say(f"stopped early after epoch {done} of {t.epochs}: {reason}")
+    return True
+
+
+def use_best_weights(run: Run) -> None:
+    """After early stopping: the model (and its EMA) as best.pt holds them, for the final test
+    (rank 0, which tests). Records which weights are tested in run.early_stop["tested"]."""
+    stop = run.early_stop
+    if stop is None or "tested" in stop or not run.dist.is_main:
+        return
+    best = run.files.best
+    if not best.is_file():  # its save failed: restore_best said so on resume
+        run.say(
+            f"note: {best} is missing, so the last weights (epoch {run.epochs_done}) are tested"
+        )
+        stop["tested"] = "last"
+        return
+    ckpt = Checkpoint.load(best)
+    load_weights(run.model, ckpt.model, best)
+    if run.ema is not None and ckpt.ema:
+        run.ema.load_state_dict(ckpt.ema)
+    stop["tested"] = "best"
 
 
 def restore_best(run: Run, ckpt: Checkpoint) -> None:
@@ -183,12 +230,16 @@ def final_test(run: Run, logits: torch.Tensor | None = None) -> dict[str, Any]:
             test["ema"] = {k: ema[k] for k in ("loss", "top1", "top5") if k in ema}
         predictions = run.files.predictions
         save_predictions(predictions, logits, test_set, fine_to_coarse, coarse)
+        stop = run.early_stop
+        best = stop is not None and stop.get("tested") == "best"
         Evaluation.of(
-            checkpoint=str(run.files.last),
-            epoch=t.epochs,
+            checkpoint=str(run.files.best if best else run.files.last),
+            # whole epochs in the tested weights
+            epoch=stop["best_epoch"] if best else stop["after_epoch"] if stop else t.epochs,
             dataset=run.splits.name,
             train_wall_s=round(run.wall_s(), 2),
             **test,
             predictions=str(predictions),
+            early_stopping=stop,  # when and why train.early_stopping ended the run
         ).write(run.files.evaluation)
     return distributed.broadcast_object(test or {}, run.dist)

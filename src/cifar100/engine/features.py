@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from cifar100.config import ModelConfig
 from cifar100.data.tensors import ImageSet

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from cifar100.data.loader import DeviceBatches
 from cifar100.data.pipeline import AugmentPipeline
 from cifar100.engine import distributed
 from cifar100.engine.ema import ModelEMA
-from cifar100.engine.epoch_end import end_epoch, save_position
+from cifar100.engine.epoch_end import end_epoch, patience_spent, save_position
 from cifar100.engine.epoch_meter import EpochMeter
 from cifar100.engine.interrupt import StepWatch
 from cifar100.engine.optim import build_optimizer, set_lr
@@ -67,7 +67,9 @@ class Phase:
 
 
 def fit(run: Run, last_epoch: int, progress: bool, watch: StepWatch) -> bool:
-    """Train epochs start_epoch..last_epoch-1; True when it stopped early (position saved)."""
+    """Train epochs start_epoch..last_epoch-1; True when it stopped early (position saved).
+
+    train.early_stopping ends it sooner with False (a finished run; run.early_stop says why)."""
     t = run.cfg.train
     batches = DeviceBatches(
         run.train_set, run.device, t.batch_size, shuffle=True, drop_last=True, seed=t.seed
@@ -82,6 +84,8 @@ def fit(run: Run, last_epoch: int, progress: bool, watch: StepWatch) -> bool:
     phase = None
     with watch.signals:
         for epoch in range(run.start_epoch, last_epoch):
+            if patience_spent(run):
+                break
             if phase is None or phase.name != phase_of(epoch, t.freeze_epochs):
                 phase = start_phase(run, epoch)
             position = run.resume_position(epoch)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifar100.data.tensors import ImageSet
-from cifar100.engine.epoch_end import end_epoch
+from cifar100.engine.epoch_end import end_epoch, patience_spent, use_best_weights
 from cifar100.engine.features import FeatureCache, cached_features
 from cifar100.engine.interrupt import StepWatch
 from cifar100.engine.optim import build_optimizer, set_lr
@@ -31,8 +31,9 @@ def fit_features(
 ) -> torch.Tensor | None:
     """Frozen-feature mode: the backbone runs once (cached), then the head trains on features.
 
-    Returns the test logits, computed from cached test features, or None when it stopped
-    early. The checkpoint is a normal full-model one (the trained head inside the model).
+    Returns the test logits, computed from cached test features (the best epoch's head when
+    train.early_stopping ended it), or None when it stopped early otherwise. The checkpoint
+    is a normal full-model one (the trained head inside the model).
     Head epochs take seconds, so a stop request is honoured at the next epoch's end.
     """
     t, model = run.cfg.train, run.model
@@ -57,6 +58,8 @@ def fit_features(
     watch.signals.unit = "head epoch"  # seconds each: a stop waits for the epoch's end
     with watch.signals:  # head epochs only: Ctrl-C during extraction stops at once
         for epoch in range(run.start_epoch, last_epoch):
+            if patience_spent(run):
+                break
             started = time.perf_counter()
             gen = seed_epoch(t.seed, epoch)  # dropout and shuffling, as in fine-tuning
             stats = train_head_epoch(
@@ -77,7 +80,9 @@ def fit_features(
             end_epoch(run, epoch, "features", stats, optimizer, started, val)
             if watch.after_epoch():
                 return None
-    if last_epoch < t.epochs:
+    if run.early_stop is not None:
+        use_best_weights(run)  # the best epoch's head gives the test logits
+    elif last_epoch < t.epochs:
         return None
     return head_logits(model.head, feats(run.splits.test, "test"))
 

@@ -28,6 +28,8 @@ class TrainResult:
     wall_s: float
     stopped: str | None = None  # why it stopped early: "SIGINT", "SIGTERM" or a limit's name
     saved_at: str = ""  # where last.pt stands, e.g. "epoch 3, step 120 of 390"
+    # train.early_stopping ended it (a finished run, tested on its best epoch): when and why
+    early_stop: dict[str, Any] | None = None
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Run:
     ema: ModelEMA | None = field(default=None, repr=False)
     epochs_done: int = 0
     saved_at: str = ""  # where last.pt stands, for messages
+    early_stop: dict[str, Any] | None = None  # set when train.early_stopping ends the run
     wall_before: float = 0.0  # seconds the run took in earlier sessions (before a resume)
     session_start: float = field(default_factory=time.perf_counter)
     threads_fitted: float = field(default_factory=time.perf_counter)  # when last fitted

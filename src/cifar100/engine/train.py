@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from cifar100.config import Config, validate
 from cifar100.cpu_threads import fit_threads
@@ -28,7 +28,7 @@ from cifar100.data import load_data, split_holdout
 from cifar100.data.tensors import fine_to_coarse
 from cifar100.display_text import visible
 from cifar100.engine import distributed
-from cifar100.engine.epoch_end import final_test, restore_best
+from cifar100.engine.epoch_end import final_test, restore_best, use_best_weights
 from cifar100.engine.finetune import fit
 from cifar100.engine.head_training import fit_features
 from cifar100.engine.interrupt import SignalStop, StepWatch
@@ -137,10 +137,11 @@ def _run(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart,
         stopped = logits is None
     else:
         logits, stopped = None, fit(run, last, progress, watch)
-    if stopped or last < cfg.train.epochs:
+    if stopped or (last < cfg.train.epochs and run.early_stop is None):
         reason = watch.reason or "stop_after_epochs"
         wall = time.perf_counter() - start
         return TrainResult(run_dir, {}, run.epochs_done, wall, reason, run.saved_at)
+    use_best_weights(run)  # after early stopping only
     test = final_test(run, logits)
     wall = time.perf_counter() - start
     top5 = f", top-5 {test['top5']:.2%}" if test.get("top5") is not None else ""
@@ -148,7 +149,7 @@ def _run(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart,
         f"test top-1 {test['top1']:.2%}{top5} ({len(run.splits.test)} images); this session "
         f"{wall:.0f} s; run saved in {run_dir} (cifar100 report {run_dir} for its page)"
     )
-    return TrainResult(run_dir, test, cfg.train.epochs, wall)
+    return TrainResult(run_dir, test, run.epochs_done, wall, early_stop=run.early_stop)
 
 
 def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart) -> Run:

@@ -30,10 +30,10 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
-import cifar100
 from cifar100.errors import ModelError
 from cifar100.fileio import atomic_path
 from cifar100.runtime.tensor_names import INPUT, OUTPUTS
+from cifar100.version import __version__  # not `import cifar100`: its API imports export
 
 BATCH_AXIS = "batch"
 # torchlib's own opset in torch 2.13 (its default, 20, adds a version-conversion pass). The
@@ -173,7 +173,7 @@ def _describe(proto: onnx.ModelProto, image_size: int, metadata: dict[str, str])
     """Names, doc strings and metadata, so the file explains itself to whoever opens it."""
     num_classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     proto.producer_name = "cifar100"
-    proto.producer_version = f"{cifar100.__version__} (torch {torch.__version__})"
+    proto.producer_version = f"{__version__} (torch {torch.__version__})"
     proto.graph.name = "cifar100_classifier"
     proto.doc_string = (
         f"Image classifier over {num_classes} classes. Input {INPUT!r}: uint8 RGB pixels "

@@ -25,12 +25,12 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
-import cifar100
 from cifar100.display_text import display_name, visible
 from cifar100.errors import ModelError, WriteError
 from cifar100.export.job import ExportJob, ExportResult
 from cifar100.export.onnx_export import write_onnx_export
 from cifar100.fileio import check_free_space, check_writable, write_failure
+from cifar100.version import __version__  # not `import cifar100`: its API imports export
 
 # A directory name and a URL path segment (/v2/models/<name>); Triton itself refuses "/" and
 # "..", and a leading dot would hide the entry (and clash with the temporary directories).
@@ -222,7 +222,7 @@ def _config_text(
     input_blocks = ",\n".join(block(t, image_format(t)) for t in inputs)
     output_blocks = ",\n".join(block(t, label(t)) for t in outputs)
     return (
-        f"# Written by cifar100 {cifar100.__version__} from {source}; inputs and outputs are\n"
+        f"# Written by cifar100 {__version__} from {source}; inputs and outputs are\n"
         "# the ONNX graph's own. Instances: Triton's default (one per GPU, else the CPU).\n"
         f"name: {_quote(name)}\n"
         'platform: "onnxruntime_onnx"\n'

@@ -118,6 +118,13 @@ class Evaluation:
         return value if isinstance(value, dict) else {}
 
     @property
+    def early_stopping(self) -> dict[str, Any] | None:
+        """When and why train.early_stopping ended the run (after_epoch, of_epochs, best_epoch,
+        patience, reason), where it did; the tested weights are then best_epoch's."""
+        value = self.record.get("early_stopping")
+        return value if isinstance(value, dict) else None
+
+    @property
     def ema_top1(self) -> float | None:
         return _number(self.ema.get("top1"))
 

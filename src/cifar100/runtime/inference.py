@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from cifar100.data.augment import to_float_nchw
 from cifar100.data.tensors import ImageSet
