@@ -48,7 +48,9 @@ def train(
     Returns the run (TrainingRun): its test metrics, files, model, and how it ended.
     """
     # Imported here, not above: the engine loads torch, and this keeps `import cifar100` light.
+    from cifar100.cpu_threads import fit_threads
     from cifar100.engine.train import train as train_run
+    from cifar100.runtime.run_dir import recorded_threads
     from cifar100.runtime.training_run import TrainingRun
 
     if resume is not None:
@@ -58,9 +60,12 @@ def train(
                 "resume= continues a run with its saved config; drop "
                 + ", ".join(given + list(settings))
             )
+        # The run's own thread count (the engine keeps its checkpoint's), as the CLI does.
+        fit_threads(keep=recorded_threads(_path(resume)))
         result = train_run(resume=_path(resume), cache_dir=cache_dir, progress=progress)
     else:
         cfg = make_config(preset, config, **settings)
+        fit_threads()  # the cores other work leaves free, as the CLI does
         result = train_run(
             cfg, out=out, cache_dir=cache_dir, progress=progress, runs_root=runs_root
         )
