@@ -55,7 +55,12 @@ def test_train_says_the_estimate_before_it_starts(monkeypatch, capsys):
 
     said_before = []
 
-    def fake_train(cfg, **kwargs):
+    def fake_train(cfg, before_epochs=None, **kwargs):
+        """The engine: sets the run up (where a bad input stops it), then calls before_epochs
+        ahead of its first epoch."""
+        capsys.readouterr()
+        if before_epochs is not None:
+            before_epochs(cfg)
         said_before.append(capsys.readouterr().err)
         return SimpleNamespace(stopped=None)
 
@@ -102,3 +107,17 @@ def test_bench_says_what_it_will_do_and_roughly_how_long(monkeypatch, capsys):
 @pytest.mark.parametrize("seconds, text", [(40, "40 s"), (600, "10 min"), (100440, "27.9 h")])
 def test_durations_read_as_a_person_says_them(seconds, text):
     assert estimate.duration(seconds) == text
+
+
+def test_a_bad_input_is_one_line_before_any_estimate(monkeypatch, tmp_path, capsys):
+    """The estimate comes once the run is set up: a weights file that is not one is refused
+    at once, in one line, not after seconds of timing."""
+    monkeypatch.delenv("CIFAR100_NO_ESTIMATE")
+    timed = []
+    monkeypatch.setattr(estimate, "time_steps", lambda cfg, device: timed.append(1) or SLOW_CPU)
+    (tmp_path / "weights.pth").write_text("not weights")
+    argv = ["train", "--preset", "cpu-finetune", "--device", "cpu", "--dataset", "cifar10",
+            "--data", str(tmp_path / "missing.tar.gz"), "--out", str(tmp_path / "run")]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("note:")]
+    assert len(err) == 1 and "missing.tar.gz" in err[0] and timed == []

@@ -71,14 +71,15 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         check_not_finished(Path(args.out))
     use_free_cores(say=True)
-    if not (args.no_estimate or os.environ.get(NO_ESTIMATE_ENV)) and single_process():
-        say_estimate(cfg)
+    estimate = not (args.no_estimate or os.environ.get(NO_ESTIMATE_ENV)) and single_process()
     result = train(
         cfg,
         out=args.out,
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
         runs_root=args.runs_root,
+        # once the data and model are set up (a bad input is its one error line, at once)
+        before_epochs=say_estimate if estimate else None,
     )
     return _exit_code(result)
 

@@ -16,6 +16,7 @@ import dataclasses
 import io
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,12 @@ def train(
     runs_root: str | Path = "runs",
     stop_after_epochs: int | None = None,
     stop_after_steps: int | None = None,
+    before_epochs: Callable[[Config], None] | None = None,
 ) -> TrainResult:
     """Train `cfg` into a new run directory, or continue the run at `resume`.
+
+    before_epochs: called with the config once a new run is set up (its data read, its model
+    built: the user's inputs checked), before its first epoch, on rank 0 (the CLI's estimate).
 
     A run stopped early (a signal, or stop_after_*) returns with `stopped` set and its
     position in last.pt; test metrics come only when every epoch is done.
@@ -86,7 +91,7 @@ def train(
                 )
             state = None if restart else Checkpoint.load(RunDir(run_dir).last)
         return _run(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart,
-                    stop_after_epochs, stop_after_steps)  # fmt: skip
+                    stop_after_epochs, stop_after_steps, before_epochs)  # fmt: skip
     except WriteError as e:
         files = RunDir(run_dir)
         if not files.is_run():
@@ -121,9 +126,11 @@ def _lock(run_dir: Path, dist_info) -> RunLock | None:
 
 
 def _run(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart,
-         stop_after_epochs, stop_after_steps) -> TrainResult:  # fmt: skip
+         stop_after_epochs, stop_after_steps, before_epochs=None) -> TrainResult:  # fmt: skip
     start = time.perf_counter()
     run = _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart)
+    if before_epochs is not None and state is None and dist_info.is_main:
+        before_epochs(cfg)
     run.session_start = start  # data loading and model set-up count too
     last = cfg.train.epochs
     if stop_after_epochs is not None:
