@@ -13,14 +13,13 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from cifar100.bench import cpu_name, timed
+from cifar100.bench import cpu_name
 from cifar100.config import Config, ModelConfig, TrainConfig
 from cifar100.data.cifar_sources import SOURCES
 from cifar100.engine.optim import build_optimizer
+from cifar100.engine.throughput import time_steps_of
 from cifar100.models.registry import build_model
-from cifar100.runtime.device import autocast
 
 CPU_PRESETS = ("cpu-finetune", "cpu")  # the presets made for a machine without a GPU
 CPU_ADVICE = (
@@ -89,23 +88,8 @@ def time_model(
     x = (torch.rand(batch, 3, size, size, device=device) * 255).contiguous(memory_format=fmt)
     y = torch.randint(0, classes, (batch,), device=device)
     optimizer = build_optimizer([model], train_cfg, "finetune")
-
-    def train_step():
-        with autocast(device, train_cfg.amp):
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    @torch.no_grad()
-    def infer():
-        with autocast(device, train_cfg.amp):
-            model(x)
-
-    model.train()
-    train_s = timed(train_step, warmup, steps, device)
-    model.eval()
-    infer_s = timed(infer, warmup, steps, device)
+    train_s, infer_s = time_steps_of(model, model, optimizer, x, y, device, train_cfg.amp,
+                                     warmup, steps)  # fmt: skip
     names = {"cuda": lambda: torch.cuda.get_device_name(device), "mps": lambda: "Apple MPS"}
     name = names.get(device.type, cpu_name)()
     return StepTimes(train_s / batch, infer_s / batch, batch, steps, device.type, name)

@@ -66,8 +66,24 @@ def measure(
     if not variant.fused:
         optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
 
+    train_s, infer_s = time_steps_of(model, step_model, optimizer, x, y, device, variant.amp,
+                                     warmup, steps)  # fmt: skip
+    return {
+        "variant": variant.name,
+        "train_img_s": batch_size / train_s,
+        "infer_img_s": batch_size / infer_s,
+    }
+
+
+def time_steps_of(
+    model: torch.nn.Module, step_model, optimizer, x: torch.Tensor, y: torch.Tensor,
+    device: torch.device, amp: bool, warmup: int, steps: int,
+) -> tuple[float, float]:  # fmt: skip
+    """Median seconds of one training step and of one inference batch on (x, y), after
+    `warmup` calls each; `step_model` is what is called (`model` itself, or compiled)."""
+
     def train_step():
-        with autocast(device, variant.amp):
+        with autocast(device, amp):
             loss = F.cross_entropy(step_model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -75,18 +91,13 @@ def measure(
 
     @torch.no_grad()
     def infer():
-        with autocast(device, variant.amp):
+        with autocast(device, amp):
             step_model(x)
 
     model.train()
     train_s = timed(train_step, warmup, steps, device)
     model.eval()
-    infer_s = timed(infer, warmup, steps, device)
-    return {
-        "variant": variant.name,
-        "train_img_s": batch_size / train_s,
-        "infer_img_s": batch_size / infer_s,
-    }
+    return train_s, timed(infer, warmup, steps, device)
 
 
 def run_bench(
