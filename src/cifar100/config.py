@@ -100,6 +100,9 @@ class TrainConfig:
     # Stop when validation top-1 has not improved for this many epochs, then test the best
     # epoch's weights (best.pt); 0: off, every epoch is trained.
     early_stopping: int = 0
+    # The share of validation images the "none of these" threshold accepts (runtime/trust.py),
+    # fitted at each epoch's end with the temperature that calibrates the probabilities.
+    ood_acceptance: float = 0.95
 
 
 @dataclass
@@ -293,6 +296,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.log_every": (1, None, True, True),
     "train.checkpoint_minutes": (0, None, True, True),
     "train.early_stopping": (0, None, True, True),  # patience in epochs; 0 is off
+    "train.ood_acceptance": (0, 1, False, True),
 }
 
 

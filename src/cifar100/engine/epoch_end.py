@@ -19,10 +19,11 @@ from cifar100.engine import distributed
 from cifar100.engine.position import ResumePosition
 from cifar100.engine.run import Run
 from cifar100.evaluate import save_predictions
-from cifar100.metrics import classification_metrics
+from cifar100.metrics import accuracy, classification_metrics
 from cifar100.runtime.checkpoint import Checkpoint, load_weights
 from cifar100.runtime.evaluation import Evaluation
 from cifar100.runtime.inference import evaluate_model, predict_logits
+from cifar100.runtime.trust import fit_trust
 
 
 def checkpoint_of(run: Run, optimizer, phase: str, epochs_done: int) -> Checkpoint:
@@ -67,13 +68,18 @@ def refit(run: Run) -> None:
 
 
 def end_epoch(
-    run: Run, epoch: int, phase: str, stats: dict, optimizer, started: float, val=None
+    run: Run, epoch: int, phase: str, stats: dict, optimizer, started: float, val_logits=None
 ) -> None:
-    """Validate (unless `val` is given), log and checkpoint (rank 0); the other ranks wait."""
+    """Validate (on `val_logits` where given), log and checkpoint (rank 0) with the
+    temperature and "none of these" rule fitted on validation; the other ranks wait."""
     t = run.cfg.train
     if run.dist.is_main:
-        if val is None:
-            val = evaluate_model(run.model, run.val_set, run.device, t.eval_batch_size, t.amp)
+        if val_logits is None:
+            val_logits = predict_logits(run.model, run.val_set.images, run.device,
+                                        t.eval_batch_size, t.amp)  # fmt: skip
+        val = accuracy(val_logits, run.val_set.labels)
+        temperature, rule = fit_trust(val_logits, run.val_set.labels, t.ood_acceptance)
+        run.info.temperature, run.info.ood = temperature, rule and rule.to_json()
         record = {
             "epoch": epoch + 1,
             "phase": phase,

@@ -43,7 +43,7 @@ def fit_features(
     feats = _feature_source(run, progress)
     train_x = feats(run.train_set, "train", t.feature_flip).to(run.device)
     train_y = run.train_set.labels.repeat(2 if t.feature_flip else 1).to(run.device)
-    val_x, val_y = feats(run.val_set, "val"), run.val_set.labels
+    val_x = feats(run.val_set, "val")
     optimizer = build_optimizer([model.head], t, "features")
     saved = run.optimizer_state("features", run.start_epoch)
     if saved is not None:
@@ -76,8 +76,8 @@ def fit_features(
             if not math.isfinite(stats["train_loss"]):
                 raise TrainingError(f"epoch {epoch + 1}: the loss is not finite; lower train.lr")
             stats.pop("steps", None)
-            val = evaluate_head(model.head, val_x, val_y)
-            end_epoch(run, epoch, "features", stats, optimizer, started, val)
+            val_logits = head_logits(model.head, val_x)
+            end_epoch(run, epoch, "features", stats, optimizer, started, val_logits)
             if watch.after_epoch():
                 return None
     if run.early_stop is not None:

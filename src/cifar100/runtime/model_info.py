@@ -13,6 +13,7 @@ from typing import Any
 from cifar100.config import Config, ModelConfig, from_dict
 from cifar100.errors import CheckpointError
 from cifar100.runtime.evaluation import Evaluation
+from cifar100.runtime.ood_rule import OodRule
 from cifar100.runtime.run_dir import RunDir, file_evaluations
 
 FORMAT = "cifar100-model"
@@ -43,6 +44,11 @@ class ModelInfo:
     commit: str | None = None  # the cifar100 git commit that trained it
     imported_from: str | None = None  # a Keras file it was imported from
     ema_updates: int | None = None  # the checkpoint also holds an EMA of the weights, this old
+    # Fitted on the validation split with these weights (runtime/trust.py): the temperature
+    # that calibrates the probabilities, and the "none of these" rule (an OodRule's JSON).
+    # None in models saved before they existed: probabilities uncalibrated, no verdict.
+    temperature: float | None = None
+    ood: dict[str, Any] | None = None
 
     @property
     def model(self) -> ModelConfig:
@@ -56,6 +62,10 @@ class ModelInfo:
     @property
     def has_ema(self) -> bool:
         return self.ema_updates is not None
+
+    @property
+    def ood_rule(self) -> OodRule | None:
+        return OodRule.from_json(self.ood)
 
     @property
     def backbone(self) -> str:
@@ -169,4 +179,12 @@ class ModelInfo:
                 f"{source}: its classes or image size are not usable (classes must be distinct "
                 f"names, the size 8..1024 px; got {len(self.classes or [])} classes, size "
                 f"{self.image_size!r})"
+            )
+        t = self.temperature
+        if t is not None and not (
+            isinstance(t, int | float) and not isinstance(t, bool) and 0 < t < float("inf")
+        ):
+            raise CheckpointError(
+                f"{source}: its temperature {t!r} is not a positive number; evaluate the run "
+                "again to fit it"
             )

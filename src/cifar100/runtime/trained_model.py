@@ -4,7 +4,8 @@
     model = cifar100.load("runs/20261201-120000-cpu-finetune")  # or a .pt, .safetensors, .onnx
     model.classes, model.image_size, model.test_top1
     model.predict(["cat.jpg", pil_image, uint8_array], k=5)[0].top    # [("cat", 0.91), ...]
-    model.probabilities(images)                                        # (N, classes) float32
+    model.probabilities(images)              # (N, classes) float32, calibrated (temperature)
+    model.predict(images)[0].none_of_these   # True: the image is none of its classes
 
 Images are prepared by the function that prepared the training images (data.images), and run
 through the one batched inference loop (inference.py), with PyTorch or ONNX Runtime.
@@ -30,6 +31,8 @@ from cifar100.runtime.device import select_device, tune_backends
 from cifar100.runtime.inference import model_batches, run_batches, with_flip
 from cifar100.runtime.model_files import READERS
 from cifar100.runtime.model_info import ModelInfo
+from cifar100.runtime.ood_rule import OodRule
+from cifar100.runtime.trust import Scores, score_logits
 
 __all__ = ["Prediction", "TrainedModel", "load"]
 
@@ -41,6 +44,11 @@ class Prediction:
     top: list[tuple[str, float]] = field(default_factory=list)  # (class, probability)
     name: str | None = None  # the file it came from, where it came from one
     error: str | None = None
+    # How unlike the training images it is (runtime/trust.py: higher is less like them), and
+    # the verdict: True when it is none of the classes. None for a model saved without the
+    # statistics (before they existed): the score is unavailable.
+    ood_score: float | None = None
+    none_of_these: bool | None = None
 
     @property
     def label(self) -> str | None:
@@ -50,9 +58,12 @@ class Prediction:
         """The JSON `cifar100 predict --json` prints, one object per image."""
         if self.error is not None:
             return {"path": self.name, "error": self.error}
+        score = None if self.ood_score is None else round(self.ood_score, 6)
         return {
             "path": self.name,
             "predictions": [{"class": c, "probability": round(p, 6)} for c, p in self.top],
+            "ood_score": score,
+            "none_of_these": self.none_of_these,
         }
 
 
@@ -110,21 +121,45 @@ class TrainedModel:
         fn = with_flip(self._batches) if tta_flip else self._batches
         return run_batches(pixels, batch_size, fn, self.device, progress, "predicting")
 
+    @property
+    def temperature(self) -> float | None:
+        """What calibrates its probabilities (fitted on validation); None: uncalibrated."""
+        return self.info.temperature
+
+    @property
+    def ood_rule(self) -> OodRule | None:
+        """When an image is "none of these"; None for a model saved without it."""
+        return self.info.ood_rule
+
+    def scores(self, logits: Any) -> Scores:
+        """Calibrated probabilities, OOD scores and verdicts of raw logits (N, classes)."""
+        return score_logits(torch.as_tensor(logits), self.temperature, self.ood_rule)
+
     def probabilities(self, images: Any, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities (N, classes), float32, of images of any kind (see `prepare`)."""
-        return self.logits(self.prepare(images), batch_size).softmax(1).numpy()
+        """Calibrated class probabilities (N, classes), float32, of images of any kind (see
+        `prepare`): softmax(logits / temperature). `logits` gives the raw ones."""
+        return self.scores(self.logits(self.prepare(images), batch_size)).probabilities.numpy()
 
     def predict(self, images: Any, k: int = 5, batch_size: int = 256) -> list[Prediction]:
-        """The top-k classes of each image, most probable first."""
+        """The top-k classes of each image, most probable first, with the OOD verdict."""
         return self.top(self.logits(self.prepare(images), batch_size), k)
 
     def top(self, logits: Any, k: int = 5) -> list[Prediction]:
-        """The top-k classes of each row of logits (N, classes), most probable first: what
-        `predict` gives, for logits computed elsewhere (the service's batches)."""
-        top = torch.as_tensor(logits).softmax(1).topk(min(k, len(self.classes)), dim=1)
+        """The top-k classes of each row of logits (N, classes), most probable first, and the
+        OOD score and verdict: what `predict` gives, for logits computed elsewhere (the
+        service's batches)."""
+        scores = self.scores(logits)
+        top = scores.probabilities.topk(min(k, len(self.classes)), dim=1)
+        known = self.ood_rule is not None
         return [
-            Prediction([(self.classes[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())])
-            for v, ix in zip(top.values, top.indices)
+            Prediction(
+                [(self.classes[i], float(p)) for p, i in zip(v.tolist(), ix.tolist())],
+                ood_score=float(score) if known else None,
+                none_of_these=bool(verdict) if known else None,
+            )
+            for v, ix, score, verdict in zip(
+                top.values, top.indices, scores.ood_score.tolist(), scores.none_of_these.tolist()
+            )
         ]
 
 
