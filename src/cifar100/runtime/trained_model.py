@@ -135,6 +135,23 @@ class TrainedModel:
         """Calibrated probabilities, OOD scores and verdicts of raw logits (N, classes)."""
         return score_logits(torch.as_tensor(logits), self.temperature, self.ood_rule)
 
+    def explain(
+        self, images: Any, class_index: int | list[int] | None = None, method: str = "gradcam"
+    ) -> np.ndarray:
+        """Where the model looked: maps (N, size, size) float32 in [0, 1] over the prepared
+        images (see `prepare`), for `class_index` (one for all, one per image, or None: each
+        image's predicted class), by runtime/explain.py's `method` (gradcam | occlusion).
+        A model run by PyTorch only (an ONNX export has no gradients to follow)."""
+        if self.module is None:
+            raise ModelError(
+                f"{self.source}: explanations need the PyTorch model; load its checkpoint or "
+                "safetensors export instead"
+            )
+        # Captum on first use: importing it adds about 0.4 s to every load of a model.
+        from cifar100.runtime.explain import explain
+
+        return explain(self.module, torch.as_tensor(self.prepare(images)), class_index, method)
+
     def probabilities(self, images: Any, batch_size: int = 256) -> np.ndarray:
         """Calibrated class probabilities (N, classes), float32, of images of any kind (see
         `prepare`): softmax(logits / temperature). `logits` gives the raw ones."""

@@ -1,0 +1,122 @@
+"""Where the model looked: class-activation maps of a torch classifier, by Captum (the PyTorch
+project's interpretability library).
+
+    maps = explain(model, pixels, class_index=None, method="gradcam")   # (N, H, W) in [0, 1]
+    overlay(pixels[0], maps[0])                                         # uint8 (H, W, 3)
+
+Two methods, both through Captum, on every registered backbone alike:
+- gradcam (Selvaraju et al. 2017): the gradient of the class's logit, averaged per channel,
+  weighting the backbone's last feature map (the backbone's own output, before pooling, which
+  every backbone here has); one forward and one backward pass per batch.
+- occlusion (Zeiler & Fergus 2014): gradient-free; how much the class's probability falls
+  when a square of the image is greyed out, slid over the image. Slower (one forward pass
+  per position), but it explains the input pixels themselves and needs no layer.
+
+Captum rather than `grad-cam` (jacobgil/pytorch-grad-cam): grad-cam requires torchvision,
+which does not import beside the torch this project pins, and OpenCV; Captum needs only
+torch, numpy and matplotlib, which are already here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from captum.attr import LayerAttribution, LayerGradCam, Occlusion
+from torch import nn
+
+from cifar100.errors import ModelError
+
+__all__ = ["METHODS", "explain", "overlay"]
+
+METHODS = ("gradcam", "occlusion")
+
+
+def explain(
+    model: nn.Module,
+    pixels: torch.Tensor,
+    class_index: int | list[int] | None = None,
+    method: str = "gradcam",
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Maps (N, H, W) float32 in [0, 1] of uint8 images (N, H, W, 3) for `class_index` (one
+    class for all, one per image, or None: each image's predicted class); each map scaled so
+    that its largest value is 1 (0 everywhere where nothing supports the class).
+
+    `model`: raw pixels (N, 3, H, W) in 0..255 -> logits, with a `backbone` whose output is
+    the last feature map (models.head.Classifier). Runs on the model's device, in eval mode
+    (the caller's mode is restored)."""
+    if method not in METHODS:
+        raise ModelError(f"explanation method {method!r}: choose {' or '.join(METHODS)}")
+    pixels = torch.as_tensor(pixels)
+    if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise ModelError(f"expected uint8 images (N, H, W, 3), got {tuple(pixels.shape)}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        out = [
+            _explain_batch(model, pixels[lo : lo + batch_size], class_index, lo, method, device)
+            for lo in range(0, len(pixels), batch_size)
+        ]
+    finally:
+        model.train(was_training)
+    if not out:
+        return np.zeros((0, *pixels.shape[1:3]), np.float32)
+    return np.concatenate(out)
+
+
+def _explain_batch(model, batch, class_index, start, method, device) -> np.ndarray:
+    x = batch.to(device).permute(0, 3, 1, 2).float().contiguous()
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    target = _targets(class_index, predicted, start, len(batch), model)
+    if method == "gradcam":
+        cam = LayerGradCam(model, model.backbone).attribute(
+            x, target=target, relu_attributions=True
+        )
+        maps = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
+    else:
+        side = max(2, x.shape[-1] // 8)  # a square an eighth of the image, half-overlapping
+
+        def probability(inputs: torch.Tensor) -> torch.Tensor:
+            return model(inputs).float().softmax(1)
+
+        maps = (
+            Occlusion(probability)
+            .attribute(
+                x,
+                sliding_window_shapes=(3, side, side),
+                strides=(3, max(1, side // 2), max(1, side // 2)),
+                baselines=127.5,  # mid-grey: what "nothing here" looks like in raw pixels
+                target=target,
+                perturbations_per_eval=16,
+            )
+            .sum(1, keepdim=True)
+        )
+    maps = maps.detach().float().clamp(min=0)[:, 0]
+    peak = maps.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
+    return (maps / peak).cpu().numpy().astype(np.float32)
+
+
+def _targets(class_index, predicted, start, n, model) -> torch.Tensor:
+    classes = model.num_classes if hasattr(model, "num_classes") else None
+    if class_index is None:
+        return predicted
+    if isinstance(class_index, int):
+        chosen = [class_index] * n
+    else:
+        chosen = list(class_index)[start : start + n]
+    for c in chosen:
+        if not isinstance(c, int) or isinstance(c, bool) or (classes and not 0 <= c < classes):
+            raise ModelError(f"class index {c!r}: a class number 0..{(classes or 1) - 1}")
+    return torch.tensor(chosen, device=predicted.device)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The image (H, W, 3) uint8 with `heatmap` (H, W) in [0, 1] over it in matplotlib's
+    'jet' colours, weighted by the map itself (cold regions leave the image as it was)."""
+    from matplotlib import colormaps  # matplotlib's colours only: not its pyplot state
+
+    colours = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3] * 255
+    weight = alpha * np.clip(heatmap, 0, 1)[..., None]
+    return (image.astype(np.float32) * (1 - weight) + colours * weight).round().astype(np.uint8)
