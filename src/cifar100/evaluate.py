@@ -10,14 +10,16 @@ import numpy as np
 import torch
 
 from cifar100.data import load_data
-from cifar100.data.tensors import ImageSet, fine_to_coarse
+from cifar100.data.tensors import ImageSet, fine_to_coarse, split_holdout
 from cifar100.errors import CifarError, DataError
 from cifar100.metrics import classification_metrics
 from cifar100.paths import resolve_cache_dir
 from cifar100.predictions_file import read_predictions, write_predictions
+from cifar100.runtime.checkpoint import Checkpoint
 from cifar100.runtime.evaluation import Evaluation
 from cifar100.runtime.run_dir import RunDir, file_predictions, read_json_or_none
-from cifar100.runtime.trained_model import load
+from cifar100.runtime.trained_model import TrainedModel, load
+from cifar100.runtime.trust import fit_trust, ood_record
 
 
 def variant_suffix(which: str = "last", tta_flip: bool = False, ema: bool = False) -> str:
@@ -65,8 +67,13 @@ def evaluate_checkpoint(
     mapping = info.fine_to_coarse or fine_to_coarse(test)
     coarse = info.coarse_classes or test.coarse_classes
     batch_size = batch_size or cfg.train.eval_batch_size
+    fitted = None
+    if not (ema or tta_flip or data_path) and info.temperature is None:
+        fitted = fit_older_checkpoint(model, splits.train, batch_size, progress)
     logits = model.logits(test.images, batch_size, tta_flip, progress)
-    metrics = classification_metrics(logits, test.labels, test.classes, mapping, coarse)
+    metrics = classification_metrics(logits, test.labels, test.classes, mapping, coarse,
+                                     info.temperature)  # fmt: skip
+    metrics["ood"] = ood_record(model.ood_rule, logits)
     if not ema and not tta_flip and info.has_ema:
         average = load(model.source, device=device, ema=True)
         summary = classification_metrics(average.logits(test.images, batch_size), test.labels,
@@ -84,6 +91,8 @@ def evaluate_checkpoint(
     # Variants keep their logits only: the images (30 MB for CIFAR-100) are the plain one's.
     save_predictions(predictions_path, logits, test, mapping, coarse, images=variant == "")
     extra: dict[str, Any] = {"tta": "flip" if tta_flip else "none", "runtime": model.runtime}
+    if fitted:
+        extra["fitted_now"] = fitted
     if ema:
         extra["weights"] = "ema"
         extra["ema_updates"] = info.ema_updates
@@ -99,6 +108,30 @@ def evaluate_checkpoint(
         agreement=agreement,
         predictions=str(predictions_path),
     )
+
+
+def fit_older_checkpoint(
+    model: TrainedModel, train: ImageSet, batch_size: int, progress: bool
+) -> dict[str, Any] | None:
+    """For a checkpoint saved before models kept them: the temperature and the "none of these"
+    rule fitted now on its validation split (the one training held out: same fraction, same
+    seed) and saved into the checkpoint, so its exports carry them too. What was fitted, or
+    None where nothing can be (an export, no validation split)."""
+    info, source = model.info, model.source
+    cfg = info.config
+    if source.suffix != ".pt" or model.module is None or not cfg.data.val_fraction:
+        return None
+    _, val = split_holdout(train, cfg.data.val_fraction, cfg.train.seed)
+    val_logits = model.logits(val.images, batch_size, progress=progress)
+    temperature, rule = fit_trust(val_logits, val.labels, cfg.train.ood_acceptance)
+    if temperature is None:
+        return None
+    ckpt = Checkpoint.load(source)
+    ckpt.info.temperature, ckpt.info.ood = temperature, rule and rule.to_json()
+    ckpt.save(source)
+    info.temperature, info.ood = ckpt.info.temperature, ckpt.info.ood
+    return {"temperature": temperature, "ood": info.ood, "saved_in": str(source),
+            "validation_images": len(val)}  # fmt: skip
 
 
 def _train_wall(run: str | None, epoch: int | None) -> float | None:
