@@ -13,7 +13,7 @@ import torch
 import cifar100
 from cifar100 import cli
 from cifar100.calibration import fit_temperature, scores
-from cifar100.errors import CheckpointError
+from cifar100.errors import CheckpointError, DataError
 from cifar100.runtime.checkpoint import Checkpoint
 from cifar100.runtime.evaluation import Evaluation
 from cifar100.runtime.ood_rule import OodRule
@@ -127,3 +127,19 @@ def test_a_record_with_an_unusable_temperature_is_refused_in_one_line(tiny_train
     ckpt.save(tmp_path / "m.pt")
     with pytest.raises(CheckpointError, match=r"temperature -1.0 is not a positive number"):
         cifar100.load(tmp_path / "m.pt")
+
+
+@pytest.mark.slow
+def test_evaluate_fits_the_rule_again_at_another_acceptance(tiny_run_copy, capsys):
+    run, cache = tiny_run_copy, tiny_run_copy.parent / "cache"
+    argv = ["evaluate", str(run), "--cache-dir", str(cache), "--no-progress"]
+    assert cli.main([*argv, "--ood-acceptance", "0.5"]) == 0
+    assert "accepted 50% of validation" in capsys.readouterr().out
+    assert OodRule.from_json(Checkpoint.load(run / "last.pt").info.ood).acceptance == 0.5
+    for bad in ("0", "1.5", "nan", "x"):
+        with pytest.raises(SystemExit) as e:
+            cli.main([*argv, "--ood-acceptance", bad])
+        assert e.value.code == 2
+    assert "share in (0, 1]" in capsys.readouterr().err
+    with pytest.raises(DataError, match="without --ema, --tta or --data"):
+        cifar100.evaluate(run, tta=True, ood_acceptance=0.9, cache_dir=cache, progress=False)

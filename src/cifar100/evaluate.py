@@ -43,6 +43,7 @@ def evaluate_checkpoint(
     tta_flip: bool = False,
     ema: bool = False,
     predictions_path: str | Path | None = None,
+    ood_acceptance: float | None = None,
 ) -> Evaluation:
     """Evaluate a trained model (a run directory's checkpoint, a checkpoint, or an export) on
     its data's test split (or the data at `data_path`).
@@ -50,7 +51,13 @@ def evaluate_checkpoint(
     Also writes the test predictions (see `save_predictions`) to `predictions_path`, by
     default RUN_DIR/predictions{variant}.npz or FILE.predictions{variant}.npz. When the
     checkpoint keeps an EMA, the plain evaluation also reports it (as training does).
+
+    A checkpoint saved without a temperature and a "none of these" rule (before they existed)
+    gets them fitted on its validation split and saved into it; `ood_acceptance` fits them
+    again, the rule to accept that share of the validation images.
     """
+    if ood_acceptance is not None and not 0 < ood_acceptance <= 1:
+        raise DataError(f"ood_acceptance {ood_acceptance!r}: a share in (0, 1], e.g. 0.95")
     model = load(target, device=device, checkpoint=which, ema=ema)
     info, cfg = model.info, model.info.config
     data_cfg = replace(cfg.data, path=data_path) if data_path else cfg.data
@@ -68,8 +75,14 @@ def evaluate_checkpoint(
     coarse = info.coarse_classes or test.coarse_classes
     batch_size = batch_size or cfg.train.eval_batch_size
     fitted = None
-    if not (ema or tta_flip or data_path) and info.temperature is None:
-        fitted = fit_older_checkpoint(model, splits.train, batch_size, progress)
+    if ood_acceptance is not None or info.temperature is None:
+        if ood_acceptance is not None and (ema or tta_flip or data_path):
+            raise DataError(
+                "--ood-acceptance fits the checkpoint's rule on its own validation split: "
+                "give it without --ema, --tta or --data"
+            )
+        if not (ema or tta_flip or data_path):
+            fitted = fit_checkpoint(model, splits.train, batch_size, progress, ood_acceptance)
     logits = model.logits(test.images, batch_size, tta_flip, progress)
     metrics = classification_metrics(logits, test.labels, test.classes, mapping, coarse,
                                      info.temperature)  # fmt: skip
@@ -110,20 +123,32 @@ def evaluate_checkpoint(
     )
 
 
-def fit_older_checkpoint(
-    model: TrainedModel, train: ImageSet, batch_size: int, progress: bool
+def fit_checkpoint(
+    model: TrainedModel,
+    train: ImageSet,
+    batch_size: int,
+    progress: bool,
+    acceptance: float | None = None,
 ) -> dict[str, Any] | None:
-    """For a checkpoint saved before models kept them: the temperature and the "none of these"
-    rule fitted now on its validation split (the one training held out: same fraction, same
-    seed) and saved into the checkpoint, so its exports carry them too. What was fitted, or
-    None where nothing can be (an export, no validation split)."""
+    """The temperature and the "none of these" rule (accepting `acceptance` of validation,
+    by default the run's train.ood_acceptance) fitted now on the checkpoint's validation split
+    (the one training held out: same fraction, same seed) and saved into the checkpoint, so
+    its exports carry them too: for a checkpoint saved before models kept them, or to change
+    the acceptance. What was fitted, or None where nothing can be (an export, no validation
+    split)."""
     info, source = model.info, model.source
     cfg = info.config
     if source.suffix != ".pt" or model.module is None or not cfg.data.val_fraction:
+        if acceptance is not None:
+            raise DataError(
+                f"{source}: --ood-acceptance fits a checkpoint's rule on its validation split; "
+                "give a run or checkpoint trained with one (data.val_fraction > 0), then export "
+                "it again"
+            )
         return None
     _, val = split_holdout(train, cfg.data.val_fraction, cfg.train.seed)
     val_logits = model.logits(val.images, batch_size, progress=progress)
-    temperature, rule = fit_trust(val_logits, val.labels, cfg.train.ood_acceptance)
+    temperature, rule = fit_trust(val_logits, val.labels, acceptance or cfg.train.ood_acceptance)
     if temperature is None:
         return None
     ckpt = Checkpoint.load(source)
