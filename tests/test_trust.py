@@ -4,9 +4,11 @@ applied by TrainedModel, refitted by `evaluate` for checkpoints saved before the
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,3 +145,28 @@ def test_evaluate_fits_the_rule_again_at_another_acceptance(tiny_run_copy, capsy
     assert "share in (0, 1]" in capsys.readouterr().err
     with pytest.raises(DataError, match="without --ema, --tta or --data"):
         cifar100.evaluate(run, tta=True, ood_acceptance=0.9, cache_dir=cache, progress=False)
+
+
+@pytest.mark.slow
+def test_predict_json_gives_the_apis_calibrated_probabilities_and_verdicts(
+    tiny_trained, tmp_path, capsys
+):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(path)
+        paths.append(str(path))
+    assert cli.main(["predict", str(tiny_trained), *paths, "-k", "3", "--json"]) == 0
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # JSON lines
+    expected = cifar100.load(tiny_trained).predict(paths, k=3)
+    assert len(printed) == len(expected)
+    for got, want in zip(printed, expected):
+        assert [p["class"] for p in got["predictions"]] == [c for c, _ in want.top]
+        assert [p["probability"] for p in got["predictions"]] == pytest.approx(
+            [p for _, p in want.top], abs=1e-6
+        )
+        assert got["ood_score"] == pytest.approx(want.ood_score, abs=1e-6)
+        assert got["none_of_these"] is want.none_of_these is not None

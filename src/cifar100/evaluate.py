@@ -66,23 +66,12 @@ def evaluate_checkpoint(
     )
     test = splits.test
     _check_classes(info.classes, test.classes, data_cfg.path or data_cfg.dataset)
-    if test.image_size != model.image_size:
-        raise DataError(
-            f"{data_cfg.path or data_cfg.dataset}: its images are {test.image_size}px, the "
-            f"model takes {model.image_size}px; evaluate on the data it was trained for"
-        )
+    _check_size(test.image_size, model.image_size, data_cfg.path or data_cfg.dataset)
     mapping = info.fine_to_coarse or fine_to_coarse(test)
     coarse = info.coarse_classes or test.coarse_classes
     batch_size = batch_size or cfg.train.eval_batch_size
-    fitted = None
-    if ood_acceptance is not None or info.temperature is None:
-        if ood_acceptance is not None and (ema or tta_flip or data_path):
-            raise DataError(
-                "--ood-acceptance fits the checkpoint's rule on its own validation split: "
-                "give it without --ema, --tta or --data"
-            )
-        if not (ema or tta_flip or data_path):
-            fitted = fit_checkpoint(model, splits.train, batch_size, progress, ood_acceptance)
+    plain = not (ema or tta_flip or data_path)
+    fitted = _fit_if_asked(model, splits.train, batch_size, progress, ood_acceptance, plain)
     logits = model.logits(test.images, batch_size, tta_flip, progress)
     metrics = classification_metrics(logits, test.labels, test.classes, mapping, coarse,
                                      info.temperature)  # fmt: skip
@@ -121,6 +110,21 @@ def evaluate_checkpoint(
         agreement=agreement,
         predictions=str(predictions_path),
     )
+
+
+def _fit_if_asked(model, train, batch_size, progress, acceptance, plain) -> dict | None:
+    """fit_checkpoint where asked (`acceptance`) or where the checkpoint has no temperature:
+    on its own validation split, so only in a plain evaluation of the run's own data."""
+    if acceptance is None and model.info.temperature is not None:
+        return None
+    if not plain:
+        if acceptance is None:
+            return None
+        raise DataError(
+            "--ood-acceptance fits the checkpoint's rule on its own validation split: give it "
+            "without --ema, --tta or --data"
+        )
+    return fit_checkpoint(model, train, batch_size, progress, acceptance)
 
 
 def fit_checkpoint(
@@ -219,6 +223,14 @@ def save_predictions(
         arrays["coarse_classes"] = np.array(coarse_classes, dtype=str)
         arrays["fine_to_coarse"] = np.array(fine_to_coarse, dtype=np.int64)
     write_predictions(path, arrays)
+
+
+def _check_size(found: int, takes: int, source: str) -> None:
+    if found != takes:
+        raise DataError(
+            f"{source}: its images are {found}px, the model takes {takes}px; evaluate on the "
+            "data it was trained for"
+        )
 
 
 def _check_classes(trained: list[str], found: list[str], source: str) -> None:
