@@ -15,7 +15,10 @@ ReLU(max_value=1) of 2**100 * (ood_score - threshold), a Dense layer. 2**100 and
 threshold are exact in float32, so the Dense's sum has the sign of ood_score - threshold,
 exactly, and for distinct scores and thresholds above 2**-76 nats (thresholds below are
 raised to it) a magnitude of at least 2: the step is exactly 0 or 1, and 1 exactly where
-Keras's own score is over the threshold (its score differs from PyTorch's by ~1e-7).
+Keras's own score is over the threshold (its score differs from PyTorch's by ~1e-6). That
+holds in float32 arithmetic: TensorFlow on a recent NVIDIA GPU runs matmuls in TF32 unless
+told not to (tf.config.experimental.enable_tensor_float_32_execution(False)), rounding the
+Dense layers' inputs to 10 mantissa bits: the scores, and the step's edge, move with them.
 
 The archive is what Keras 3's `model.save("m.keras")` writes (checked against Keras 3.15 by
 tests/test_export_keras.py), its members stored uncompressed:
