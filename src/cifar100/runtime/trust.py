@@ -48,8 +48,8 @@ def score_logits(
     logits = logits.float()
     probabilities = torch.softmax(logits / (temperature or 1.0), -1)
     score = entropy(logits)
-    if rule is None:
-        verdict = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+    if rule is None:  # zeros_like, not zeros(len(...)): a traced batch size stays symbolic
+        verdict = torch.zeros_like(score, dtype=torch.bool)
     else:
         verdict = score > rule.threshold
     return Scores(probabilities, score, verdict)

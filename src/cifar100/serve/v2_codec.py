@@ -25,8 +25,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from cifar100.runtime.tensor_names import INPUT, OUTPUTS
+from cifar100.runtime.tensor_names import INPUT, LOGITS, PROBABILITIES
 from cifar100.serve.limits import RequestError, check_count
+
+# The outputs this codec serves: the class scores (the exports also give ood_score and
+# none_of_these, runtime/tensor_names.OUTPUTS, which the service does not answer with yet).
+OUTPUTS = (PROBABILITIES, LOGITS)
 
 VERSION = "1"  # one model, one version: the version directory the `triton` export writes
 PLATFORMS = {"torch": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}  # Triton's names
