@@ -26,7 +26,7 @@ from torch import nn
 
 from cifar100.errors import ModelError
 
-__all__ = ["METHODS", "explain", "overlay"]
+__all__ = ["METHODS", "explain", "overlay", "side_by_side"]
 
 METHODS = ("gradcam", "occlusion")
 
@@ -120,3 +120,19 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.n
     colours = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3] * 255
     weight = alpha * np.clip(heatmap, 0, 1)[..., None]
     return (image.astype(np.float32) * (1 - weight) + colours * weight).round().astype(np.uint8)
+
+
+def side_by_side(image: np.ndarray, heatmap: np.ndarray, min_side: int = 128) -> np.ndarray:
+    """uint8 (S, 2S + gap, 3): the image | the image with `heatmap` over it, scaled up to at
+    least `min_side` pixels a side so that a 32-pixel image can be seen: the image by whole
+    pixels (nearest: its real pixels, not a blur), the map smoothly (bilinear)."""
+    from PIL import Image  # Pillow on first use, as matplotlib above
+
+    h, w = image.shape[:2]
+    factor = max(1, -(-min_side // min(h, w)))  # a whole factor: every pixel the same size
+    size = (w * factor, h * factor)
+    big = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.NEAREST))
+    heat = Image.fromarray(np.clip(heatmap, 0, 1).astype(np.float32), mode="F")
+    big_heat = np.asarray(heat.resize(size, Image.Resampling.BILINEAR))
+    gap = np.full((size[1], max(4, factor), 3), 255, np.uint8)
+    return np.concatenate([big, gap, overlay(big, big_heat)], axis=1)
