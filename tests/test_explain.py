@@ -18,7 +18,7 @@ from cifar100 import cli
 from cifar100.errors import ModelError
 from cifar100.models.head import Classifier
 from cifar100.predict import explanation_names
-from cifar100.runtime.explain import explain, overlay, side_by_side
+from cifar100.runtime.explain import explain, feature_map_size, overlay, side_by_side
 
 SIZE = 32
 COLOURS = np.array([[230, 30, 30], [30, 230, 30], [30, 30, 230]])  # the classes: red, green, blue
@@ -104,14 +104,31 @@ def test_class_index_chooses_the_class_explained(looking_model):
         explain(looking_model, x, method="lime")
 
 
+def test_the_feature_map_size_says_how_coarse_a_map_is(looking_model):
+    assert feature_map_size(looking_model, 32) == (16, 16)
+    assert feature_map_size(looking_model, 8) == (4, 4)
+    assert not looking_model.training
+
+
 def test_side_by_side_scales_a_small_image_up_by_whole_pixels():
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8)
     cold = side_by_side(image, np.zeros((32, 32), np.float32))
     assert cold.shape == (128, 128 * 2 + 4, 3) and cold.dtype == np.uint8
     assert np.array_equal(cold[::4, :128:4], image)  # nearest: each pixel a 4x4 block
     assert np.array_equal(cold[:, -128:], cold[:, :128])  # a cold map leaves the image alone
-    hot = overlay(image, np.ones((32, 32), np.float32))
-    assert not np.array_equal(hot, image)
+    flat = side_by_side(image, np.ones((32, 32), np.float32))  # drawn from its least value
+    assert np.array_equal(flat, cold)
+    half = np.zeros((32, 32), np.float32)
+    half[:, :16] = 0.9
+    tinted = side_by_side(image, half)[:, -128:]
+    assert redness(tinted[:, :56]) - redness(cold[:, :56]) > 50  # the hot half red
+    assert np.array_equal(tinted[:, 72:], cold[:, 72:128])  # the cold half as it was
+    assert redness(overlay(image, np.ones((32, 32), np.float32))) - redness(image) > 50
+
+
+def redness(pixels: np.ndarray) -> float:
+    p = pixels.astype(np.float64)
+    return float((p[..., 0] - (p[..., 1] + p[..., 2]) / 2).mean())
 
 
 def test_explanation_names_are_unique_and_say_which_file():
@@ -168,15 +185,13 @@ def test_predict_explain_writes_one_picture_per_readable_image(run_and_onnx, tmp
         assert picture.width >= 2 * 128 and picture.height > 128  # scaled up, a caption under it
         label = lines[0]["predictions"][0]["class"]
         assert picture.text["prediction"].startswith(label + " ")
-        assert picture.text["method"] == "gradcam" and picture.text["source"].endswith("1.png")
-    argv = ["predict", str(run), inputs[1], "--explain", str(out), "--explain-method", "occlusion"]
-    assert cli.main(argv) == 0
-    with Image.open(out / "1.png") as picture:  # one input: its own stem
-        assert picture.text["method"] == "occlusion"
+        # The tiny model's last feature map is 1x1 at 32 px: Grad-CAM would be flat, so the
+        # default is occlusion (asked for by name, gradcam is refused: the next test).
+        assert picture.text["method"] == "occlusion" and picture.text["source"].endswith("1.png")
 
 
 @pytest.mark.slow
-def test_predict_explain_refuses_an_onnx_model_in_one_line(run_and_onnx, tmp_path, capsys):
+def test_predict_explain_refuses_what_it_cannot_explain_in_one_line(run_and_onnx, tmp_path, capsys):
     _, onnx_file = run_and_onnx
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
@@ -185,4 +200,10 @@ def test_predict_explain_refuses_an_onnx_model_in_one_line(run_and_onnx, tmp_pat
     captured = capsys.readouterr()
     err = captured.err.strip()
     assert "--explain needs the PyTorch model" in err and "\n" not in err and not captured.out
+    assert not (tmp_path / "out").exists()
+    run, _ = run_and_onnx
+    argv = ["predict", str(run), str(image), "--explain", str(tmp_path / "out")]
+    assert cli.main([*argv, "--explain-method", "gradcam"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "single cell (1x1)" in err and "--explain-method occlusion" in err and "\n" not in err
     assert not (tmp_path / "out").exists()

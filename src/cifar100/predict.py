@@ -38,14 +38,14 @@ def predict_files(
     paths: list[str | Path],
     k: int = 5,
     explain_dir: str | Path | None = None,
-    explain_method: str = "gradcam",
+    explain_method: str | None = None,
 ) -> list[Prediction]:
     """One Prediction per image, in order, named by its path (a folder: each image in it).
 
     explain_dir: also write each readable image's explanation there (`explanation_names`
     names them); needs a PyTorch model (a checkpoint, a run, a safetensors export)."""
     if explain_dir is not None:
-        _check_explainable(model, Path(explain_dir), explain_method)
+        explain_method = _check_explainable(model, Path(explain_dir), explain_method)
     results = []
     good, arrays = [], []
     for name, error in _expand(paths):
@@ -102,25 +102,37 @@ def explanation_names(names: list[str]) -> list[str]:
     return out
 
 
-def _check_explainable(model: TrainedModel, out: Path, method: str) -> None:
-    """Refuse before any work: an ONNX model, an unknown method, a folder not writable."""
-    from cifar100.runtime.explain import METHODS  # Captum on first use (trained_model says)
+def _check_explainable(model: TrainedModel, out: Path, method: str | None) -> str:
+    """The method to use (None: gradcam, or occlusion where the model's last feature map is a
+    single cell and Grad-CAM would be flat); refused before any work: an ONNX model, an
+    unknown method, gradcam on a single cell, a folder that cannot be written."""
+    # Captum on first use: importing it adds about 0.4 s to every predict (trained_model says)
+    from cifar100.runtime.explain import METHODS, feature_map_size
 
     if model.module is None:
         raise ModelError(
             f"{model.source}: --explain needs the PyTorch model (Grad-CAM follows its "
             "gradients); give the run directory, its checkpoint or a safetensors export"
         )
-    if method not in METHODS:
+    if method not in (None, *METHODS):
         raise ModelError(f"explanation method {method!r}: choose {' or '.join(METHODS)}")
+    if method in (None, "gradcam"):
+        flat = feature_map_size(model.module, model.image_size) == (1, 1)
+        if flat and method == "gradcam":
+            raise ModelError(
+                f"{model.source}: at {model.image_size} px this model's last feature map is a "
+                "single cell (1x1), so every Grad-CAM map would be flat; use --explain-method "
+                "occlusion"
+            )
+        method = "occlusion" if flat else "gradcam"
     check_writable(out / ".explain-check", "explanation")
+    return method
 
 
 def _write_explanations(
     model: TrainedModel, pixels: np.ndarray, results: list[Prediction], out: Path, method: str
 ) -> None:
-    # Captum on first use: importing it adds about 0.4 s to every predict (trained_model says)
-    from cifar100.runtime.explain import side_by_side
+    from cifar100.runtime.explain import side_by_side  # Captum on first use, as above
 
     maps = model.explain(pixels, method=method)  # the predicted class of each
     for r, image, heat, file in zip(

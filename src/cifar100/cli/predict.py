@@ -43,9 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--explain-method",
         choices=("gradcam", "occlusion"),  # runtime/explain.py's METHODS (not imported: torch)
-        default="gradcam",
         help="gradcam: the last feature map weighted by its gradients (fast); occlusion: how "
-        "much the probability falls when each patch is greyed out (slower) (default: gradcam)",
+        "much the probability falls when each patch is greyed out (slower) (default: gradcam, "
+        "or occlusion for a model whose last feature map is a single cell)",
     )
     p.add_argument("--device", default="auto", help=DEVICE_DEFAULT_HELP)
 
