@@ -71,7 +71,7 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
     variants = _variants(run)
     if variants:
         parts += ["<h3>Other evaluations</h3>", _variants_table(evaluation, variants)]
-    if plots and evaluation:
+    if plots and evaluation and run.predictions.is_file():  # else _missing says what to run
         parts += ["<h2 id='explain'>Where the model looked</h2>", _explanations(run_dir)]
     # Other scripts as themselves (ensure_ascii would write CJK as \u escapes); _e shows the
     # controls among them.
@@ -129,23 +129,24 @@ def _explanations(run_dir: Path) -> str:
     from cifar100.plots.explanations import explain_run  # matplotlib and torch on first use
 
     found = explain_run(run_dir)
+    if found.feature_map == (1, 1):  # what the model is, not something missing
+        return f"<p>No heatmaps: {_e(found.note)}.</p>"
     if found.note:
         return f"<p class='note'>No heatmaps: {_e(found.note)}.</p>"
-    size = found.feature_map
-    coarse = (
-        f" The backbone's last feature map is {size[0]}&times;{size[1]} here, so each map is "
-        "that coarse, scaled up smoothly: it tells which part of the image, not which pixels; "
-        "<code>cifar100 predict --explain DIR --explain-method occlusion</code> gives finer "
-        "maps of chosen images."
-        if size
-        else ""
-    )
+    rows, cols = found.feature_map or (0, 0)
+    grid = f" The backbone's last feature map is {rows}&times;{cols} here, scaled up smoothly."
+    if 0 < max(rows, cols) <= 4:
+        grid += (
+            " So coarse a map tells which part of the image, not which pixels; <code>cifar100 "
+            "predict --explain DIR --explain-method occlusion</code> gives finer maps of "
+            "chosen images."
+        )
     intro = (
         "<p>Each pair: on the left the test image as the model saw it, on the right the same "
         "tinted by the Grad-CAM map of the <em>predicted</em> class: the redder, the more the "
         "prediction rests there. Titles: the given label, the predicted one and its "
         "probability. Only the test images predictions.npz keeps are candidates."
-        f"{coarse}</p>"
+        f"{grid}</p>"
     )
     captions = {
         "explain_mistakes": "The most confident mistakes: where the model saw the wrong class.",

@@ -107,42 +107,55 @@ def explain_run(run_dir: str | Path) -> Explained:
         return Explained(note=f"{run.predictions.name} keeps no test images")
     try:
         model = _load_model(run)
-    except CifarError as e:
-        return Explained(note=f"the model could not be loaded: {e}")
-    from cifar100.runtime.explain import feature_map_size  # Captum on first use (0.4 s)
+        # Captum on first use (0.4 s): a report without predictions never needs it
+        from cifar100.runtime.explain import feature_map_size
 
-    grid = feature_map_size(model.module, model.image_size)
-    if grid == (1, 1):
-        return Explained(note=FLAT.format(size=model.image_size), feature_map=grid)
-    images, available = _stored_images(arrays)
-    labels = arrays["labels"]
-    # The probabilities the model gives (calibrated, where it was), of the logits tested.
-    probabilities = model.scores(arrays["logits"]).probabilities.numpy()
-    mistakes, right = pick_explained(labels, probabilities, available)
-    if not len(mistakes) and not len(right):
-        return Explained(note="no test image kept in predictions.npz to explain")
-    classes = [str(c) for c in arrays["classes"]]
-    found = Explained(feature_map=grid)
-    shown = [
-        ("explain_mistakes", mistakes, f"The {len(mistakes)} most confident mistakes"),
-        ("explain_correct", right, "Confident right answers, by class"),
-    ]
-    for name, picked, title in shown:
-        if len(picked):
-            fig = _figure(model, images, picked, labels, probabilities, classes, title)
-            found.figures[name] = save_figure(fig, run.plots / name)[0]
+        grid = feature_map_size(model.module, model.image_size)
+        if grid == (1, 1):
+            return Explained(note=FLAT.format(size=model.image_size), feature_map=grid)
+        found = Explained(feature_map=grid)
+        for name, picked, title in _chosen(model, arrays):
+            if len(picked):
+                fig = _figure(model, arrays, picked, title)
+                found.figures[name] = save_figure(fig, run.plots / name)[0]
+    except CifarError as e:
+        return Explained(note=f"the model could not explain its test images: {e}")
+    if not found.figures:
+        found.note = f"none of the test images {run.predictions.name} keeps is left to explain"
     return found
 
 
-def _figure(model, images, picked, labels, probabilities, classes, title) -> Figure:
+def _chosen(model, arrays: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, str]]:
+    """(figure name, picked test images, title) of each figure."""
+    _, available = _stored_images(arrays)
+    mistakes, right = pick_explained(arrays["labels"], _probabilities(model, arrays), available)
+    return [
+        ("explain_mistakes", mistakes, f"The {len(mistakes)} most confident mistakes"),
+        ("explain_correct", right, "Confident right answers, by class"),
+    ]
+
+
+def _probabilities(model, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The probabilities the model gives (calibrated, where it was) of the logits tested."""
+    return model.scores(arrays["logits"]).probabilities.numpy()
+
+
+def _figure(model, arrays: dict[str, np.ndarray], picked: np.ndarray, title: str) -> Figure:
     from cifar100.runtime.explain import side_by_side  # Captum on first use (0.4 s)
 
+    images, _ = _stored_images(arrays)
+    labels, probabilities = arrays["labels"], _probabilities(model, arrays)
     preds = probabilities.argmax(1)
     maps = model.explain(images[picked], class_index=preds[picked].tolist())
     pictures = [side_by_side(model.prepare(images[i : i + 1])[0], m) for i, m in zip(picked, maps)]
-    confidences = probabilities.max(1)[picked]
+    classes = [str(c) for c in arrays["classes"]]
     return plot_explanations(
-        pictures, labels[picked], preds[picked], confidences, classes, title + ", Grad-CAM"
+        pictures,
+        labels[picked],
+        preds[picked],
+        probabilities.max(1)[picked],
+        classes,
+        title + ", Grad-CAM of the predicted class",
     )
 
 
