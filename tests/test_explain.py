@@ -104,6 +104,7 @@ def test_class_index_chooses_the_class_explained(looking_model):
         explain(looking_model, x, method="lime")
 
 
+@pytest.mark.slow
 def test_the_feature_map_size_says_how_coarse_a_map_is(looking_model):
     assert feature_map_size(looking_model, 32) == (16, 16)
     assert feature_map_size(looking_model, 8) == (4, 4)
