@@ -162,7 +162,7 @@ def test_the_report_shows_where_the_model_looked(looking_run):
     assert shown and all((looking_run / "plots" / f"{f}.png").is_file() for f in shown)
     assert page.count("data:image/png;base64,") >= 6  # embedded: the page stands alone
     table = page[page.index("<table id='calibration'>") :].split("</table>")[0]
-    assert "temperature 1.700" in table and "0.0123" in table and "1.2500" in table
+    assert "after temperature 1.700" in table and "0.0123" in table and "1.2500" in table
     assert "1.5000" in table and "Brier score" in table
     (looking_run / "evaluation.json").write_text(saved)
 

@@ -140,6 +140,8 @@ def _write_explanations(
     ):
         label, p = r.top[0]
         caption = f"{display_name(label, DISPLAY_LIMIT)} {p:.1%} ({method})"
+        if r.none_of_these:  # runtime/trust.py: unlike every class it was trained on
+            caption += "; likely none of the classes"
         picture = _captioned(side_by_side(image, heat), caption)
         info = PngImagePlugin.PngInfo()  # the exact words, for a program reading the file
         info.add_itxt("prediction", f"{label} {p:.6f}")

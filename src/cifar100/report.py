@@ -311,7 +311,7 @@ def _calibration_table(calibration: dict | None) -> str:
     after = after if isinstance(after, dict) else None
     t = calibration.get("temperature")
     head = "<tr><th>calibration</th><th>as trained</th>"
-    head += f"<th>temperature {_fmt(t, '{:.3f}')}</th>" if after else ""
+    head += f"<th>after temperature {_fmt(t, '{:.3f}')}</th>" if after else ""
     rows = []
     for key, name in (("ece", "ECE"), ("nll", "NLL"), ("brier", "Brier score")):
         cells = f"<td>{_fmt(calibration.get(key), '{:.4f}')}</td>"
