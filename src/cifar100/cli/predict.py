@@ -70,5 +70,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{visible(r.name)}: {top}")
     explained = sum(1 for r in results if not r.error)
     if args.explain and explained:
-        print(f"{explained} explanations written to {visible(args.explain)}", file=sys.stderr)
+        what = "explanation" if explained == 1 else "explanations"
+        print(f"{explained} {what} written to {visible(args.explain)}", file=sys.stderr)
     return 1 if any(r.error for r in results) else 0
