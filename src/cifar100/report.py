@@ -97,11 +97,7 @@ CAPTIONS = [
     ("superclass_confusion", "Confusion between the 20 superclasses."),
     ("confused_pairs", "The most frequent confusions (true -> predicted)."),
     ("per_class", "Test accuracy per class."),
-    (
-        "reliability",
-        "Reliability diagram: accuracy against confidence (calibration); where the "
-        "model was calibrated, as trained | after temperature scaling.",
-    ),
+    ("reliability", "Reliability diagram: accuracy against confidence (calibration)."),
     ("examples", "Test images with true and predicted labels (green right, red wrong)."),
     ("mistakes", "Misclassified test images only."),
 ]
