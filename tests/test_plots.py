@@ -230,6 +230,63 @@ def test_reliability_diagram_from_calibration_bins(tmp_path):
     assert [f.suffix for f in files] == [".png", ".svg"] and all(f.stat().st_size for f in files)
 
 
+@pytest.mark.slow
+def test_reliability_draws_before_and_after_temperature_scaling(tmp_path):
+    def record(ece: float, shift: float) -> dict:
+        bins = [{"lower": i / 15, "upper": (i + 1) / 15, "count": 10 * (i > 4),
+                 "confidence": (i + 0.5) / 15 if i > 4 else None,
+                 "accuracy": (i + 0.5) / 15 - shift if i > 4 else None}
+                for i in range(15)]  # fmt: skip
+        return {"ece": ece, "nll": 1.0, "brier": 0.5, "bins": bins}
+
+    calibration = record(0.08, 0.08) | {"temperature": 1.42, "calibrated": record(0.011, 0.0)}
+    fig = plots.plot_reliability(calibration)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["As trained — ECE 0.080", "After temperature 1.42 — ECE 0.011"]
+    _check_files(plots.save_figure(fig, tmp_path / "reliability"))
+    # A record where the model was not calibrated (temperature null): one panel, as before.
+    plain = record(0.08, 0.08) | {"temperature": None, "calibrated": None}
+    assert [ax.get_title() for ax in plots.plot_reliability(plain).axes] == [
+        "Reliability — ECE 0.080"
+    ]
+
+
+def test_explained_images_are_the_confident_mistakes_and_the_best_right_per_class():
+    from cifar100.plots.explanations import MISTAKES, pick_explained
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    probabilities = rng.dirichlet(np.ones(3), 60)
+    available = np.arange(0, 60, 2)  # the images predictions.npz keeps
+    mistakes, right = pick_explained(labels, probabilities, available)
+    preds, confidence = probabilities.argmax(1), probabilities.max(1)
+    assert set(mistakes) <= set(available) and len(mistakes) == MISTAKES
+    assert (preds[mistakes] != labels[mistakes]).all()
+    assert list(confidence[mistakes]) == sorted(confidence[mistakes], reverse=True)
+    worst_left_out = [i for i in available if preds[i] != labels[i] and i not in mistakes]
+    assert confidence[worst_left_out].max() <= confidence[mistakes].min()
+    assert (preds[right] == labels[right]).all() and set(right) <= set(available)
+    for c in range(3):  # two a class (10 classes or fewer), its most confident
+        mine = [i for i in available if labels[i] == c and preds[i] == c]
+        best = sorted(mine, key=lambda i: -confidence[i])[:2]
+        assert sorted(right[labels[right] == c]) == sorted(best)
+    many = rng.dirichlet(np.ones(100), 400)  # CIFAR-100: one a class, 20 classes at most
+    _, right = pick_explained(many.argmax(1), many, np.arange(400))
+    assert len(right) == 20 and len(set(many.argmax(1)[right])) == 20
+
+
+@pytest.mark.slow
+def test_explanation_grid_titles_say_given_and_predicted(tmp_path):
+    from cifar100.plots.explanations import plot_explanations
+
+    pictures = [np.zeros((16, 36, 3), np.uint8)] * 5
+    fig = plot_explanations(pictures, [0, 1, 2, 0, 1], [0, 2, 2, 1, 1], [0.9, 0.8, 0.7, 0.6, 0.5],
+                            ["cat", "$dog$", "bus"], "Five")  # fmt: skip
+    titled = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titled[1] == "given \\$dog\\$\npredicted bus 80%" and len(titled) == 5
+    _check_files(plots.save_figure(fig, tmp_path / "explained"))
+
+
 def test_the_lr_legend_sits_below_the_axes_not_over_the_schedule():
     """Inside the axes it covered the warm-up ramp (issue 19, item 11)."""
     from cifar100.config import TrainConfig

@@ -34,6 +34,9 @@ def test_report_is_one_self_contained_page(run_dir, capsys):
     for figure in ("curves", "lr", "confusion", "superclass_confusion", "examples", "per_class"):
         assert f"id='{figure}'" in page, figure
     assert "class='note'" not in page  # nothing missing to explain
+    # ResNet50V2 at 32 px without upsampling: one cell, no map to show, and the page says why.
+    assert "id='explain'" in page and "single cell (1x1)" in page
+    assert "id='explain_mistakes'" not in page
     assert "data:image/png;base64," in page
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     assert json.loads((run_dir / "config.json").read_text())["preset"] in page
@@ -131,3 +134,54 @@ def test_report_fits_a_phone_and_a_laptop(run_dir):
         finally:
             browser.close()
     assert widths == {390: 390, 1280: 1280}
+
+
+@pytest.fixture
+def looking_run(tiny_run_copy, monkeypatch):
+    """The session's tiny run, its last feature map taken as 2x2: at 32 px it is 1x1 (no map
+    to draw, the section says so: above), and a run that upsamples trains for a minute on two
+    busy cores. The maps themselves are checked to be right in test_explain.py."""
+    from cifar100.runtime import explain
+
+    monkeypatch.setattr(explain, "feature_map_size", lambda model, size: (2, 2))
+    return tiny_run_copy
+
+
+@pytest.mark.slow
+def test_the_report_shows_where_the_model_looked(looking_run):
+    saved = (looking_run / "evaluation.json").read_text()
+    evaluation = json.loads(saved)
+    calibration = evaluation["calibration"]  # as evaluate will write it: before and after T
+    after = {**calibration, "ece": 0.0123}
+    calibration.update(nll=1.5, brier=0.8, temperature=1.7, calibrated=after | {"nll": 1.25})
+    (looking_run / "evaluation.json").write_text(json.dumps(evaluation))
+    assert cli.main(["report", str(looking_run)]) == 0
+    page = (looking_run / "report.html").read_text()
+    assert "id='explain'" in page and "2&times;2" in page and "class='note'" not in page
+    shown = [f for f in ("explain_mistakes", "explain_correct") if f"id='{f}'" in page]
+    assert shown and all((looking_run / "plots" / f"{f}.png").is_file() for f in shown)
+    assert page.count("data:image/png;base64,") >= 6  # embedded: the page stands alone
+    table = page[page.index("<table id='calibration'>") :].split("</table>")[0]
+    assert "after temperature 1.700" in table and "0.0123" in table and "1.2500" in table
+    assert "1.5000" in table and "Brier score" in table
+    (looking_run / "evaluation.json").write_text(saved)
+
+
+@pytest.mark.slow
+def test_heatmaps_are_left_out_with_a_note_when_the_run_cannot_give_them(looking_run, tmp_path):
+    from cifar100.predictions_file import read_predictions, write_predictions
+
+    no_model = tmp_path / "no-model"
+    shutil.copytree(looking_run, no_model, ignore=shutil.ignore_patterns("*.pt", "plots"))
+    assert cli.main(["report", str(no_model)]) == 0
+    page = (no_model / "report.html").read_text()
+    assert "No heatmaps" in page and "no last.pt" in page and "id='confusion'" in page
+    no_images = tmp_path / "no-images"
+    shutil.copytree(looking_run, no_images, ignore=shutil.ignore_patterns("plots"))
+    arrays = read_predictions(no_images / "predictions.npz")
+    arrays = {k: v for k, v in arrays.items() if k not in ("images", "image_index")}
+    write_predictions(no_images / "predictions.npz", arrays)
+    assert cli.main(["report", str(no_images)]) == 0
+    page = (no_images / "report.html").read_text()
+    assert "No heatmaps: predictions.npz keeps no test images" in page
+    assert "id='explain_mistakes'" not in page and "id='confusion'" in page

@@ -67,9 +67,12 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
     parts += [_missing(run_dir, config, evaluation, records)]
     if evaluation:
         parts += ["<h2>Test set</h2>", _evaluation_table(evaluation)]
+        parts += [_calibration_table(evaluation.calibration)]
     variants = _variants(run)
     if variants:
         parts += ["<h3>Other evaluations</h3>", _variants_table(evaluation, variants)]
+    if plots and evaluation and run.predictions.is_file():  # else _missing says what to run
+        parts += ["<h2 id='explain'>Where the model looked</h2>", _explanations(run_dir)]
     # Other scripts as themselves (ensure_ascii would write CJK as \u escapes); _e shows the
     # controls among them.
     config_text = json.dumps(config, indent=2, ensure_ascii=False)
@@ -114,6 +117,39 @@ def _figure(figures: dict[str, Path], name: str, caption: str) -> str:
         f"<figure id='{name}'><img alt='{_e(caption)}' src='data:image/png;base64,{data}'>"
         f"<figcaption>{_e(caption)}</figcaption></figure>"
     )
+
+
+def _explanations(run_dir: Path) -> str:
+    """Grad-CAM over the most confident mistakes and some right answers (plots/explanations),
+    or a note saying why there are none."""
+    from cifar100.plots.explanations import explain_run  # matplotlib and torch on first use
+
+    found = explain_run(run_dir)
+    if found.feature_map == (1, 1):  # what the model is, not something missing
+        return f"<p>No heatmaps: {_e(found.note)}.</p>"
+    if found.note:
+        return f"<p class='note'>No heatmaps: {_e(found.note)}.</p>"
+    rows, cols = found.feature_map or (0, 0)
+    grid = f" The backbone's last feature map is {rows}&times;{cols} here, scaled up smoothly."
+    if 0 < max(rows, cols) <= 4:
+        grid += (
+            " So coarse a map tells which part of the image, not which pixels; <code>cifar100 "
+            "predict --explain DIR --explain-method occlusion</code> gives finer maps of "
+            "chosen images."
+        )
+    intro = (
+        "<p>Each pair: on the left the test image as the model saw it, on the right the same "
+        "tinted by the Grad-CAM map of the <em>predicted</em> class: the redder, the more the "
+        "prediction rests there. Titles: the given label, the predicted one and its "
+        "probability. Only the test images predictions.npz keeps are candidates."
+        f"{grid}</p>"
+    )
+    captions = {
+        "explain_mistakes": "The most confident mistakes: where the model saw the wrong class.",
+        "explain_correct": "Confident right answers, one or two per class.",
+    }
+    figures = [_figure(found.figures, name, captions[name]) for name in found.figures]
+    return intro + "".join(figures)
 
 
 def _headline(config: dict, evaluation: Evaluation | None, records: list[dict]) -> str:
@@ -260,6 +296,24 @@ def _evaluation_table(e: Evaluation) -> str:
         f"<tr><td>{_e(k)}</td><td>{_fmt(v, spec)}</td></tr>" for k, v, spec in rows if v is not None
     )
     return f"<table>{body}</table>"
+
+
+def _calibration_table(calibration: dict | None) -> str:
+    """ECE, NLL and Brier score as trained and after temperature scaling, where the record has
+    them (a record from before calibration has the ECE alone: shown in the plot as before)."""
+    if not calibration or "calibrated" not in calibration:
+        return ""
+    after = calibration.get("calibrated")
+    after = after if isinstance(after, dict) else None
+    t = calibration.get("temperature")
+    head = "<tr><th>calibration</th><th>as trained</th>"
+    head += f"<th>after temperature {_fmt(t, '{:.3f}')}</th>" if after else ""
+    rows = []
+    for key, name in (("ece", "ECE"), ("nll", "NLL"), ("brier", "Brier score")):
+        cells = f"<td>{_fmt(calibration.get(key), '{:.4f}')}</td>"
+        cells += f"<td>{_fmt(after.get(key), '{:.4f}')}</td>" if after else ""
+        rows.append(f"<tr><td>{name}</td>{cells}</tr>")
+    return f"<table id='calibration'>{head}</tr>{''.join(rows)}</table>"
 
 
 def _fmt(value: Any, spec: str) -> str:

@@ -34,6 +34,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="how many classes to show (default: 5)",
     )
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="also write DIR/<image name>.png for each image: what the model saw | where it "
+        "looked for the predicted class (a heatmap over it); needs a PyTorch model, not ONNX",
+    )
+    p.add_argument(
+        "--explain-method",
+        choices=("gradcam", "occlusion"),  # runtime/explain.py's METHODS (not imported: torch)
+        help="gradcam: the last feature map weighted by its gradients (fast); occlusion: how "
+        "much the probability falls when each patch is greyed out (slower) (default: gradcam, "
+        "or occlusion for a model whose last feature map is a single cell)",
+    )
     p.add_argument("--device", default="auto", help=DEVICE_DEFAULT_HELP)
 
 
@@ -44,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
     use_free_cores()
     model = load(args.checkpoint, device=args.device)
-    results = predict_files(model, args.images, k=args.top)
+    results = predict_files(
+        model, args.images, k=args.top, explain_dir=args.explain, explain_method=args.explain_method
+    )
     for r in results:
         if args.json:
             print(json.dumps(r.to_dict()))
@@ -53,4 +68,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             top = ", ".join(f"{display_name(c, DISPLAY_LIMIT)} {p:.1%}" for c, p in r.top)
             print(f"{visible(r.name)}: {top}")
+    explained = sum(1 for r in results if not r.error)
+    if args.explain and explained:
+        what = "explanation" if explained == 1 else "explanations"
+        print(f"{explained} {what} written to {visible(args.explain)}", file=sys.stderr)
     return 1 if any(r.error for r in results) else 0

@@ -115,9 +115,23 @@ def per_class_from(labels: np.ndarray, preds: np.ndarray, classes: Sequence[str]
 
 @plain_text
 def plot_reliability(calibration: dict[str, Any]) -> Figure:
-    """Reliability diagram: accuracy against confidence per bin, with the ECE in the title."""
-    fig = Figure(figsize=(5.5, 5), layout="constrained")
-    ax = fig.subplots()
+    """Reliability diagram: accuracy against confidence per bin, with the ECE in the title;
+    where the record has temperature-scaled probabilities ("calibrated"), two panels: as
+    trained | after temperature scaling, on the same axes."""
+    after = calibration.get("calibrated")
+    panels = [(calibration, "As trained")]
+    if isinstance(after, dict) and after.get("bins"):
+        t = calibration.get("temperature")
+        words = f"temperature {t:.2f}" if isinstance(t, int | float) else "calibrated"
+        panels.append((after, f"After {words}"))
+    fig = Figure(figsize=(5.5 * len(panels), 5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)).ravel()
+    for ax, (record, name) in zip(axes, panels):
+        _reliability_panel(ax, record, name if len(panels) > 1 else "Reliability")
+    return fig
+
+
+def _reliability_panel(ax, calibration: dict[str, Any], title: str) -> None:
     bins = [b for b in calibration["bins"] if b["count"]]
     width = calibration["bins"][0]["upper"] - calibration["bins"][0]["lower"]
     centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
@@ -131,7 +145,6 @@ def plot_reliability(calibration: dict[str, Any]) -> Figure:
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability — ECE {calibration['ece']:.3f}")
+    ax.set_title(f"{title} — ECE {calibration['ece']:.3f}")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
-    return fig

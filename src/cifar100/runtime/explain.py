@@ -26,9 +26,10 @@ from torch import nn
 
 from cifar100.errors import ModelError
 
-__all__ = ["METHODS", "explain", "overlay"]
+__all__ = ["METHODS", "explain", "feature_map_size", "overlay", "side_by_side"]
 
 METHODS = ("gradcam", "occlusion")
+HOT = np.array([230, 20, 20], np.float32)  # the red of a map's peak
 
 
 def explain(
@@ -63,6 +64,24 @@ def explain(
     if not out:
         return np.zeros((0, *pixels.shape[1:3]), np.float32)
     return np.concatenate(out)
+
+
+def feature_map_size(model: nn.Module, image_size: int) -> tuple[int, int]:
+    """(height, width) of the last feature map Grad-CAM weighs, for images of `image_size`
+    pixels: how coarse its maps are. (1, 1): no map at all, every pixel the same (a 32-pixel
+    image with no upsampling: the backbone's 32-fold reduction leaves one cell)."""
+    device = next(model.parameters()).device
+    seen: list[tuple[int, int]] = []
+    hook = model.backbone.register_forward_hook(lambda m, i, out: seen.append(out.shape[-2:]))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return int(seen[0][0]), int(seen[0][1])
 
 
 def _explain_batch(model, batch, class_index, start, method, device) -> np.ndarray:
@@ -112,11 +131,34 @@ def _targets(class_index, predicted, start, n, model) -> torch.Tensor:
     return torch.tensor(chosen, device=predicted.device)
 
 
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """The image (H, W, 3) uint8 with `heatmap` (H, W) in [0, 1] over it in matplotlib's
-    'jet' colours, weighted by the map itself (cold regions leave the image as it was)."""
-    from matplotlib import colormaps  # matplotlib's colours only: not its pyplot state
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """The image (H, W, 3) uint8 tinted red where `heatmap` (H, W) in [0, 1] is high, by up
+    to `alpha` (cold regions leave the image as it was).
 
-    colours = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3] * 255
+    One hue, not a rainbow colour map ('jet'): the maps of a 32-pixel image are coarse (2x2
+    for EfficientNet at 64 px inside), and scaled up smoothly they drew rainbow bands that
+    read as structure; "the redder, the more the prediction rests there" reads at a glance."""
     weight = alpha * np.clip(heatmap, 0, 1)[..., None]
-    return (image.astype(np.float32) * (1 - weight) + colours * weight).round().astype(np.uint8)
+    return (image.astype(np.float32) * (1 - weight) + HOT * weight).round().astype(np.uint8)
+
+
+def side_by_side(image: np.ndarray, heatmap: np.ndarray, min_side: int = 128) -> np.ndarray:
+    """uint8 (S, 2S + gap, 3): the image | the image with `heatmap` over it, scaled up to at
+    least `min_side` pixels a side so that a 32-pixel image can be seen: the image by whole
+    pixels (nearest: its real pixels, not a blur), the map smoothly (bilinear).
+
+    The map is drawn stretched from its least to its largest value (as Grad-CAM's authors
+    draw it): a coarse map is often high everywhere, and tinted as it is the whole image went
+    red; stretched, the tint shows where the model looked most, relative to the rest."""
+    from PIL import Image  # Pillow on first use: explain() alone never needs it
+
+    h, w = image.shape[:2]
+    factor = max(1, -(-min_side // min(h, w)))  # a whole factor: every pixel the same size
+    size = (w * factor, h * factor)
+    big = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.NEAREST))
+    heat = np.clip(heatmap, 0, 1).astype(np.float32)
+    spread = float(heat.max() - heat.min())
+    heat = (heat - heat.min()) / spread if spread > 1e-6 else np.zeros_like(heat)
+    big_heat = np.asarray(Image.fromarray(heat, mode="F").resize(size, Image.Resampling.BILINEAR))
+    gap = np.full((size[1], max(4, factor), 3), 255, np.uint8)
+    return np.concatenate([big, gap, overlay(big, big_heat)], axis=1)
