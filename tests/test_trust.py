@@ -170,3 +170,16 @@ def test_predict_json_gives_the_apis_calibrated_probabilities_and_verdicts(
         )
         assert got["ood_score"] == pytest.approx(want.ood_score, abs=1e-6)
         assert got["none_of_these"] is want.none_of_these is not None
+
+
+@pytest.mark.slow
+def test_predict_says_plainly_when_an_image_is_none_of_the_classes(tiny_run_copy, capsys):
+    from PIL import Image
+
+    ckpt = Checkpoint.load(tiny_run_copy / "last.pt")
+    ckpt.info.ood = OodRule(threshold=-1.0).to_json()  # every image is "none of these"
+    ckpt.save(tiny_run_copy / "last.pt")
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tiny_run_copy.parent / "red.png")
+    assert cli.main(["predict", str(tiny_run_copy), str(tiny_run_copy.parent / "red.png")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "red.png: none of the 10 classes (best guesses: " in line, line

@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
             print(visible(f"{r.name}: error: {r.error}"), file=sys.stderr)
         else:
             top = ", ".join(f"{display_name(c, DISPLAY_LIMIT)} {p:.1%}" for c, p in r.top)
+            if r.none_of_these:  # said first, plainly: the guesses after it are only guesses
+                top = f"none of the {len(model.classes)} classes (best guesses: {top})"
             print(f"{visible(r.name)}: {top}")
     explained = sum(1 for r in results if not r.error)
     if args.explain and explained:
