@@ -37,6 +37,9 @@ SETTINGS_FLAGS = [
     ("--max-request-pixels", int, 1, False, "N",
      "pixels of all of a request's images together at most, read from their headers before "
      "any is decoded ({})"),
+    ("--max-explain-queue", int, 1, False, "N",
+     "images waiting for /explain at most ({}); beyond them: 503 with Retry-After. Each "
+     "takes the model to itself, in turn with /predict's batches"),
     ("--max-inflight-mb", float, 0, True, "MB",
      "request bodies held at once across all requests ({}); beyond it: 503 with Retry-After"),
     ("--max-json-mb", float, 0, True, "MB",

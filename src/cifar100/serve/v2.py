@@ -4,7 +4,8 @@
     client = tritonclient.http.InferenceServerClient("127.0.0.1:8000")
     images = tritonclient.http.InferInput("images", [n, 32, 32, 3], "UINT8")
     images.set_data_from_numpy(pixels)                      # uint8 (n, 32, 32, 3)
-    client.infer("cifar100", [images]).as_numpy("probabilities")
+    client.infer("cifar100", [images]).as_numpy("probabilities")   # calibrated
+    # and, where the model carries a "none of these" rule: "ood_score", "none_of_these" [n, 1]
 
 A client written against this server works against Triton serving the `triton` export
 unchanged. Errors are {"error": one line} with a 4xx status, through app.py's RequestError
@@ -43,7 +44,9 @@ async def model_metadata(
 ) -> codec.ModelMetadataResponse:
     codec.check_model(name, version, service.settings.name)
     model = service.model
-    return codec.model_metadata(name, model.image_size, len(model.classes), model.runtime)
+    return codec.model_metadata(
+        name, model.image_size, len(model.classes), model.runtime, service.verdict
+    )
 
 
 async def model_ready(
@@ -57,8 +60,9 @@ async def model_config(name: str, service: Served, version: str | None = None) -
     model, settings = service.model, service.settings
     codec.check_model(name, version, settings.name)
     return codec.triton_config(
-        name, model.image_size, len(model.classes), model.runtime, settings.max_images
-    )
+        name, model.image_size, len(model.classes), model.runtime, settings.max_images,
+        service.verdict,
+    )  # fmt: skip
 
 
 async def infer(
@@ -74,7 +78,8 @@ async def infer(
     )
     logits = await service.logits(decoded.images)
     service.monitoring.images(len(decoded.images))
-    answer = codec.encode_response(decoded, name, logits, service.model.classes)
+    tensors = codec.output_tensors(logits, service.model.scores(logits), service.verdict)
+    answer = codec.encode_response(decoded, name, tensors, service.model.classes)
     return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
 
 
@@ -141,4 +146,5 @@ def decode(service: Service, body: bytes, header_length: str | None) -> codec.In
         image_size=service.model.image_size,
         max_images=service.settings.max_images,
         max_json_mb=service.settings.max_json_mb,
+        outputs=codec.output_names(service.verdict),
     )

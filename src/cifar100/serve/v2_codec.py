@@ -3,13 +3,20 @@ decoded into images, logits encoded into responses, the metadata and readiness a
 
     request = decode_request(body, headers.get(HEADER_LENGTH), image_size=32, max_images=64,
                              max_json_mb=1.0)                   # images: uint8 (N, 32, 32, 3)
-    answer = encode_response(request, "cifar100", model.logits(request.images), classes)
+    logits = model.logits(request.images)
+    answer = encode_response(request, "cifar100", output_tensors(logits, model.scores(logits),
+                             verdict=True), classes)
     # answer.body, answer.media_type, answer.headers: what to send
 
 The model is described as the `triton` export describes it: input "images" UINT8 [-1, S, S, 3],
-outputs "probabilities" and "logits" FP32 [-1, C] (runtime/tensor_names.py). Images come at
-exactly S x S, as Triton takes them. Extensions, as Triton defines them: binary_tensor_data
-(tritonclient's default), classification ("score:index:label" strings) and model_repository.
+outputs "probabilities" (calibrated: runtime/trust.py) and "logits" FP32 [-1, C], and where the
+model carries a "none of these" rule, "ood_score" FP32 and "none_of_these" BOOL [-1, 1]
+(runtime/tensor_names.py): one value per image, which Triton shapes [-1, 1], since a batching
+model's config may not give an output no dims (`dims: [1]` with `reshape: {shape: []}` over the
+graph's (N,)). A model without the rule lists neither, and a request for one is refused with a
+line saying why. Images come at exactly S x S, as Triton takes them. Extensions, as Triton
+defines them: binary_tensor_data (tritonclient's default), classification ("score:index:label"
+strings) and model_repository.
 Every refusal is a RequestError (limits.py): its status, and one line for the client.
 The infer request is read as json.loads reads it, with no model of its own: a JSON list of
 pixels through pydantic would cost many times the parsing (the router's measured fast path).
@@ -22,16 +29,18 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from pydantic import BaseModel
 
-from cifar100.runtime.tensor_names import INPUT, OUTPUTS
+from cifar100.runtime.tensor_names import INPUT, NONE_OF_THESE, OOD_SCORE, OUTPUTS
+from cifar100.runtime.trust import Scores
 from cifar100.serve.limits import RequestError, check_count
 
 VERSION = "1"  # one model, one version: the version directory the `triton` export writes
 PLATFORMS = {"torch": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}  # Triton's names
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the JSON part's length, before the tensors
+VERDICT_OUTPUTS = (OOD_SCORE, NONE_OF_THESE)  # one value per image: Triton's dims [1]
+DATATYPES = {OOD_SCORE: "FP32", NONE_OF_THESE: "BOOL"}  # the others: FP32
 
 
 # The typed answers (the names KServe gives them)
@@ -115,8 +124,17 @@ def server_metadata(version: str) -> ServerMetadataResponse:
     return ServerMetadataResponse(name="cifar100", version=version, extensions=EXTENSIONS)
 
 
+def output_names(verdict: bool) -> tuple[str, ...]:
+    """The outputs a model gives: the verdict's only where it carries a rule (`verdict`)."""
+    return OUTPUTS + VERDICT_OUTPUTS if verdict else OUTPUTS
+
+
+def _output_dims(name: str, num_classes: int) -> list[int]:
+    return [1] if name in VERDICT_OUTPUTS else [num_classes]
+
+
 def model_metadata(
-    name: str, image_size: int, num_classes: int, runtime: str
+    name: str, image_size: int, num_classes: int, runtime: str, verdict: bool = False
 ) -> ModelMetadataResponse:
     """The model metadata response: the shapes the `triton` export's Triton reports."""
     size = image_size
@@ -125,21 +143,37 @@ def model_metadata(
         versions=[VERSION],
         platform=PLATFORMS.get(runtime, runtime),
         inputs=[MetadataTensor(name=INPUT, datatype="UINT8", shape=[-1, size, size, 3])],
-        outputs=[MetadataTensor(name=o, datatype="FP32", shape=[-1, num_classes]) for o in OUTPUTS],
-    )
+        outputs=[
+            MetadataTensor(name=o, datatype=DATATYPES.get(o, "FP32"),
+                           shape=[-1, *_output_dims(o, num_classes)])
+            for o in output_names(verdict)
+        ],
+    )  # fmt: skip
 
 
 def triton_config(
-    name: str, image_size: int, num_classes: int, runtime: str, max_batch_size: int
+    name: str,
+    image_size: int,
+    num_classes: int,
+    runtime: str,
+    max_batch_size: int,
+    verdict: bool = False,
 ) -> dict:
     """Triton's ModelConfig as its /config answers it; max_batch_size is per request."""
     image = {"name": INPUT, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC"}
+    outputs = []
+    for o in output_names(verdict):
+        output = {"name": o, "data_type": f"TYPE_{DATATYPES.get(o, 'FP32')}",
+                  "dims": _output_dims(o, num_classes)}  # fmt: skip
+        if o in VERDICT_OUTPUTS:  # the graph's (N,): Triton's dims may not be empty
+            output["reshape"] = {"shape": []}
+        outputs.append(output)
     return {
         "name": name,
         "platform": PLATFORMS.get(runtime, runtime),
         "max_batch_size": max_batch_size,
         "input": [image | {"dims": [image_size, image_size, 3]}],
-        "output": [{"name": o, "data_type": "TYPE_FP32", "dims": [num_classes]} for o in OUTPUTS],
+        "output": outputs,
     }
 
 
@@ -171,10 +205,18 @@ def unknown_path(method: str, path: str) -> RequestError:
 
 
 def decode_request(
-    body: bytes, header_length: str | None, *, image_size: int, max_images: int, max_json_mb: float
+    body: bytes,
+    header_length: str | None,
+    *,
+    image_size: int,
+    max_images: int,
+    max_json_mb: float,
+    outputs: tuple[str, ...] = OUTPUTS,
 ) -> InferRequest:
     """The id, images (uint8 N, S, S, 3) and requested outputs of an inference request;
-    `header_length` is its Inference-Header-Content-Length header, if any."""
+    `header_length` is its Inference-Header-Content-Length header, if any; `outputs` the ones
+    the model gives (output_names)."""
+    given = outputs
     head, binary = _split(body, header_length)
     limit = int(max_json_mb * (1 << 20))
     if len(head) > limit:  # json.loads holds the interpreter (and the event loop) throughout
@@ -190,7 +232,8 @@ def decode_request(
         raise _bad('the inference request must be a JSON object with a list of "inputs"')
     if not isinstance(request.get("id", ""), str):
         raise _bad('"id" must be a string')
-    outputs = _outputs(request, _flag(_parameters(request, "the request"), "binary_data_output"))
+    binary_output = _flag(_parameters(request, "the request"), "binary_data_output")
+    outputs = _outputs(request, binary_output, given)
     size = image_size
     spec = f"{INPUT!r}, UINT8 [N, {size}, {size}, 3]"
     inputs = request["inputs"]
@@ -251,41 +294,60 @@ def _pixels(tensor: dict, shape: list[int], binary: bytes) -> np.ndarray:
     return values.astype(np.uint8).reshape(shape)
 
 
-def _outputs(request: dict, default_binary: bool) -> list[Output]:
-    """The requested outputs; none: both, as binary_data_output says (JSON by default)."""
+def _outputs(request: dict, default_binary: bool, given: tuple[str, ...]) -> list[Output]:
+    """The requested outputs; none: all the model gives, as binary_data_output says (JSON by
+    default)."""
     wanted = request.get("outputs") or []
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise _bad('"outputs" must be a list of objects, each with a "name"')
     if not wanted:
-        return [Output(name, default_binary, 0) for name in OUTPUTS]
+        return [Output(name, default_binary, 0) for name in given]
     outputs = []
     for output in wanted:
         name = output.get("name")
-        if name not in OUTPUTS:
-            raise _bad(f"unknown output {name!r}: this model gives {' and '.join(OUTPUTS)}")
+        gives = f"this model gives {', '.join(given[:-1])} and {given[-1]}"
+        if name in VERDICT_OUTPUTS and name not in given:
+            raise _bad(f"output {name!r}: this model was saved without a \"none of these\" rule "
+                       f"(train it again to fit one); {gives}")  # fmt: skip
+        if name not in given:
+            raise _bad(f"unknown output {name!r}: {gives}")
         params = _parameters(output, f"output {name!r}")
         if "shared_memory_region" in params:
             raise _bad("shared memory is not supported: ask for the outputs in the response")
         k = params.get("classification", 0)
         if type(k) is not int or k < 0:
             raise _bad(f"output {name!r}: classification must be a number of classes, not {k!r}")
+        if k and name in VERDICT_OUTPUTS:
+            raise _bad(f"output {name!r}: classification is for the class scores "
+                       f"({' and '.join(OUTPUTS)}), not one value per image")  # fmt: skip
         binary = _flag(params, "binary_data", default_binary)  # overrides binary_data_output
         outputs.append(Output(name, binary, k))
     return outputs
 
 
+def output_tensors(logits: np.ndarray, scores: Scores, verdict: bool) -> dict[str, np.ndarray]:
+    """Each output's values of a batch: its raw `logits`, and their `scores` (the model's
+    TrainedModel.scores: calibrated probabilities, and where `verdict`, the OOD score and
+    the verdict, shaped (N, 1) as Triton gives them)."""
+    tensors = {"logits": logits, "probabilities": scores.probabilities.numpy()}
+    if verdict:
+        tensors[OOD_SCORE] = scores.ood_score.numpy().astype(np.float32)[:, None]
+        tensors[NONE_OF_THESE] = scores.none_of_these.numpy()[:, None]
+    return tensors
+
+
 def encode_response(
-    request: InferRequest, model_name: str, logits: np.ndarray, classes: list[str]
+    request: InferRequest, model_name: str, tensors: dict[str, np.ndarray], classes: list[str]
 ) -> Encoded:
-    """The inference response to `request`: JSON, or JSON then the binary outputs in their
-    order, with the JSON part's length in a header of its own (as Triton answers them)."""
-    scores = {"logits": logits, "probabilities": torch.from_numpy(logits).softmax(1).numpy()}
+    """The inference response to `request`, of the model's `tensors` (output_tensors): JSON,
+    or JSON then the binary outputs in their order, with the JSON part's length in a header of
+    its own (as Triton answers them)."""
     outputs, blobs = [], []
     for output in request.outputs:
-        values = scores[output.name]
+        values = tensors[output.name]
         if output.classes:
             values = _classifications(values, output.classes, classes)
-        datatype = "BYTES" if output.classes else "FP32"
+        datatype = "BYTES" if output.classes else "BOOL" if values.dtype == bool else "FP32"
         entry = {"name": output.name, "datatype": datatype, "shape": list(values.shape)}
         if output.binary:
             blobs.append(_binary(values))
@@ -310,9 +372,12 @@ def _classifications(scores: np.ndarray, k: int, classes: list[str]) -> np.ndarr
 
 
 def _binary(values: np.ndarray) -> bytes:
-    """Binary tensor data: little-endian FP32, or BYTES as a 4-byte length before each string."""
+    """Binary tensor data: little-endian FP32, BOOL as one byte each, or BYTES as a 4-byte
+    length before each string."""
     if values.dtype.kind == "U":
         return b"".join(struct.pack("<I", len(s)) + s for s in (v.encode() for v in values.flat))
+    if values.dtype == bool:
+        return values.astype(np.uint8).tobytes()
     return values.astype("<f4").tobytes()
 
 
