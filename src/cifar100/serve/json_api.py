@@ -65,10 +65,13 @@ async def explain(request: Request, service: Served) -> JSONResponse:
     model = service.model
     wanted = class_index(request, model.classes)
     parts = await image_parts(service, request)
-    pixels = await service.decode(parts)
-    scores = model.scores(await service.logits(pixels))
-    chosen = scores.probabilities.argmax(1).tolist() if wanted is None else [wanted] * len(pixels)
-    pngs = await service.explainer.overlays(pixels, chosen)
+    service.check_count(len(parts))
+    with service.explainer.room(len(parts)):  # before any is decoded
+        pixels = await service.decode(parts)
+        scores = model.scores(await service.logits(pixels))
+        predicted = scores.probabilities.argmax(1).tolist()
+        chosen = predicted if wanted is None else [wanted] * len(pixels)
+        pngs = await service.explainer.overlays(pixels, chosen)
     service.monitoring.explanations(len(pixels))
     known = service.verdict
     return JSONResponse([
