@@ -69,7 +69,10 @@ def test_the_model_card_and_the_openapi_docs(server):
     card = server.json("model")
     assert card["backbone"] == "efficientnet_lite0" and card["num_classes"] == 10
     assert card["image_size"] == 32 and card["test_top1"] is not None and card["trained_at"]
-    assert "/predict" in server.json("openapi.json")["paths"]
+    paths = server.json("openapi.json")["paths"]
+    assert "/predict" in paths and "/explain" in paths
+    answer = paths["/predict"]["post"]["responses"]["200"]["content"]["application/json"]
+    assert {"ood_score", "none_of_these"} <= set(answer["schema"]["items"]["properties"])
     assert server.get("docs")[0] == 200
 
 

@@ -35,6 +35,32 @@ EXPLAIN_DESCRIPTION = (
     "?class= (an index or a name). Needs the PyTorch runtime (501 under --runtime onnx); at "
     "most --max-explain-queue images wait at once (503 with Retry-After beyond)."
 )
+# What /predict and /explain answer, for the schema: they build their answers as JSON
+# themselves (a response model would validate and re-encode every number).
+VERDICT = {
+    "ood_score": {"type": ["number", "null"], "description": "how unlike the training images "
+                  "(softmax entropy, nats); null: the model has no rule"},
+    "none_of_these": {"type": ["boolean", "null"], "description": "none of the classes: "
+                      "ood_score above the model's threshold; null: the model has no rule"},
+}  # fmt: skip
+PREDICTION_SCHEMA = {"type": "array", "items": {"type": "object", "properties": {
+    "path": {"type": "string"},
+    "predictions": {"type": "array", "items": {"type": "object", "properties": {
+        "class": {"type": "string"}, "probability": {"type": "number"}}}},
+    **VERDICT,
+}}}  # fmt: skip
+EXPLANATION_SCHEMA = {"type": "array", "items": {"type": "object", "properties": {
+    "path": {"type": "string"}, "class": {"type": "string"}, "class_index": {"type": "integer"},
+    "probability": {"type": "number"}, **VERDICT,
+    "overlay_png": {"type": "string", "format": "byte",
+                    "description": "base64 PNG: the image with the heat map over it"},
+}}}  # fmt: skip
+
+
+def answers(schema: dict) -> dict:
+    return {200: {"content": {"application/json": {"schema": schema}}}}
+
+
 CLASS_PARAMETER = {"name": "class", "in": "query", "required": False,
                    "schema": {"type": "string"},
                    "description": "the class to explain: its index or name (default: each "
@@ -109,6 +135,7 @@ def add_json_api(app: FastAPI) -> None:
         summary="Top-k classes of one or more images",
         description=PREDICT_DESCRIPTION,
         openapi_extra={"parameters": [K_PARAMETER]},
+        responses=answers(PREDICTION_SCHEMA),
     )
     app.add_api_route(
         "/explain",
@@ -117,6 +144,7 @@ def add_json_api(app: FastAPI) -> None:
         summary="Where the model looked: a heat map over each image, as a PNG",
         description=EXPLAIN_DESCRIPTION,
         openapi_extra={"parameters": [CLASS_PARAMETER]},
+        responses=answers(EXPLANATION_SCHEMA),
     )
     app.add_api_route(
         "/metrics", metrics, methods=["GET"], summary="Prometheus metrics", include_in_schema=False
