@@ -40,7 +40,7 @@ class Explainer:
     ) -> None:
         self.model, self.batcher, self.max_waiting, self.pool = model, batcher, max_waiting, pool
         self.waiting = 0  # images of the /explain requests in progress
-        self._turn: asyncio.Lock | None = None  # made on the event loop, when first needed
+        self._turn = asyncio.Lock()  # one image on the model's thread at a time, in order
         self._mean_s = 0.2  # a running estimate of one image's explanation, for Retry-After
 
     def check_available(self) -> None:
@@ -77,11 +77,10 @@ class Explainer:
         """A PNG of each image (uint8 N, S, S, 3) with the map of where the model looked for
         its class in `classes` over it, at the image's size."""
         self.check_available()
-        self._turn = self._turn or asyncio.Lock()
         loop = asyncio.get_running_loop()
         pngs = []
         for image, class_index in zip(pixels, classes):
-            async with self._turn:  # one image on the model's thread at a time, FIFO
+            async with self._turn:
                 start = time.perf_counter()
                 explain = partial(self.model.explain, image[None], int(class_index))
                 heat = (await self.batcher.call(explain))[0]
