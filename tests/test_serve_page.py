@@ -209,6 +209,11 @@ def test_the_model_card_says_what_the_model_is(visit, model, server):
     )
     assert card["trained_at"][:4] in facts["trained"] and "1 epoch" in facts["trained"]
     assert facts["runtime"] == f"torch on {card['device']}"
+    rule = card["ood_rule"]
+    assert (
+        facts["ood"]
+        == f"uncertainty above {rule['threshold']:.2f} (95.0% of validation images pass)"
+    )
     assert v.page.inner_text("#summary") == "No images yet." and not v.page.is_visible("#clear")
     v.check_clean()
 
@@ -219,6 +224,12 @@ def test_the_model_card_says_what_the_model_is(visit, model, server):
     v.page.reload()
     v.page.wait_for_selector("#facts [data-fact=backbone]")
     assert v.page.inner_text("[data-fact=accuracy] dd") == "not measured on this file"
+    v = visit()  # nor a "none of these" rule: said subtly
+    without = json.dumps({**card, "ood_rule": None, "temperature": None})
+    v.page.route("**/model", lambda route: route.fulfill(json=json.loads(without)))
+    v.page.reload()
+    v.page.wait_for_selector("#facts [data-fact=backbone]")
+    assert v.page.inner_text("[data-fact=ood] dd") == "not available for this file"
     v.check_clean()
 
 

@@ -151,6 +151,8 @@ def test_explain_gives_a_png_of_where_the_model_looked_for_each_image(server, mo
         assert status == 200 and [(a["class"], a["class_index"]) for a in json.loads(answer)] == [
             ("cat", 3)
         ]  # fmt: skip
+    card = server.json("model")
+    assert card["temperature"] == TEMPERATURE and card["ood_rule"] == model.ood_rule.to_json()
     metrics = server.get("metrics")[1].decode()
     assert 'cifar100_requests_total{route="/explain",status="200"}' in metrics
     assert "cifar100_explained_images_total 4.0" in metrics

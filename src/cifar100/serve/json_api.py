@@ -224,6 +224,9 @@ def card(service: Service) -> dict:
         "epochs": info.epoch,
         "source": str(model.source),
         "runtime": model.runtime,
+        # calibration and the "none of these" rule (runtime/trust.py); None: a model without
+        "temperature": model.temperature,
+        "ood_rule": model.ood_rule.to_json() if model.ood_rule is not None else None,
         "device": str(model.device),
         "max_batch": service.settings.max_batch,
         "max_images": service.settings.max_images,
