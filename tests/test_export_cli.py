@@ -11,6 +11,7 @@ import pytest
 import cifar100
 from cifar100 import cli
 from cifar100.errors import CheckpointError
+from cifar100.runtime.tensor_names import OUTPUTS
 from tiny_run import train_tiny
 
 
@@ -114,7 +115,7 @@ def test_a_triton_repository_holds_the_same_model(run, onnx_file, tmp_path, caps
     )
     assert config.name == "cifar10" and config.max_batch_size == 16
     assert [i.name for i in config.input] == ["images"]
-    assert {o.name for o in config.output} == {"probabilities", "logits"}
+    assert [o.name for o in config.output] == list(OUTPUTS)
     labels = (repo / "cifar10" / "labels.txt").read_text().splitlines()
     assert labels == cifar100.load(out, device="cpu").classes
     inside = cifar100.load(repo / "cifar10" / "1" / "model.onnx")

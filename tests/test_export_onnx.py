@@ -139,6 +139,8 @@ def test_interface_is_uint8_images_to_float_scores_with_a_symbolic_batch(lite0):
     assert [signature(v) for v in proto.graph.output] == [
         ("probabilities", "FLOAT", ["batch", 10]),
         ("logits", "FLOAT", ["batch", 10]),
+        ("ood_score", "FLOAT", ["batch"]),
+        ("none_of_these", "BOOL", ["batch"]),
     ]
     # Self-contained: every weight inside the file, no side files beside it.
     assert all(t.data_location == onnx.TensorProto.DEFAULT for t in proto.graph.initializer)

@@ -64,17 +64,23 @@ def test_config_follows_tritons_schema_and_the_onnx_graph(onnx_path, tmp_path):
     graph = onnx.load(onnx_path).graph
     onnx_to_triton = {TensorProto.UINT8: model_config_pb2.TYPE_UINT8}
     onnx_to_triton[TensorProto.FLOAT] = model_config_pb2.TYPE_FP32
+    onnx_to_triton[TensorProto.BOOL] = model_config_pb2.TYPE_BOOL
     for ours, theirs in [(config.input, graph.input), (config.output, graph.output)]:
         assert [t.name for t in ours] == [v.name for v in theirs]
         for tensor, value in zip(ours, theirs):
             assert tensor.data_type == onnx_to_triton[value.type.tensor_type.elem_type]
-            # Without the batch axis: max_batch_size > 0 makes Triton add it.
-            assert list(tensor.dims) == [d.dim_value for d in value.type.tensor_type.shape.dim[1:]]
+            # Without the batch axis: max_batch_size > 0 makes Triton add it; a (batch,) tensor
+            # is Triton's [1] reshaped to [].
+            dims = [d.dim_value for d in value.type.tensor_type.shape.dim[1:]]
+            assert list(tensor.dims) == (dims or [1]) and list(tensor.reshape.shape) == []
+            assert tensor.HasField("reshape") == (not dims)
     assert [(t.name, list(t.dims)) for t in config.input] == [("images", [32, 32, 3])]
     assert config.input[0].format == model_config_pb2.ModelInput.FORMAT_NHWC
     assert [(t.name, list(t.dims), t.label_filename) for t in config.output] == [
         ("probabilities", [10], "labels.txt"),
         ("logits", [10], "labels.txt"),
+        ("ood_score", [1], ""),
+        ("none_of_these", [1], ""),
     ]
 
 

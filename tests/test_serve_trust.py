@@ -2,7 +2,8 @@
 /predict and the Open Inference Protocol give the model's calibrated probabilities, its OOD
 score and its "none of these" verdict (runtime/trust.py), as `cifar100.load(...)` does in
 process; POST /explain shows where the model looked, bounded so that it cannot starve /predict;
-a model saved without the rule still predicts, with no verdict."""
+a model saved without the rule still predicts, with no verdict (on v2, as its exports: the
+score, and a verdict always false)."""
 
 from __future__ import annotations
 
@@ -197,28 +198,26 @@ def test_a_model_without_the_rule_still_predicts_with_no_verdict(old_run, pixels
 
     async def ask() -> list[httpx.Response]:
         async with in_process(model) as (_, http):
-            infer = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 32, 32, 3],
-                                 "data": pixels[:1].ravel().tolist()}]}  # fmt: skip
+            infer = {"inputs": [{"name": "images", "datatype": "UINT8", "shape": [N, 32, 32, 3],
+                                 "data": pixels.ravel().tolist()}]}  # fmt: skip
             return [
                 await http.post("/predict", files=files(pixels[:2])),
-                await http.get("/v2/models/cifar100"),
                 await http.post("/v2/models/cifar100/infer", json=infer),
-                await http.post("/v2/models/cifar100/infer",
-                                json=infer | {"outputs": [{"name": "none_of_these"}]}),
                 await http.post("/explain", files=files(pixels[:1])),
             ]  # fmt: skip
 
-    predicted, metadata, inferred, verdict, explained = asyncio.run(ask())
+    predicted, inferred, explained = asyncio.run(ask())
     uncalibrated = torch.softmax(model.logits(pixels[:2]), 1).max(1).values
     answer = predicted.json()
     assert [(a["ood_score"], a["none_of_these"]) for a in answer] == [(None, None)] * 2
     assert np.allclose([a["predictions"][0]["probability"] for a in answer], uncalibrated,
                        atol=1e-5)  # fmt: skip
-    assert [o["name"] for o in metadata.json()["outputs"]] == ["probabilities", "logits"]
-    assert [o["name"] for o in inferred.json()["outputs"]] == ["probabilities", "logits"]
-    assert verdict.status_code == 400 and verdict.json()["error"].startswith(
-        "output 'none_of_these': this model was saved without a \"none of these\" rule"
-    )
+    # v2, as the model's ONNX and Triton exports answer: its score, and never "none of these"
+    outputs = {o["name"]: o["data"] for o in inferred.json()["outputs"]}
+    assert list(outputs) == ["probabilities", "logits", "ood_score", "none_of_these"]
+    assert outputs["none_of_these"] == [False] * N
+    entropy = model.scores(model.logits(pixels)).ood_score
+    assert np.allclose(outputs["ood_score"], entropy, atol=1e-5)
     assert explained.status_code == 200
     assert (explained.json()[0]["ood_score"], explained.json()[0]["none_of_these"]) == (None, None)
 

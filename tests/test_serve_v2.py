@@ -15,7 +15,7 @@ import pytest
 import cifar100
 from cifar100.serve.app import create_app
 from cifar100.serve.settings import ServeSettings
-from cifar100.serve.v2_codec import OUTPUTS, VERDICT_OUTPUTS, model_metadata, output_names
+from cifar100.serve.v2_codec import CLASS_SCORES, OUTPUTS, model_metadata
 from serve_server import running_server
 from synthetic_cifar import CIFAR10_CLASSES
 
@@ -23,7 +23,6 @@ httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http]
 InferenceServerException = pytest.importorskip("tritonclient.utils").InferenceServerException
 
 SIZE, CLASSES = 32, len(CIFAR10_CLASSES)
-ALL = output_names(verdict=True)  # the tiny model carries a "none of these" rule
 HEADER = "Inference-Header-Content-Length"
 INFER = "v2/models/cifar100/infer"
 
@@ -78,7 +77,8 @@ def test_server_and_model_metadata_as_tritonclient_reads_them(client):
     server = client.get_server_metadata()
     assert server["name"] == "cifar100" and server["version"] == cifar100.__version__
     assert {"binary_tensor_data", "classification", "model_repository"} <= set(server["extensions"])
-    scores = [{"name": n, "datatype": "FP32", "shape": [-1, CLASSES]} for n in OUTPUTS] + [
+    scores = [{"name": n, "datatype": "FP32", "shape": [-1, CLASSES]} for n in CLASS_SCORES]
+    scores += [
         {"name": "ood_score", "datatype": "FP32", "shape": [-1, 1]},
         {"name": "none_of_these", "datatype": "BOOL", "shape": [-1, 1]},
     ]
@@ -114,14 +114,7 @@ def test_names_are_the_onnx_exports_so_a_client_moves_to_triton_unchanged(run, c
     assert [(t["name"], t["shape"][1:]) for t in served["inputs"]] == [
         (t.name, t.shape[1:]) for t in graph.get_inputs()
     ]
-    # The verdict's outputs join the graph's with the ONNX export's own change; until then
-    # the served ones beyond the graph's are those alone.
-    served_names, graph_names = (
-        [t["name"] for t in served["outputs"]],
-        [t.name for t in graph.get_outputs()],
-    )
-    assert [n for n in served_names if n in graph_names] == graph_names
-    assert set(served_names) - set(graph_names) <= set(VERDICT_OUTPUTS)
+    assert [t["name"] for t in served["outputs"]] == [t.name for t in graph.get_outputs()]
     for runtime, platform in [("torch", "pytorch_libtorch"), ("onnx", "onnxruntime_onnx")]:
         assert model_metadata("cifar100", SIZE, CLASSES, runtime).platform == platform
 
@@ -136,7 +129,9 @@ def test_model_config_is_a_valid_triton_model_config(client):
     assert parsed.input[0].data_type == model_config_pb2.TYPE_UINT8
     assert list(parsed.input[0].dims) == [SIZE, SIZE, 3]
     assert parsed.input[0].format == model_config_pb2.ModelInput.FORMAT_NHWC
-    assert [(o.name, list(o.dims)) for o in parsed.output] == [(n, [CLASSES]) for n in OUTPUTS] + [
+    assert [(o.name, list(o.dims)) for o in parsed.output] == [
+        (n, [CLASSES]) for n in CLASS_SCORES
+    ] + [
         ("ood_score", [1]), ("none_of_these", [1])
     ]  # fmt: skip
     assert parsed.output[3].data_type == model_config_pb2.TYPE_BOOL
@@ -157,14 +152,14 @@ def test_repository_index_names_the_model_and_load_is_refused(client, server):
 @pytest.mark.parametrize("binary_out", [True, False], ids=["binary-out", "json-out"])
 def test_infer_answers_what_the_model_answers_in_process(client, model, binary_in, binary_out):
     pixels = images(5, seed=1)
-    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary_out) for n in ALL]
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary_out) for n in OUTPUTS]
     result = client.infer("cifar100", [images_input(pixels, binary_in)], outputs=outputs,
                           request_id="req-7")  # fmt: skip
     response = result.get_response()
     assert (response["id"], response["model_name"], response["model_version"]) == (
         "req-7", "cifar100", "1"
     )  # fmt: skip
-    assert [o["name"] for o in response["outputs"]] == list(ALL)
+    assert [o["name"] for o in response["outputs"]] == list(OUTPUTS)
     assert all(("data" in o) != binary_out for o in response["outputs"])
     scores = model.scores(model.logits(pixels))  # calibrated, with the OOD score and verdict
     assert np.allclose(result.as_numpy("ood_score")[:, 0], scores.ood_score, atol=1e-5)
@@ -180,7 +175,7 @@ def test_without_outputs_both_come_as_binary_data_output_asks(client, model):
     # No outputs named: tritonclient asks for binary_data_output; the versions path as well.
     result = client.infer("cifar100", [images_input(pixels)], model_version="1")
     outputs = result.get_response()["outputs"]
-    assert [o["name"] for o in outputs] == list(ALL)
+    assert [o["name"] for o in outputs] == list(OUTPUTS)
     sizes = [2 * CLASSES * 4] * 2 + [2 * 4, 2]  # FP32 each; BOOL a byte each
     assert [o["parameters"]["binary_data_size"] for o in outputs] == sizes
     assert np.allclose(result.as_numpy("probabilities"), model.probabilities(pixels), atol=1e-5)

@@ -131,11 +131,15 @@ def evaluate(
     batch_size: int | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    ood_acceptance: float | None = None,
 ) -> Evaluation:
     """Test a run (its `checkpoint`: last or best; a TrainingRun's tested one by default), a
     checkpoint or an export on its data's test split (or `data`), as `cifar100 evaluate`
     does: the evaluation is written beside it (RUN/evaluation[-VARIANT].json,
-    FILE.eval.json) and returned."""
+    FILE.eval.json) and returned.
+
+    ood_acceptance: fit the temperature and the "none of these" threshold again on the
+    validation split, accepting this share of it, and save them into the checkpoint."""
     # Imported here, not above: evaluation loads torch, and this keeps `import cifar100` light.
     from cifar100.evaluate import evaluate_checkpoint, variant_suffix
     from cifar100.runtime.run_dir import RunDir, file_evaluation
@@ -152,6 +156,7 @@ def evaluate(
         progress=progress,
         tta_flip=tta,
         ema=ema,
+        ood_acceptance=ood_acceptance,
     )
     variant = variant_suffix(checkpoint, tta, ema)
     if target.is_dir():

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LIMITS", "fit_temperature", "scores"]
+__all__ = ["LIMITS", "calibration_record", "fit_temperature", "scores"]
 
 LIMITS = (0.05, 20.0)  # T outside this says the logits are broken, not over-confident
 BINS = 15  # equal-width confidence bins of the expected calibration error
@@ -89,3 +89,15 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0)
             for i in range(BINS)
         ],
     }
+
+
+def calibration_record(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float | None = None
+) -> dict[str, Any]:
+    """What evaluation.json keeps: the raw probabilities' scores (ece, nll, brier, bins), the
+    model's temperature, and the calibrated probabilities' scores under "calibrated" (None
+    for a model without a temperature)."""
+    record = scores(logits, labels)
+    record["temperature"] = temperature
+    record["calibrated"] = None if temperature is None else scores(logits, labels, temperature)
+    return record

@@ -10,14 +10,16 @@ import numpy as np
 import torch
 
 from cifar100.data import load_data
-from cifar100.data.tensors import ImageSet, fine_to_coarse
+from cifar100.data.tensors import ImageSet, fine_to_coarse, split_holdout
 from cifar100.errors import CifarError, DataError
 from cifar100.metrics import classification_metrics
 from cifar100.paths import resolve_cache_dir
 from cifar100.predictions_file import read_predictions, write_predictions
+from cifar100.runtime.checkpoint import Checkpoint
 from cifar100.runtime.evaluation import Evaluation
 from cifar100.runtime.run_dir import RunDir, file_predictions, read_json_or_none
-from cifar100.runtime.trained_model import load
+from cifar100.runtime.trained_model import TrainedModel, load
+from cifar100.runtime.trust import fit_trust, ood_record
 
 
 def variant_suffix(which: str = "last", tta_flip: bool = False, ema: bool = False) -> str:
@@ -41,6 +43,7 @@ def evaluate_checkpoint(
     tta_flip: bool = False,
     ema: bool = False,
     predictions_path: str | Path | None = None,
+    ood_acceptance: float | None = None,
 ) -> Evaluation:
     """Evaluate a trained model (a run directory's checkpoint, a checkpoint, or an export) on
     its data's test split (or the data at `data_path`).
@@ -48,7 +51,13 @@ def evaluate_checkpoint(
     Also writes the test predictions (see `save_predictions`) to `predictions_path`, by
     default RUN_DIR/predictions{variant}.npz or FILE.predictions{variant}.npz. When the
     checkpoint keeps an EMA, the plain evaluation also reports it (as training does).
+
+    A checkpoint saved without a temperature and a "none of these" rule (before they existed)
+    gets them fitted on its validation split and saved into it; `ood_acceptance` fits them
+    again, the rule to accept that share of the validation images.
     """
+    if ood_acceptance is not None and not 0 < ood_acceptance <= 1:
+        raise DataError(f"ood_acceptance {ood_acceptance!r}: a share in (0, 1], e.g. 0.95")
     model = load(target, device=device, checkpoint=which, ema=ema)
     info, cfg = model.info, model.info.config
     data_cfg = replace(cfg.data, path=data_path) if data_path else cfg.data
@@ -57,16 +66,16 @@ def evaluate_checkpoint(
     )
     test = splits.test
     _check_classes(info.classes, test.classes, data_cfg.path or data_cfg.dataset)
-    if test.image_size != model.image_size:
-        raise DataError(
-            f"{data_cfg.path or data_cfg.dataset}: its images are {test.image_size}px, the "
-            f"model takes {model.image_size}px; evaluate on the data it was trained for"
-        )
+    _check_size(test.image_size, model.image_size, data_cfg.path or data_cfg.dataset)
     mapping = info.fine_to_coarse or fine_to_coarse(test)
     coarse = info.coarse_classes or test.coarse_classes
     batch_size = batch_size or cfg.train.eval_batch_size
+    plain = not (ema or tta_flip or data_path)
+    fitted = _fit_if_asked(model, splits.train, batch_size, progress, ood_acceptance, plain)
     logits = model.logits(test.images, batch_size, tta_flip, progress)
-    metrics = classification_metrics(logits, test.labels, test.classes, mapping, coarse)
+    metrics = classification_metrics(logits, test.labels, test.classes, mapping, coarse,
+                                     info.temperature)  # fmt: skip
+    metrics["ood"] = ood_record(model.ood_rule, logits)
     if not ema and not tta_flip and info.has_ema:
         average = load(model.source, device=device, ema=True)
         summary = classification_metrics(average.logits(test.images, batch_size), test.labels,
@@ -84,6 +93,8 @@ def evaluate_checkpoint(
     # Variants keep their logits only: the images (30 MB for CIFAR-100) are the plain one's.
     save_predictions(predictions_path, logits, test, mapping, coarse, images=variant == "")
     extra: dict[str, Any] = {"tta": "flip" if tta_flip else "none", "runtime": model.runtime}
+    if fitted:
+        extra["fitted_now"] = fitted
     if ema:
         extra["weights"] = "ema"
         extra["ema_updates"] = info.ema_updates
@@ -99,6 +110,57 @@ def evaluate_checkpoint(
         agreement=agreement,
         predictions=str(predictions_path),
     )
+
+
+def _fit_if_asked(model, train, batch_size, progress, acceptance, plain) -> dict | None:
+    """fit_checkpoint where asked (`acceptance`) or where the checkpoint has no temperature:
+    on its own validation split, so only in a plain evaluation of the run's own data."""
+    if acceptance is None and model.info.temperature is not None:
+        return None
+    if not plain:
+        if acceptance is None:
+            return None
+        raise DataError(
+            "--ood-acceptance fits the checkpoint's rule on its own validation split: give it "
+            "without --ema, --tta or --data"
+        )
+    return fit_checkpoint(model, train, batch_size, progress, acceptance)
+
+
+def fit_checkpoint(
+    model: TrainedModel,
+    train: ImageSet,
+    batch_size: int,
+    progress: bool,
+    acceptance: float | None = None,
+) -> dict[str, Any] | None:
+    """The temperature and the "none of these" rule (accepting `acceptance` of validation,
+    by default the run's train.ood_acceptance) fitted now on the checkpoint's validation split
+    (the one training held out: same fraction, same seed) and saved into the checkpoint, so
+    its exports carry them too: for a checkpoint saved before models kept them, or to change
+    the acceptance. What was fitted, or None where nothing can be (an export, no validation
+    split)."""
+    info, source = model.info, model.source
+    cfg = info.config
+    if source.suffix != ".pt" or model.module is None or not cfg.data.val_fraction:
+        if acceptance is not None:
+            raise DataError(
+                f"{source}: --ood-acceptance fits a checkpoint's rule on its validation split; "
+                "give a run or checkpoint trained with one (data.val_fraction > 0), then export "
+                "it again"
+            )
+        return None
+    _, val = split_holdout(train, cfg.data.val_fraction, cfg.train.seed)
+    val_logits = model.logits(val.images, batch_size, progress=progress)
+    temperature, rule = fit_trust(val_logits, val.labels, acceptance or cfg.train.ood_acceptance)
+    if temperature is None:
+        return None
+    ckpt = Checkpoint.load(source)
+    ckpt.info.temperature, ckpt.info.ood = temperature, rule and rule.to_json()
+    ckpt.save(source)
+    info.temperature, info.ood = ckpt.info.temperature, ckpt.info.ood
+    return {"temperature": temperature, "ood": info.ood, "saved_in": str(source),
+            "validation_images": len(val)}  # fmt: skip
 
 
 def _train_wall(run: str | None, epoch: int | None) -> float | None:
@@ -161,6 +223,14 @@ def save_predictions(
         arrays["coarse_classes"] = np.array(coarse_classes, dtype=str)
         arrays["fine_to_coarse"] = np.array(fine_to_coarse, dtype=np.int64)
     write_predictions(path, arrays)
+
+
+def _check_size(found: int, takes: int, source: str) -> None:
+    if found != takes:
+        raise DataError(
+            f"{source}: its images are {found}px, the model takes {takes}px; evaluate on the "
+            "data it was trained for"
+        )
 
 
 def _check_classes(trained: list[str], found: list[str], source: str) -> None:

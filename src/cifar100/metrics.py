@@ -1,5 +1,6 @@
 """Classification metrics as pure functions of logits and labels: top-1, top-5, loss, per class,
-per superclass, macro-F1 and calibration. Training, evaluation and exports all use these.
+per superclass, macro-F1 and calibration (calibration.py). Training, evaluation and exports
+all use these.
 
 Top-5 is reported only with more than 5 classes (`top5_applies`): the one rule, here."""
 
@@ -10,9 +11,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cifar100.calibration import calibration_record
+
 __all__ = [
     "accuracy",
-    "calibration",
     "classification_metrics",
     "f1_scores",
     "top5_applies",
@@ -46,9 +48,11 @@ def classification_metrics(
     classes: list[str],
     fine_to_coarse: list[int] | None = None,
     coarse_classes: list[str] | None = None,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
     """Loss, top-1, top-5 (more than 5 classes only) and per-class accuracy; per superclass
-    where superclasses exist."""
+    where superclasses exist; calibration of the raw probabilities and, given the model's
+    `temperature`, of the calibrated ones."""
     labels = labels.long().cpu()
     n = len(labels)
     pred = logits.argmax(1)
@@ -60,7 +64,7 @@ def classification_metrics(
         **accuracy(logits, labels),
         "per_class": {c: round(float(a), 4) for c, a in zip(classes, per_class)},
         **f1_scores(pred, labels, classes),
-        "calibration": calibration(logits, labels),
+        "calibration": calibration_record(logits, labels, temperature),
     }
     if fine_to_coarse is not None and coarse_classes is not None:
         mapping = torch.tensor(fine_to_coarse)
@@ -103,38 +107,4 @@ def f1_scores(pred: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> d
             }
             for c, p, r, f, n in zip(classes, precision, recall, f1, support)
         },
-    }
-
-
-def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> dict[str, Any]:
-    """Expected calibration error over equal-width confidence bins, with each bin's data.
-
-    A bin i holds confidences in (i/bins, (i+1)/bins]; ECE = sum over bins of
-    count/N * |accuracy - mean confidence|. The bins are a reliability diagram's bars.
-    """
-    n = len(labels)
-    if n == 0:
-        return {"ece": float("nan"), "bins": []}
-    conf, pred = logits.double().softmax(1).max(1)
-    correct = (pred == labels).double()
-    # ceil(conf * bins) - 1 puts a confidence exactly on an edge in the lower bin.
-    index = (torch.ceil(conf * bins).long() - 1).clamp(0, bins - 1)
-    count = torch.bincount(index, minlength=bins).double()
-    conf_sum = torch.bincount(index, weights=conf, minlength=bins)
-    hit_sum = torch.bincount(index, weights=correct, minlength=bins)
-    mean_conf = conf_sum / count.clamp(min=1)
-    accuracy = hit_sum / count.clamp(min=1)
-    ece = float(((count / n) * (accuracy - mean_conf).abs()).sum())
-    return {
-        "ece": ece,
-        "bins": [
-            {
-                "lower": round(i / bins, 6),
-                "upper": round((i + 1) / bins, 6),
-                "count": int(count[i]),
-                "confidence": float(mean_conf[i]) if count[i] else None,
-                "accuracy": float(accuracy[i]) if count[i] else None,
-            }
-            for i in range(bins)
-        ],
     }

@@ -42,7 +42,7 @@ def predict_files(model: TrainedModel, paths: list[str | Path], k: int = 5) -> l
             r.error = str(e).removeprefix(f"{name}: ")
     if arrays:
         for r, p in zip(good, model.predict(np.stack(arrays), k)):
-            r.top = p.top
+            r.top, r.ood_score, r.none_of_these = p.top, p.ood_score, p.none_of_these
     return results
 
 

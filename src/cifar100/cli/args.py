@@ -35,6 +35,20 @@ def at_least(low: float, kind: type = int, strict: bool = False):
     return parse
 
 
+def share(text: str) -> float:
+    """An argparse type: a share in (0, 1], as train.ood_acceptance takes it."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a share in (0, 1], e.g. 0.95; got {text}")
+    return value
+
+
+share.__name__ = "float"
+
+
 def add_model_target(p: argparse.ArgumentParser, dest: str) -> None:
     """The trained model a command reads: a run directory, a checkpoint or an export."""
     p.add_argument(

@@ -6,7 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from cifar100.cli.args import add_checkpoint_choice, add_common, add_model_target, at_least
+from cifar100.cli.args import (
+    add_checkpoint_choice,
+    add_common,
+    add_model_target,
+    at_least,
+    share,
+)
 from cifar100.cli.threads import use_free_cores
 
 HELP = "test accuracy of a run or checkpoint"
@@ -49,6 +55,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ema", action="store_true", help="evaluate the checkpoint's EMA weights (train.ema_decay)"
     )
+    p.add_argument(
+        "--ood-acceptance",
+        type=share,
+        metavar="SHARE",
+        help="fit the calibration and the 'none of these' threshold again on the validation "
+        "split, accepting this share of it (e.g. 0.99), and save them into the checkpoint "
+        "(default: keep the fitted ones; a checkpoint saved without them gets them at the "
+        "run's train.ood_acceptance, 0.95)",
+    )
     add_common(p)
 
 
@@ -76,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         tta_flip=args.tta == "flip",
         ema=args.ema,
+        ood_acceptance=args.ood_acceptance,
         # Beside the JSON; the default (None) is RUN_DIR/predictions{variant}.npz.
         predictions_path=predictions_beside(out) if args.output else None,
     )

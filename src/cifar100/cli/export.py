@@ -12,12 +12,13 @@ from cifar100.export.formats import FORMATS  # the registry alone: no torch
 HELP = "write a trained model as ONNX, safetensors, Keras or a Triton model repository"
 DESCRIPTION = (
     "Write a trained model (a run directory, a checkpoint, or a safetensors export) in a "
-    "format other tools run: onnx (uint8 images in, probabilities and logits out, the scaling "
-    "and upsampling inside; checked against PyTorch on the model's test images before it is "
+    "format other tools run: onnx (uint8 images in; calibrated probabilities, logits, the OOD "
+    "score and the 'none of these' verdict out; the scaling, upsampling, temperature and "
+    "threshold inside; checked against PyTorch on the model's test images before it is "
     "written), safetensors (weights and settings, no pickle), keras (a .keras file for the "
-    "report's ResNet50V2 architecture) or triton (a Triton Inference Server model repository "
-    "around the ONNX graph). Each carries the model's classes, image size, settings and "
-    "provenance."
+    "report's ResNet50V2 architecture, with the same four outputs) or triton (a Triton "
+    "Inference Server model repository around the ONNX graph). Each carries the model's "
+    "classes, image size, settings and provenance."
 )
 
 
@@ -93,6 +94,7 @@ def _details(args: argparse.Namespace, result) -> str:
     checked = result.details.get("max_abs_diff")
     return (", int8, quantised from the fp32 graph" if args.quantize else "") + (
         f"; the fp32 graph in ONNX Runtime vs PyTorch: max |difference| of probabilities "
+        f"and OOD scores "
         f"{checked:.1e} on {result.details.get('images_checked')} images"
         if checked is not None
         else ""

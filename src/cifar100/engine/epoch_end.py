@@ -23,7 +23,7 @@ from cifar100.metrics import accuracy, classification_metrics
 from cifar100.runtime.checkpoint import Checkpoint, load_weights
 from cifar100.runtime.evaluation import Evaluation
 from cifar100.runtime.inference import evaluate_model, predict_logits
-from cifar100.runtime.trust import fit_trust
+from cifar100.runtime.trust import fit_trust, ood_record
 
 
 def checkpoint_of(run: Run, optimizer, phase: str, epochs_done: int) -> Checkpoint:
@@ -159,6 +159,7 @@ def use_best_weights(run: Run) -> None:
         return
     ckpt = Checkpoint.load(best)
     load_weights(run.model, ckpt.model, best)
+    run.info.temperature, run.info.ood = ckpt.info.temperature, ckpt.info.ood  # fitted for them
     if run.ema is not None and ckpt.ema:
         run.ema.load_state_dict(ckpt.ema)
     stop["tested"] = "best"
@@ -230,7 +231,8 @@ def final_test(run: Run, logits: torch.Tensor | None = None) -> dict[str, Any]:
             logits = predict_logits(run.model, test_set.images, run.device, t.eval_batch_size,
                                     t.amp)  # fmt: skip
         test = classification_metrics(logits, test_set.labels, test_set.classes,
-                                      fine_to_coarse, coarse)  # fmt: skip
+                                      fine_to_coarse, coarse, run.info.temperature)  # fmt: skip
+        test["ood"] = ood_record(run.info.ood_rule, logits)
         if run.ema is not None:
             ema = evaluate_model(run.ema.module, test_set, run.device, t.eval_batch_size, t.amp)
             test["ema"] = {k: ema[k] for k in ("loss", "top1", "top5") if k in ema}

@@ -202,7 +202,7 @@ register_format(
         _write_onnx,
         reader=read_onnx,
         quantizes=True,
-        description="uint8 images in, probabilities out",
+        description="uint8 images in; probabilities, OOD score and verdict out",
     )
 )
 register_format(

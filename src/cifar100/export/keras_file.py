@@ -1,8 +1,24 @@
 """The report's model as a Keras 3 `.keras` archive, written with json, zipfile, h5py and numpy
 alone: TensorFlow is only a test oracle and is never imported on this path.
 
-    write_keras_model(model, cfg.model, 32, Path("model.keras"))
-    keras.saving.load_model("model.keras").predict(pixels)   # (N, 32, 32, 3) 0..255 -> softmax
+    write_keras_model(model, cfg.model, 32, Path("model.keras"), temperature=1.4, rule=rule)
+    answer = keras.saving.load_model("model.keras").predict(pixels)  # (N, 32, 32, 3) 0..255
+    answer["probabilities"]   # (N, C) calibrated: softmax(logits / temperature)
+    answer["logits"]          # (N, C)
+    answer["ood_score"]       # (N,) the entropy of softmax(logits), nats (runtime/trust.py)
+    answer["none_of_these"]   # (N,) 1.0 where ood_score > the rule's threshold, else 0.0
+
+Keras alone computes all four (built-in layers, no custom objects, safe_mode on), as
+runtime/trust.py's score_logits does; without a temperature it is 1, without a rule
+none_of_these is always 0.0. The verdict is float32 0.0/1.0 (Keras has no boolean layer):
+ReLU(max_value=1) of 2**100 * (ood_score - threshold), a Dense layer. 2**100 and -2**100 *
+threshold are exact in float32, so the Dense's sum has the sign of ood_score - threshold,
+exactly, and for distinct scores and thresholds above 2**-76 nats (thresholds below are
+raised to it) a magnitude of at least 2: the step is exactly 0 or 1, and 1 exactly where
+Keras's own score is over the threshold (its score differs from PyTorch's by ~1e-6). That
+holds in float32 arithmetic: TensorFlow on a recent NVIDIA GPU runs matmuls in TF32 unless
+told not to (tf.config.experimental.enable_tensor_float_32_execution(False)), rounding the
+Dense layers' inputs to 10 mantissa bits: the scores, and the step's edge, move with them.
 
 The archive is what Keras 3's `model.save("m.keras")` writes (checked against Keras 3.15 by
 tests/test_export_keras.py), its members stored uncompressed:
@@ -10,7 +26,10 @@ tests/test_export_keras.py), its members stored uncompressed:
   config.json       a Functional model: InputLayer (raw pixels) -> Rescaling [-> Normalization]
                     -> [UpSampling2D bilinear] -> resnet50v2 (a nested Functional, layers named
                     as in keras.applications) -> GlobalAveragePooling2D -> Dropout -> Dense
-                    [-> LeakyReLU] -> BatchNormalization -> Dense softmax
+                    [-> LeakyReLU] -> BatchNormalization -> Dense (the logits), then the trust
+                    head (TRUST_HEAD: Activation softmax and log_softmax, Multiply, a frozen
+                    Dense summing with weights -1, a frozen Dense and a ReLU for the verdict,
+                    Rescaling 1/T and Activation softmax), with four named outputs
   model.weights.h5  layers/<key>/vars/<i>, a nested model's under layers/<key>/layers/...; <key>
                     is the layer's class in snake case, numbered in the model's layer order
                     ("conv2d", "conv2d_1", ...). Keras finds weights by these keys, not by layer
@@ -37,10 +56,15 @@ from cifar100.export.job import ExportJob, ExportResult
 from cifar100.fileio import atomic_path
 from cifar100.models.head import IMAGENET_MEAN, IMAGENET_STD, Classifier, Upsample
 from cifar100.models.resnet_v2 import ResNet50V2
+from cifar100.runtime.ood_rule import OodRule
+from cifar100.runtime.tensor_names import LOGITS, NONE_OF_THESE, OOD_SCORE, PROBABILITIES
+from cifar100.weights.keras_report_config import TRUST_HEAD
 from cifar100.weights.keras_to_torch import KERAS_ORDER, TORCH_NAME
 
 KERAS_VERSION = "3.15.1"  # the release whose `model.save` layout this copies
 FLOAT = "float32"
+STEP = 2.0**100  # the verdict's slope (see the docstring): a power of two, exact in float32
+LOWEST_THRESHOLD = 2.0**-76  # where STEP * (score - threshold) >= 2 for distinct float32s
 
 # Our Preprocess as Rescaling(scale, offset) on raw pixels: x * scale + offset. The layer is
 # always there, "raw"'s identity too: without one, a reader (ours, import-keras) takes the
@@ -77,6 +101,7 @@ class _Graph:
         self.shapes: dict[str, list] = {input_name: shape}  # layer name -> its output's shape
         self.weights: dict[str, list[np.ndarray]] = {}
         self.nested: dict[str, _Graph] = {}
+        self.outputs: dict[str, str] | None = None  # output name -> layer; None: the last layer
 
     def add(self, cls: str, name: str, inputs: str | list[str], shape=None, weights=(), **config):
         """Append layer `name` called on the outputs of `inputs`; its name stands for its output.
@@ -114,7 +139,11 @@ class _Graph:
         return name
 
     def config(self) -> dict:
-        """Its config as Keras serialises a Functional model; the last layer is the output."""
+        """Its config as Keras serialises a Functional model; the last layer is the output,
+        unless named `outputs` are set."""
+        outputs = [self.layers[-1]["name"], 0, 0]
+        if self.outputs is not None:
+            outputs = {key: [layer, 0, 0] for key, layer in self.outputs.items()}
         return {
             "module": "keras.src.models.functional",
             "class_name": "Functional",
@@ -123,7 +152,7 @@ class _Graph:
                 "trainable": True,
                 "layers": self.layers,
                 "input_layers": [self.layers[0]["name"], 0, 0],
-                "output_layers": [self.layers[-1]["name"], 0, 0],
+                "output_layers": outputs,
             },
             "registered_name": "Functional",
             "build_config": {"input_shape": None},
@@ -205,8 +234,10 @@ def _resnet50v2(backbone: ResNet50V2) -> _Graph:
     return g
 
 
-def _report_graph(model: Classifier, image_size: int) -> _Graph:
-    """The whole model: raw pixels (N, S, S, 3) in 0..255 -> softmax probabilities."""
+def _report_graph(
+    model: Classifier, image_size: int, temperature: float | None, rule: OodRule | None
+) -> _Graph:
+    """The whole model: raw pixels (N, S, S, 3) in 0..255 -> the four named outputs."""
     g = _Graph("cifar100_classifier", "pixels", [None, image_size, image_size, 3])
     mode = model.preprocess.mode
     scale, offset = RESCALING[mode]
@@ -232,8 +263,47 @@ def _report_graph(model: Classifier, image_size: int) -> _Graph:
     if leaky:  # a layer of its own: the "leaky_relu" activation has Keras's fixed slope, 0.2
         x = g.add("LeakyReLU", "leaky_re_lu", x, negative_slope=head.activation.negative_slope)
     x = _batch_norm(g, "batch_normalization", x, head.batch_normalization, axis=-1)
-    _dense(g, "dense_1", x, head.dense_1, "softmax")
+    _trust_head(g, _dense(g, "dense_1", x, head.dense_1, "linear"), temperature, rule)
     return g
+
+
+def _trust_head(g: _Graph, logits: str, temperature: float | None, rule: OodRule | None) -> None:
+    """runtime/trust.py's score_logits in built-in layers, after `logits`: the model's outputs.
+
+    The layers come in the order Keras gives them (by depth, then as met walking back from
+    the outputs, which Keras sorts by name), since it finds their weights by that order.
+    """
+    classes = g.shapes[logits][-1]
+    names = iter(TRUST_HEAD)  # (name, class) in the order added here
+
+    def add(cls: str, inputs, shape=None, weights=(), **config) -> str:
+        name, expected = next(names)
+        assert cls == expected, (name, cls)  # TRUST_HEAD is the parser's list of these layers
+        return g.add(cls, name, inputs, shape, weights, **config)
+
+    p = add("Activation", logits, activation="softmax")
+    log_p = add("Activation", logits, activation="log_softmax")
+    product = add("Multiply", [p, log_p])
+    frozen = {"trainable": False, "units": 1, "activation": "linear"}
+    minus_one = -np.ones((classes, 1), np.float32)
+    score = add("Dense", product, [None, 1], [minus_one], use_bias=False, **frozen)
+    if rule is None:  # never: 0 * score - 1 <= -1, which the ReLU makes 0
+        step = [np.zeros((1, 1), np.float32), np.array([-1.0], np.float32)]
+    else:
+        threshold = max(float(np.float32(rule.threshold)), LOWEST_THRESHOLD)
+        step = [np.full((1, 1), STEP, np.float32), np.array([-STEP * threshold], np.float32)]
+    margin = add("Dense", score, [None, 1], step, use_bias=True, **frozen)
+    verdict = add("ReLU", margin, max_value=1.0, negative_slope=0.0, threshold=0.0)
+    scaled = add("Rescaling", logits, scale=1.0 / (temperature or 1.0), offset=0.0)
+    verdict = add("Reshape", verdict, [None], target_shape=[])
+    score = add("Reshape", score, [None], target_shape=[])
+    probabilities = add("Activation", scaled, activation="softmax")
+    g.outputs = {
+        PROBABILITIES: probabilities,
+        LOGITS: logits,
+        OOD_SCORE: score,
+        NONE_OF_THESE: verdict,
+    }
 
 
 def _snake_case(class_name: str) -> str:
@@ -266,19 +336,34 @@ def _weights_file(graph: _Graph) -> bytes:
 
 def write_keras_export(job: ExportJob) -> ExportResult:
     """`--format keras`: the job's model (the report's architecture) as a .keras file."""
-    module = job.torch_module()
-    write_keras_model(module, job.model.info.model, job.model.image_size, job.out)
+    module, model = job.torch_module(), job.model
+    write_keras_model(
+        module,
+        model.info.model,
+        model.image_size,
+        job.out,
+        temperature=model.temperature,
+        rule=model.ood_rule,
+    )
     return ExportResult(job.out, job.format, {})
 
 
 def write_keras_model(
-    model: Classifier, model_cfg: ModelConfig, image_size: int, out: Path
+    model: Classifier,
+    model_cfg: ModelConfig,
+    image_size: int,
+    out: Path,
+    *,
+    temperature: float | None = None,
+    rule: OodRule | None = None,
 ) -> Path:
     """Write `model` (the report's architecture) to `out` as a Keras 3 .keras file, atomically.
 
     The Keras model takes raw pixels (N, image_size, image_size, 3), floats in 0..255, and does
     our preprocessing itself, so that no consumer can prepare images differently; it returns
-    softmax probabilities (N, num_classes), in inference mode equal to ours.
+    a dict: "probabilities" (softmax(logits / temperature)) and "logits" (N, num_classes),
+    "ood_score" and "none_of_these" (N,) (see the module's docstring), in inference mode
+    equal to ours.
     """
     out = Path(out)
     if model_cfg.backbone != "resnet50v2" or not isinstance(model.backbone, ResNet50V2):
@@ -291,7 +376,7 @@ def write_keras_model(
         raise ModelError(f"{out}: name it *.keras; keras.saving.load_model goes by the suffix")
     if image_size < 1:
         raise ModelError(f"image size {image_size}: must be a whole number >= 1")
-    graph = _report_graph(model, image_size)
+    graph = _report_graph(model, image_size, temperature, rule)
     config = json.dumps(graph.config())
     metadata = json.dumps(
         {"keras_version": KERAS_VERSION, "date_saved": datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}

@@ -1,5 +1,6 @@
 """`--format onnx`: the model as one ONNX file checked against PyTorch (optionally int8), with
-its ModelInfo and the digest of its graph.
+its ModelInfo and the digest of its graph; its temperature and "none of these" rule are
+computed in the graph (export/onnx_file.py).
 
     write_onnx_export(ExportJob(model, "onnx", Path("runs/r/model.onnx")))
 """
@@ -21,7 +22,15 @@ def write_onnx_export(job: ExportJob) -> ExportResult:
     train, test, note = _images(job)
     fp32 = out if not quantize else out.with_name(out.name.replace(".int8", "") + ".fp32.tmp")
     try:
-        details = export_onnx(module.float(), model.image_size, metadata(model), fp32, test)
+        details = export_onnx(
+            module.float(),
+            model.image_size,
+            metadata(model),
+            fp32,
+            test,
+            temperature=model.temperature,
+            rule=model.ood_rule,
+        )
         if quantize:
             details["int8"] = quantize_onnx_int8(fp32, out, train, test)
     finally:

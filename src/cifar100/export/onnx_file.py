@@ -1,10 +1,14 @@
-"""A classifier as one self-contained ONNX file: uint8 images in, probabilities and logits out.
+"""A classifier as one self-contained ONNX file: uint8 images in; calibrated probabilities,
+logits, the out-of-distribution score and the "none of these" verdict out.
 
-    export_onnx(model, 32, {"classes": json.dumps(names)}, Path("model.onnx"), test_images)
+    export_onnx(model, 32, {"classes": json.dumps(names)}, Path("model.onnx"), test_images,
+                temperature=1.4, rule=OodRule(threshold=1.9))
     quantize_onnx_int8(Path("model.onnx"), Path("model.int8.onnx"), calibration_images)
 
 The graph holds everything between decoded pixels and the answer (NHWC -> NCHW, uint8 ->
-float, scaling, upsampling), so a client sends the images it has and nothing else. Each file
+float, scaling, upsampling) and after the logits (runtime/trust.py's score_logits, traced into
+the graph: softmax(logits / temperature), the entropy of softmax(logits), the threshold baked
+in), so a client sends the images it has and reads the answer. Each file
 is run in ONNX Runtime before it is written: the export must match PyTorch, the int8 model
 must load and answer in the float one's shape, and its top-1 is compared with the float
 one's on the check images (its test accuracy: `cifar100 evaluate` of the file).
@@ -32,7 +36,9 @@ from torch import nn
 
 from cifar100.errors import ModelError
 from cifar100.fileio import atomic_path
-from cifar100.runtime.tensor_names import INPUT, OUTPUTS
+from cifar100.runtime.ood_rule import OodRule
+from cifar100.runtime.tensor_names import INPUT, NONE_OF_THESE, OOD_SCORE, OUTPUTS
+from cifar100.runtime.trust import score_logits
 from cifar100.version import __version__  # not `import cifar100`: its API imports export
 
 BATCH_AXIS = "batch"
@@ -42,20 +48,25 @@ DEFAULT_OPSET = 18
 # torch.export specialises a dimension whose example size is 1 to the constant 1.
 EXAMPLE_BATCH = 2
 CHECK_BATCH = 32  # images per ONNX Runtime / PyTorch call while checking
-TOLERANCE = 1e-4  # max |probability difference| between ONNX Runtime and PyTorch
+TOLERANCE = 1e-4  # max |probability or OOD score difference| between ONNX Runtime and PyTorch
 PROTOBUF_LIMIT = 2**31  # one protobuf message; above it weights need external data files
 
 
 class ImagesToScores(nn.Module):
-    """uint8 (N, S, S, 3) pixels -> (softmax probabilities, logits), both float32 (N, C)."""
+    """uint8 (N, S, S, 3) pixels -> OUTPUTS: calibrated probabilities and logits, float32
+    (N, C); the OOD score, float32 (N,); the verdict, bool (N,), all False without a rule."""
 
-    def __init__(self, classifier: nn.Module) -> None:
+    def __init__(
+        self, classifier: nn.Module, temperature: float | None = None, rule: OodRule | None = None
+    ) -> None:
         super().__init__()
         self.classifier = classifier
+        self.temperature, self.rule = temperature, rule  # constants in the graph
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits = self.classifier(images.permute(0, 3, 1, 2).float()).float()
-        return torch.softmax(logits, dim=-1), logits
+        scores = score_logits(logits, self.temperature, self.rule)
+        return scores.probabilities, logits, scores.ood_score, scores.none_of_these
 
 
 def export_onnx(
@@ -65,20 +76,26 @@ def export_onnx(
     out: Path,
     check_images: np.ndarray,
     *,
+    temperature: float | None = None,
+    rule: OodRule | None = None,
     opset: int = DEFAULT_OPSET,
 ) -> dict:
     """Export `model` (raw pixels (N, 3, H, W) -> logits) as `out`, checked before it is written.
 
-    The file takes "images" uint8 (batch, image_size, image_size, 3) and gives "probabilities"
-    and "logits" float32 (batch, C); `metadata` goes into its metadata_props. ONNX Runtime must
-    match PyTorch (fp32, CPU) on `check_images` to within TOLERANCE, at batch 1 and larger, or
-    ModelError is raised and nothing is written. The caller's model is left as it was.
+    The file takes "images" uint8 (batch, image_size, image_size, 3) and gives OUTPUTS:
+    "probabilities" (softmax(logits / temperature); None: 1) and "logits" float32 (batch, C),
+    "ood_score" float32 (batch,) and "none_of_these" bool (batch,), the score over `rule`'s
+    threshold (never, without a rule); `metadata` goes into its metadata_props. ONNX Runtime
+    must match PyTorch (fp32, CPU) on `check_images` to within TOLERANCE, at batch 1 and
+    larger, or ModelError is raised and nothing is written. The caller's model is left as it
+    was.
     """
     _check_metadata(metadata)
     _check_images(check_images, image_size, "check images", at_least=2)
     # A float32 CPU copy in eval mode: the reference is then what ONNX Runtime computes on
     # the CPU (no TF32, no half precision), and the caller's model keeps its mode and device.
-    wrapper = ImagesToScores(copy.deepcopy(model).float().cpu()).eval()
+    classifier = copy.deepcopy(model).float().cpu()
+    wrapper = ImagesToScores(classifier, temperature, rule).eval()
     weight_bytes = sum(t.numel() * t.element_size() for t in wrapper.state_dict().values())
     if weight_bytes >= PROTOBUF_LIMIT:
         raise ModelError(
@@ -88,18 +105,23 @@ def export_onnx(
     started = time.perf_counter()
     proto = _torch_export(wrapper, image_size, opset)
     export_seconds = time.perf_counter() - started
-    _describe(proto, image_size, metadata)
+    _describe(proto, image_size, metadata, rule)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ModelError(f"the exported ONNX graph is invalid: {_first_line(e)}") from e
     data = proto.SerializeToString()
     session = _session(data)
-    diff, batch_sizes = _compare_with_torch(session, wrapper, check_images)
+    diff, batch_sizes, verdicts_differ = _compare_with_torch(session, wrapper, check_images)
     if not diff < TOLERANCE:  # also catches NaN
         raise ModelError(
-            f"ONNX Runtime differs from PyTorch by up to {diff:.3g} in a probability "
-            f"(allowed {TOLERANCE:g}) on {len(check_images)} images; {out} not written"
+            f"ONNX Runtime differs from PyTorch by up to {diff:.3g} in a probability or OOD "
+            f"score (allowed {TOLERANCE:g}) on {len(check_images)} images; {out} not written"
+        )
+    if verdicts_differ:
+        raise ModelError(
+            f"ONNX Runtime's 'none of these' verdict differs from PyTorch's on "
+            f"{verdicts_differ} of {len(check_images)} images; {out} not written"
         )
     with atomic_path(out, "ONNX model", needed=len(data)) as tmp:
         tmp.write_bytes(data)
@@ -169,22 +191,35 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _describe(proto: onnx.ModelProto, image_size: int, metadata: dict[str, str]) -> None:
+def _describe(
+    proto: onnx.ModelProto, image_size: int, metadata: dict[str, str], rule: OodRule | None
+) -> None:
     """Names, doc strings and metadata, so the file explains itself to whoever opens it."""
     num_classes = proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     proto.producer_name = "cifar100"
     proto.producer_version = f"{__version__} (torch {torch.__version__})"
     proto.graph.name = "cifar100_classifier"
+    verdict = (
+        f"ood_score > {rule.threshold:g} (the threshold that accepted {rule.acceptance:.0%} of "
+        "the validation images)"
+        if rule
+        else "always false: the model has no 'none of these' rule (trained before it had one)"
+    )
     proto.doc_string = (
         f"Image classifier over {num_classes} classes. Input {INPUT!r}: uint8 RGB pixels "
         f"0..255, (batch, {image_size}, {image_size}, 3), channels last; scaling and resizing "
-        f"happen inside. Outputs {OUTPUTS[0]!r} (softmax) and {OUTPUTS[1]!r}: float32 "
-        f"(batch, {num_classes}), columns in the order of the 'classes' metadata entry."
+        f"happen inside. Outputs {OUTPUTS[0]!r} (calibrated softmax) and {OUTPUTS[1]!r}: "
+        f"float32 (batch, {num_classes}), columns in the order of the 'classes' metadata "
+        f"entry; {OOD_SCORE!r}: float32 (batch,), the entropy of softmax(logits) in nats, "
+        f"high for an image unlike the training images; {NONE_OF_THESE!r}: bool (batch,), "
+        f"{verdict}."
     )
     docs = {
         INPUT: f"uint8 RGB pixels 0..255, (batch, {image_size}, {image_size}, 3)",
-        OUTPUTS[0]: "softmax class probabilities, (batch, classes)",
+        OUTPUTS[0]: "calibrated probabilities softmax(logits / temperature), (batch, classes)",
         OUTPUTS[1]: "logits before the softmax, (batch, classes)",
+        OOD_SCORE: "entropy of softmax(logits) in nats, (batch,): high = unlike training",
+        NONE_OF_THESE: f"{verdict}, (batch,)",
     }
     for value in [*proto.graph.input, *proto.graph.output]:
         value.doc_string = docs[value.name]
@@ -194,25 +229,33 @@ def _describe(proto: onnx.ModelProto, image_size: int, metadata: dict[str, str])
 
 
 def _compare_with_torch(
-    session: ort.InferenceSession, wrapper: nn.Module, images: np.ndarray
-) -> tuple[float, list[int]]:
-    """Max |probability difference| over `images`, and the batch sizes ONNX Runtime ran.
+    session: ort.InferenceSession, wrapper: ImagesToScores, images: np.ndarray
+) -> tuple[float, list[int], int]:
+    """Max |probability or score difference| over `images`, the batch sizes ONNX Runtime ran,
+    and how many verdicts differ.
 
     The first image alone, then the rest in batches: batch 1 and a size other than the
-    export's example show that the batch axis really is dynamic.
+    export's example show that the batch axis really is dynamic. The OOD scores count as
+    probabilities do; the verdicts must agree wherever PyTorch's score is not within
+    TOLERANCE of the threshold (there, either side is as right).
     """
     with torch.inference_mode():
-        expected = np.concatenate(
-            [wrapper(torch.from_numpy(batch))[0].numpy() for batch in _batches(images)]
-        )
+        batches = [wrapper(torch.from_numpy(batch)) for batch in _batches(images)]
+    expected = [np.concatenate([b[i].numpy() for b in batches]) for i in (0, 2, 3)]
     got, sizes = [], []
     for batch in [images[:1], *_batches(images[1:])]:
-        probabilities, logits = session.run(list(OUTPUTS), {INPUT: batch})
-        if probabilities.shape != logits.shape or len(probabilities) != len(batch):
-            raise ModelError(f"ONNX Runtime gave {probabilities.shape} for a batch of {len(batch)}")
-        got.append(probabilities)
+        outputs = session.run(list(OUTPUTS), {INPUT: batch})
+        probabilities, logits, score, verdict = outputs
+        if probabilities.shape != logits.shape or not len(batch) == len(score) == len(verdict):
+            shapes = ", ".join(str(o.shape) for o in outputs)
+            raise ModelError(f"ONNX Runtime gave {shapes} for a batch of {len(batch)}")
+        got.append((probabilities, score, verdict))
         sizes.append(len(batch))
-    return float(np.abs(np.concatenate(got) - expected).max()), sizes
+    probabilities, score, verdict = (np.concatenate(column) for column in zip(*got))
+    diff = max(np.abs(probabilities - expected[0]).max(), np.abs(score - expected[1]).max())
+    threshold = wrapper.rule.threshold if wrapper.rule else np.inf
+    clear = np.abs(expected[1] - threshold) > TOLERANCE
+    return float(diff), sizes, int((verdict != expected[2])[clear].sum())
 
 
 def quantize_onnx_int8(
@@ -257,16 +300,17 @@ def quantize_onnx_int8(
     int8.metadata_props.add(
         key="quantization.scheme",
         value="onnxruntime quantize_static QDQ: uint8 activations (min/max), int8 per-channel "
-        "weights; pooled features, head, logits and probabilities kept in float32",
+        "weights; pooled features, head, logits, probabilities and OOD scores kept in float32",
     )
     int8.doc_string = f"{fp32.doc_string} Weights and activations quantised to int8."
     onnx.checker.check_model(int8, full_check=True)
     data = int8.SerializeToString()
     # It must load and answer in the fp32 file's shape before it takes the fp32 file's place.
     batch = calibration_images[:2]
-    probabilities, logits = _session(data).run(list(OUTPUTS), {INPUT: batch})
+    probabilities, logits, score, verdict = _session(data).run(list(OUTPUTS), {INPUT: batch})
     num_classes = fp32.graph.output[0].type.tensor_type.shape.dim[1].dim_value
-    if not probabilities.shape == logits.shape == (len(batch), num_classes):
+    n = len(batch)
+    if not probabilities.shape == logits.shape == (n, num_classes) or len(score) != n:
         raise ModelError(f"the int8 model gives {probabilities.shape}, not (N, {num_classes})")
     result = {"path": str(out), "bytes": len(data), "calibration_images": count}
     if check_images is not None:
@@ -303,7 +347,8 @@ class _CalibrationImages:
 
 
 def _vector_nodes(proto: onnx.ModelProto) -> list[str]:
-    """The nodes whose outputs are all (batch, n): global pool, head, logits, probabilities.
+    """The nodes whose outputs are all (batch, n) or (batch,): global pool, head, logits,
+    probabilities, the OOD score and its verdict.
 
     They are a tiny share of the arithmetic, and int8 logits (256 levels) would tie classes
     whose scores are close, so they stay in float. Needs the shapes of quant_pre_process.
@@ -311,7 +356,9 @@ def _vector_nodes(proto: onnx.ModelProto) -> list[str]:
     values = [*proto.graph.value_info, *proto.graph.input, *proto.graph.output]
     rank = {v.name: len(v.type.tensor_type.shape.dim) for v in values}
     return [
-        n.name for n in proto.graph.node if n.output and all(rank.get(o) == 2 for o in n.output)
+        n.name
+        for n in proto.graph.node
+        if n.output and all(rank.get(o) in (1, 2) for o in n.output)
     ]
 
 

@@ -22,7 +22,7 @@ def metadata(model: TrainedModel) -> dict[str, str]:
     """The ONNX metadata_props: the whole ModelInfo, and its main facts readable on their own.
     No test accuracy: the file is not measured yet (`cifar100 evaluate FILE` measures it, and
     `cifar100.load` reads that beside it), and its checkpoint's is not its (an int8 graph)."""
-    info = model.info
+    info, rule = model.info, model.ood_rule
     facts = {
         "classes": json.dumps(info.classes),
         "image_size": str(info.image_size),
@@ -31,6 +31,9 @@ def metadata(model: TrainedModel) -> dict[str, str]:
         "dataset": info.dataset,
         "source_run": info.run or str(model.source),
         "commit": info.commit or "",
+        # What the graph computes its calibrated probabilities and verdicts with ("": none).
+        "temperature": "" if info.temperature is None else repr(info.temperature),
+        "ood_threshold": "" if rule is None else repr(rule.threshold),
     }
     return {INFO_KEY: json.dumps(info.to_json()), **facts}
 

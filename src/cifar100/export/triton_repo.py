@@ -5,8 +5,10 @@
     # then: tritonserver --model-repository=models
 
 config.pbtxt's inputs and outputs are read from the ONNX graph itself, so they cannot drift
-from the file Triton loads. The entry appears whole or not at all: it is written into a
-hidden directory beside the target and renamed into place.
+from the file Triton loads: "probabilities" and "logits" [C], "ood_score" and "none_of_these"
+(one value an image, declared as Triton wants a batch-only tensor: dims [1], reshaped to []).
+The entry appears whole or not at all: it is written into a hidden directory beside the
+target and renamed into place.
 """
 
 from __future__ import annotations
@@ -202,10 +204,14 @@ def _config_text(
     the package needs no Triton library to write it."""
 
     def block(tensor: dict, extra: list[str]) -> str:
+        # A tensor of shape (batch,) alone: Triton needs a dim, so [1], reshaped to the model's [].
+        dims = tensor["dims"] or [1]
+        reshape = [] if tensor["dims"] else ["reshape: { shape: [ ] }"]
         fields = [
             f"name: {_quote(tensor['name'])}",
             f"data_type: {tensor['data_type']}",
-            f"dims: [ {', '.join(str(d) for d in tensor['dims'])} ]",
+            f"dims: [ {', '.join(str(d) for d in dims)} ]",
+            *reshape,
             *extra,
         ]
         return "  {\n" + "".join(f"    {f}\n" for f in fields) + "  }"

@@ -42,5 +42,6 @@ def load_keras_report_model(path: str | os.PathLike) -> KerasReportModel:
     names = {f"backbone.{p}": k for p, k in model.backbone.keras_layer_names().items()}
     names |= arch.head_layers
     state = convert_layers(model, names, layers, path)
-    check_unexpected(layers, set(names.values()), path, "the report's model")
+    used = set(names.values()) | set(arch.other_layers)
+    check_unexpected(layers, used, path, "the report's model")
     return KerasReportModel(state, arch)

@@ -125,6 +125,15 @@ class Evaluation:
         return value if isinstance(value, dict) else None
 
     @property
+    def ood(self) -> dict[str, Any] | None:
+        """The "none of these" rule (threshold, acceptance, method) and the share of the test
+        images it flagged (test_flagged); None for a model without one."""
+        value = self.record.get("ood")
+        keys = ("threshold", "acceptance", "test_flagged")
+        ok = isinstance(value, dict) and all(_number(value.get(k)) is not None for k in keys)
+        return value if ok else None
+
+    @property
     def ema_top1(self) -> float | None:
         return _number(self.ema.get("top1"))
 
@@ -162,6 +171,7 @@ class Evaluation:
                 + ("   TTA: flip" if m.get("tta") == "flip" else "")
                 + ("   EMA weights" if m.get("weights") == "ema" else "")
             )
+        lines += self._trust_lines()
         if "agreement" in m:
             a = m["agreement"]
             lines.append(
@@ -172,6 +182,32 @@ class Evaluation:
             lines.append(f"  EMA weights: top-1 {m['ema']['top1']:.2%}{_top5(m['ema'])}")
         lines += self._superclass_lines() + self._class_lines()
         return "\n".join(lines)
+
+    def _trust_lines(self) -> list[str]:
+        """Calibration before and after the temperature, and the "none of these" rule."""
+        lines = []
+        c = self.calibration or {}
+        after = c.get("calibrated")
+        if isinstance(after, dict) and _number(c.get("temperature")):
+            lines.append(
+                f"  calibrated (temperature {c['temperature']:.3f}): ECE {c['ece']:.4f} -> "
+                f"{after['ece']:.4f}   NLL {c['nll']:.4f} -> {after['nll']:.4f}   Brier "
+                f"{c['brier']:.4f} -> {after['brier']:.4f}"
+            )
+        fitted = self.record.get("fitted_now")
+        if isinstance(fitted, dict):
+            lines.append(
+                f"  (fitted now on {fitted.get('validation_images')} validation images and "
+                f"saved into {fitted.get('saved_in')}: it was trained before models kept them)"
+            )
+        ood = self.ood
+        if ood:
+            lines.append(
+                f"  none of these: {ood['test_flagged']:.1%} of the test images flagged (softmax "
+                f"entropy above {ood['threshold']:.3f} nats, which accepted "
+                f"{ood['acceptance']:.0%} of validation)"
+            )
+        return lines
 
     def _superclass_lines(self) -> list[str]:
         m = self.record

@@ -18,14 +18,14 @@ by default) is accepted.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from cifar100.calibration import fit_temperature
 from cifar100.runtime.ood_rule import DEFAULT_ACCEPTANCE, OodRule
 
-__all__ = ["Scores", "entropy", "fit_rule", "fit_trust", "score_logits"]
+__all__ = ["Scores", "entropy", "fit_rule", "fit_trust", "ood_record", "score_logits"]
 
 
 class Scores(NamedTuple):
@@ -48,8 +48,8 @@ def score_logits(
     logits = logits.float()
     probabilities = torch.softmax(logits / (temperature or 1.0), -1)
     score = entropy(logits)
-    if rule is None:
-        verdict = torch.zeros(len(logits), dtype=torch.bool, device=logits.device)
+    if rule is None:  # zeros_like, not zeros(len(...)): a traced batch size stays symbolic
+        verdict = torch.zeros_like(score, dtype=torch.bool)
     else:
         verdict = score > rule.threshold
     return Scores(probabilities, score, verdict)
@@ -75,3 +75,13 @@ def fit_trust(
     if len(val_labels) == 0:
         return None, None
     return fit_temperature(val_logits, val_labels), fit_rule(val_logits, acceptance)
+
+
+def ood_record(rule: OodRule | None, logits: torch.Tensor) -> dict[str, Any] | None:
+    """What evaluation.json keeps of the rule: the rule, and the share of the test images it
+    flags (about 1 - acceptance for images like the training ones); None without a rule."""
+    if rule is None:
+        return None
+    flagged = score_logits(logits, rule=rule).none_of_these
+    share = float(flagged.double().mean()) if len(flagged) else float("nan")
+    return {**rule.to_json(), "test_flagged": share}

@@ -5,7 +5,7 @@
     images = tritonclient.http.InferInput("images", [n, 32, 32, 3], "UINT8")
     images.set_data_from_numpy(pixels)                      # uint8 (n, 32, 32, 3)
     client.infer("cifar100", [images]).as_numpy("probabilities")   # calibrated
-    # and, where the model carries a "none of these" rule: "ood_score", "none_of_these" [n, 1]
+    # and "ood_score", "none_of_these" [n, 1] (always false for a model without the rule)
 
 A client written against this server works against Triton serving the `triton` export
 unchanged. Errors are {"error": one line} with a 4xx status, through app.py's RequestError
@@ -44,9 +44,7 @@ async def model_metadata(
 ) -> codec.ModelMetadataResponse:
     codec.check_model(name, version, service.settings.name)
     model = service.model
-    return codec.model_metadata(
-        name, model.image_size, len(model.classes), model.runtime, service.verdict
-    )
+    return codec.model_metadata(name, model.image_size, len(model.classes), model.runtime)
 
 
 async def model_ready(
@@ -60,9 +58,8 @@ async def model_config(name: str, service: Served, version: str | None = None) -
     model, settings = service.model, service.settings
     codec.check_model(name, version, settings.name)
     return codec.triton_config(
-        name, model.image_size, len(model.classes), model.runtime, settings.max_images,
-        service.verdict,
-    )  # fmt: skip
+        name, model.image_size, len(model.classes), model.runtime, settings.max_images
+    )
 
 
 async def infer(
@@ -78,7 +75,7 @@ async def infer(
     )
     logits = await service.logits(decoded.images)
     service.monitoring.images(len(decoded.images))
-    tensors = codec.output_tensors(logits, service.model.scores(logits), service.verdict)
+    tensors = codec.output_tensors(logits, service.model.scores(logits))
     answer = codec.encode_response(decoded, name, tensors, service.model.classes)
     return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
 
@@ -146,5 +143,4 @@ def decode(service: Service, body: bytes, header_length: str | None) -> codec.In
         image_size=service.model.image_size,
         max_images=service.settings.max_images,
         max_json_mb=service.settings.max_json_mb,
-        outputs=codec.output_names(service.verdict),
     )

@@ -4,17 +4,17 @@ decoded into images, logits encoded into responses, the metadata and readiness a
     request = decode_request(body, headers.get(HEADER_LENGTH), image_size=32, max_images=64,
                              max_json_mb=1.0)                   # images: uint8 (N, 32, 32, 3)
     logits = model.logits(request.images)
-    answer = encode_response(request, "cifar100", output_tensors(logits, model.scores(logits),
-                             verdict=True), classes)
+    tensors = output_tensors(logits, model.scores(logits))
+    answer = encode_response(request, "cifar100", tensors, classes)
     # answer.body, answer.media_type, answer.headers: what to send
 
 The model is described as the `triton` export describes it: input "images" UINT8 [-1, S, S, 3],
-outputs "probabilities" (calibrated: runtime/trust.py) and "logits" FP32 [-1, C], and where the
-model carries a "none of these" rule, "ood_score" FP32 and "none_of_these" BOOL [-1, 1]
-(runtime/tensor_names.py): one value per image, which Triton shapes [-1, 1], since a batching
-model's config may not give an output no dims (`dims: [1]` with `reshape: {shape: []}` over the
-graph's (N,)). A model without the rule lists neither, and a request for one is refused with a
-line saying why. Images come at exactly S x S, as Triton takes them. Extensions, as Triton
+outputs "probabilities" (calibrated: runtime/trust.py) and "logits" FP32 [-1, C], "ood_score"
+FP32 and "none_of_these" BOOL [-1, 1] (runtime/tensor_names.py): one value per image, which
+Triton shapes [-1, 1], since a batching model's config may not give an output no dims
+(`dims: [1]` with `reshape: {shape: []}` over the graph's (N,)). A model without a "none of
+these" rule gives what its exports give: the score, and a verdict that is always false.
+Images come at exactly S x S, as Triton takes them. Extensions, as Triton
 defines them: binary_tensor_data (tritonclient's default), classification ("score:index:label"
 strings) and model_repository.
 Every refusal is a RequestError (limits.py): its status, and one line for the client.
@@ -31,7 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel
 
-from cifar100.runtime.tensor_names import INPUT, NONE_OF_THESE, OOD_SCORE, OUTPUTS
+from cifar100.runtime.tensor_names import (
+    INPUT,
+    LOGITS,
+    NONE_OF_THESE,
+    OOD_SCORE,
+    OUTPUTS,
+    PROBABILITIES,
+)
 from cifar100.runtime.trust import Scores
 from cifar100.serve.limits import RequestError, check_count
 
@@ -39,6 +46,7 @@ VERSION = "1"  # one model, one version: the version directory the `triton` expo
 PLATFORMS = {"torch": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}  # Triton's names
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the JSON part's length, before the tensors
+CLASS_SCORES = (PROBABILITIES, LOGITS)  # (N, C) each
 VERDICT_OUTPUTS = (OOD_SCORE, NONE_OF_THESE)  # one value per image: Triton's dims [1]
 DATATYPES = {OOD_SCORE: "FP32", NONE_OF_THESE: "BOOL"}  # the others: FP32
 
@@ -124,17 +132,12 @@ def server_metadata(version: str) -> ServerMetadataResponse:
     return ServerMetadataResponse(name="cifar100", version=version, extensions=EXTENSIONS)
 
 
-def output_names(verdict: bool) -> tuple[str, ...]:
-    """The outputs a model gives: the verdict's only where it carries a rule (`verdict`)."""
-    return OUTPUTS + VERDICT_OUTPUTS if verdict else OUTPUTS
-
-
 def _output_dims(name: str, num_classes: int) -> list[int]:
     return [1] if name in VERDICT_OUTPUTS else [num_classes]
 
 
 def model_metadata(
-    name: str, image_size: int, num_classes: int, runtime: str, verdict: bool = False
+    name: str, image_size: int, num_classes: int, runtime: str
 ) -> ModelMetadataResponse:
     """The model metadata response: the shapes the `triton` export's Triton reports."""
     size = image_size
@@ -146,23 +149,18 @@ def model_metadata(
         outputs=[
             MetadataTensor(name=o, datatype=DATATYPES.get(o, "FP32"),
                            shape=[-1, *_output_dims(o, num_classes)])
-            for o in output_names(verdict)
+            for o in OUTPUTS
         ],
     )  # fmt: skip
 
 
 def triton_config(
-    name: str,
-    image_size: int,
-    num_classes: int,
-    runtime: str,
-    max_batch_size: int,
-    verdict: bool = False,
+    name: str, image_size: int, num_classes: int, runtime: str, max_batch_size: int
 ) -> dict:
     """Triton's ModelConfig as its /config answers it; max_batch_size is per request."""
     image = {"name": INPUT, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC"}
     outputs = []
-    for o in output_names(verdict):
+    for o in OUTPUTS:
         output = {"name": o, "data_type": f"TYPE_{DATATYPES.get(o, 'FP32')}",
                   "dims": _output_dims(o, num_classes)}  # fmt: skip
         if o in VERDICT_OUTPUTS:  # the graph's (N,): Triton's dims may not be empty
@@ -205,18 +203,10 @@ def unknown_path(method: str, path: str) -> RequestError:
 
 
 def decode_request(
-    body: bytes,
-    header_length: str | None,
-    *,
-    image_size: int,
-    max_images: int,
-    max_json_mb: float,
-    outputs: tuple[str, ...] = OUTPUTS,
+    body: bytes, header_length: str | None, *, image_size: int, max_images: int, max_json_mb: float
 ) -> InferRequest:
     """The id, images (uint8 N, S, S, 3) and requested outputs of an inference request;
-    `header_length` is its Inference-Header-Content-Length header, if any; `outputs` the ones
-    the model gives (output_names)."""
-    given = outputs
+    `header_length` is its Inference-Header-Content-Length header, if any."""
     head, binary = _split(body, header_length)
     limit = int(max_json_mb * (1 << 20))
     if len(head) > limit:  # json.loads holds the interpreter (and the event loop) throughout
@@ -233,7 +223,7 @@ def decode_request(
     if not isinstance(request.get("id", ""), str):
         raise _bad('"id" must be a string')
     binary_output = _flag(_parameters(request, "the request"), "binary_data_output")
-    outputs = _outputs(request, binary_output, given)
+    outputs = _outputs(request, binary_output)
     size = image_size
     spec = f"{INPUT!r}, UINT8 [N, {size}, {size}, 3]"
     inputs = request["inputs"]
@@ -294,23 +284,20 @@ def _pixels(tensor: dict, shape: list[int], binary: bytes) -> np.ndarray:
     return values.astype(np.uint8).reshape(shape)
 
 
-def _outputs(request: dict, default_binary: bool, given: tuple[str, ...]) -> list[Output]:
+def _outputs(request: dict, default_binary: bool) -> list[Output]:
     """The requested outputs; none: all the model gives, as binary_data_output says (JSON by
     default)."""
     wanted = request.get("outputs") or []
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise _bad('"outputs" must be a list of objects, each with a "name"')
     if not wanted:
-        return [Output(name, default_binary, 0) for name in given]
+        return [Output(name, default_binary, 0) for name in OUTPUTS]
     outputs = []
     for output in wanted:
         name = output.get("name")
-        gives = f"this model gives {', '.join(given[:-1])} and {given[-1]}"
-        if name in VERDICT_OUTPUTS and name not in given:
-            raise _bad(f"output {name!r}: this model was saved without a \"none of these\" rule "
-                       f"(train it again to fit one); {gives}")  # fmt: skip
-        if name not in given:
-            raise _bad(f"unknown output {name!r}: {gives}")
+        if name not in OUTPUTS:
+            gives = f"{', '.join(OUTPUTS[:-1])} and {OUTPUTS[-1]}"
+            raise _bad(f"unknown output {name!r}: this model gives {gives}")
         params = _parameters(output, f"output {name!r}")
         if "shared_memory_region" in params:
             raise _bad("shared memory is not supported: ask for the outputs in the response")
@@ -319,21 +306,22 @@ def _outputs(request: dict, default_binary: bool, given: tuple[str, ...]) -> lis
             raise _bad(f"output {name!r}: classification must be a number of classes, not {k!r}")
         if k and name in VERDICT_OUTPUTS:
             raise _bad(f"output {name!r}: classification is for the class scores "
-                       f"({' and '.join(OUTPUTS)}), not one value per image")  # fmt: skip
+                       f"({' and '.join(CLASS_SCORES)}), not one value per image")  # fmt: skip
         binary = _flag(params, "binary_data", default_binary)  # overrides binary_data_output
         outputs.append(Output(name, binary, k))
     return outputs
 
 
-def output_tensors(logits: np.ndarray, scores: Scores, verdict: bool) -> dict[str, np.ndarray]:
+def output_tensors(logits: np.ndarray, scores: Scores) -> dict[str, np.ndarray]:
     """Each output's values of a batch: its raw `logits`, and their `scores` (the model's
-    TrainedModel.scores: calibrated probabilities, and where `verdict`, the OOD score and
-    the verdict, shaped (N, 1) as Triton gives them)."""
-    tensors = {"logits": logits, "probabilities": scores.probabilities.numpy()}
-    if verdict:
-        tensors[OOD_SCORE] = scores.ood_score.numpy().astype(np.float32)[:, None]
-        tensors[NONE_OF_THESE] = scores.none_of_these.numpy()[:, None]
-    return tensors
+    TrainedModel.scores: calibrated probabilities, the OOD score and the verdict, these two
+    shaped (N, 1) as Triton gives them)."""
+    return {
+        LOGITS: logits,
+        PROBABILITIES: scores.probabilities.numpy(),
+        OOD_SCORE: scores.ood_score.numpy().astype(np.float32)[:, None],
+        NONE_OF_THESE: scores.none_of_these.numpy()[:, None],
+    }
 
 
 def encode_response(

@@ -28,6 +28,8 @@ class ReportArchitecture:
     bn_momentum: float  # the head batch norm's, Keras's convention (as ModelConfig.bn_momentum)
     input_size: int | None  # side of the Keras model's square input, None where not fixed
     head_layers: dict[str, str]  # our head module path -> Keras layer name
+    # Layers with weights that are not the classifier's: our export's trust head (TRUST_HEAD)
+    other_layers: tuple[str, ...] = ()
 
     def model_config(self) -> ModelConfig:
         """Our settings for this architecture (weights: none, they come from the file)."""
@@ -45,6 +47,20 @@ class ReportArchitecture:
 
 
 BACKBONE_CLASSES = ("Functional", "Model", "Sequential")
+# What cifar100's Keras export (export/keras_file.py) adds after the logits, (name, class) in
+# Keras's layer order: the calibrated probabilities, OOD score and verdict of runtime/trust.py.
+TRUST_HEAD = (
+    ("ood_softmax", "Activation"),
+    ("ood_log_softmax", "Activation"),
+    ("ood_product", "Multiply"),
+    ("ood_entropy", "Dense"),  # frozen, kernel -1: minus the sum of the products
+    ("ood_margin", "Dense"),  # frozen: 2**100 * (entropy - threshold)
+    ("ood_step", "ReLU"),  # max_value 1: the verdict, 0 or 1
+    ("temperature", "Rescaling"),  # 1 / temperature
+    ("none_of_these", "Reshape"),
+    ("ood_score", "Reshape"),
+    ("probabilities", "Activation"),  # softmax
+)
 
 
 class _LayerQueue:
@@ -102,7 +118,8 @@ def parse_report_config(config: dict, path) -> ReportArchitecture:
     """Check that a Keras model config is the report's architecture and read its settings.
 
     [Rescaling] -> [UpSampling2D bilinear] -> ResNet50V2 -> GlobalAveragePooling2D -> [Dropout]
-    -> Dense (relu | leaky_relu) -> BatchNormalization -> Dense (softmax | linear) [-> softmax].
+    -> Dense (relu | leaky_relu) -> BatchNormalization -> Dense (softmax | linear) [-> softmax
+    | our export's TRUST_HEAD].
     """
     try:
         return _parse(config, path)
@@ -145,7 +162,10 @@ def _parse(config: dict, path) -> ReportArchitecture:
         raise q.fail(bn, "only a default BatchNormalization (epsilon 1e-3, last axis) fits")
     out = q.need("the output Dense layer", "Dense")
     output = out.get("activation")
-    if output == "linear":  # logits, maybe then a Softmax or Activation("softmax") layer
+    trust = output == "linear" and _take_trust_head(q)
+    if trust:  # our export's: its "probabilities" are a softmax of the logits
+        output = "softmax"
+    elif output == "linear":  # logits, maybe then a Softmax or Activation("softmax") layer
         after = q.take(
             "Softmax", "Activation", when=lambda c: c.get("activation", "softmax") == "softmax"
         )
@@ -170,7 +190,17 @@ def _parse(config: dict, path) -> ReportArchitecture:
             "head.batch_normalization": bn["name"],
             "head.dense_1": out["name"],
         },
+        other_layers=("ood_entropy", "ood_margin") if trust else (),
     )
+
+
+def _take_trust_head(q: _LayerQueue) -> bool:
+    """Consume the rest of the layers if they are cifar100's trust head (TRUST_HEAD)."""
+    rest = [(cfg.get("name"), kind) for kind, cfg in q.layers[q.i :]]
+    if sorted(rest) != sorted(TRUST_HEAD):  # in any order: Keras's, or a hand-written one
+        return False
+    q.i = len(q.layers)
+    return True
 
 
 def _skip_backbone(q: _LayerQueue) -> None:
