@@ -194,6 +194,8 @@ def test_many_images_that_declare_many_pixels_are_refused_before_decoding(server
     assert status == 413 and time.monotonic() - start < 1.0  # not 6 s of decoding
     message = json.loads(raw)["error"]
     assert "500000000 pixels" in message and "--max-request-pixels" in message
+    status, raw, _ = server.post("explain", body, content_type)  # bounded alike
+    assert status == 413 and "--max-request-pixels" in json.loads(raw)["error"]
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 tiny trained model: what a person sees for their images equals `cifar100 predict --json`.
 
 Uploads a real CIFAR-10 JPEG where ../shared/data has them (a synthetic image elsewhere).
-Screenshots go to the test's tmp_path and to /tmp/page-desktop.png and /tmp/page-phone.png.
+Screenshots go to the test's tmp_path and to /tmp/page-desktop.png and /tmp/page-phone.png
+(and /tmp/page-verdict-desktop.png, /tmp/page-verdict-phone.png: "none of these" and a heat map).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import cifar100
 from cifar100 import cli
+from cifar100.runtime.checkpoint import Checkpoint
 from headless_chromium import launch, needs_chromium
 from serve_server import multipart, running_server
 from synthetic_cifar import make_cifar10_archive
@@ -40,14 +43,24 @@ pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    """A run directory, trained and evaluated on synthetic CIFAR-10 in a few seconds."""
+def model(tmp_path_factory, images) -> Path:
+    """A run directory, trained and evaluated on synthetic CIFAR-10 in a few seconds, whose
+    "none of these" threshold lies among the uploaded images' OOD scores: half of them are."""
     root = tmp_path_factory.mktemp("page-model")
     archive = make_cifar10_archive(root / "c10.tar.gz", 64, 32)
     out, cache = root / "run", root / "cache"
     argv = ["train", *TINY, "--data", str(archive), "--cache-dir", str(cache), "--out", str(out)]
     assert cli.main(argv) == 0
     assert (out / "evaluation.json").exists()
+    loaded = cifar100.load(out, device="cpu")
+    scores = sorted(p.ood_score for p in loaded.predict([str(i) for i in images]))
+    middle = len(scores) // 2
+    for path in (out / "best.pt", out / "last.pt"):
+        if path.exists():
+            ckpt = Checkpoint.load(path)
+            threshold = (scores[middle - 1] + scores[middle]) / 2
+            ckpt.info.ood = {**(ckpt.info.ood or {}), "threshold": threshold, "method": "entropy"}
+            ckpt.save(path)
     return out
 
 
@@ -125,6 +138,9 @@ class Visit:
                     status: li.querySelector('.error')?.dataset.status ?? null,
                     thumb: li.querySelector('img.thumb')?.naturalWidth ?? 0,
                     alt: li.querySelector('img.thumb')?.alt ?? null,
+                    verdict: li.dataset.verdict ?? null,
+                    said: li.querySelector('.verdict')?.innerText ?? null,
+                    greyed: li.querySelector('.bars.guesses') !== null,
                 }))""",
             )
         }
@@ -193,6 +209,11 @@ def test_the_model_card_says_what_the_model_is(visit, model, server):
     )
     assert card["trained_at"][:4] in facts["trained"] and "1 epoch" in facts["trained"]
     assert facts["runtime"] == f"torch on {card['device']}"
+    rule = card["ood_rule"]
+    assert (
+        facts["ood"]
+        == f"uncertainty above {rule['threshold']:.2f} (95.0% of validation images pass)"
+    )
     assert v.page.inner_text("#summary") == "No images yet." and not v.page.is_visible("#clear")
     v.check_clean()
 
@@ -203,6 +224,12 @@ def test_the_model_card_says_what_the_model_is(visit, model, server):
     v.page.reload()
     v.page.wait_for_selector("#facts [data-fact=backbone]")
     assert v.page.inner_text("[data-fact=accuracy] dd") == "not measured on this file"
+    v = visit()  # nor a "none of these" rule: said subtly
+    without = json.dumps({**card, "ood_rule": None, "temperature": None})
+    v.page.route("**/model", lambda route: route.fulfill(json=json.loads(without)))
+    v.page.reload()
+    v.page.wait_for_selector("#facts [data-fact=backbone]")
+    assert v.page.inner_text("[data-fact=ood] dd") == "not available for this file"
     v.check_clean()
 
 
@@ -371,6 +398,8 @@ def test_names_are_shown_as_text_with_their_controls_visible(visit, server, imag
     assert texts == [visible(c) for c in classes]
     assert v.page.text_content("li.result .name") == "odd\\u202egnp.jpg"
     assert "\u202e" not in result["alt"]
+    # an answer without the verdict (a model saved before it): nothing about it shown
+    assert (result["verdict"], result["said"], result["greyed"]) == ("unavailable", None, False)
     assert v.page.eval_on_selector_all("b", "bs => bs.length") == 0  # no markup from a name
     v.check_clean()
 
@@ -402,3 +431,39 @@ def test_the_api_docs_render_offline(browser, server):
         assert errors == []
     finally:
         context.close()
+
+
+@pytest.mark.slow
+def test_none_of_these_is_said_plainly_and_the_heat_map_comes_on_demand(visit, model, images):
+    loaded = cifar100.load(model, device="cpu")
+    verdicts = {p.name: r.none_of_these for p, r in zip(images, loaded.predict(images))}
+    assert set(verdicts.values()) == {True, False}  # the threshold splits them
+    for name, (width, height) in {"desktop": (1280, 900), "phone": (375, 740)}.items():
+        v = visit(width, height)
+        v.page.set_input_files("#files", [str(p) for p in images])
+        results = v.results()
+        for photo, none in verdicts.items():
+            got = results[photo]
+            assert got["verdict"] == ("none" if none else "class") and got["greyed"] == none
+            assert (got["said"] or "").startswith("Not one of the 10 classes") == none
+        odd = v.page.locator("li.result[data-verdict=none] >> nth=0")
+        assert odd.locator(".verdict").is_visible()
+        top = odd.locator(".bars li").first.get_attribute("data-class")
+
+        toggle = odd.locator("button.heat-toggle")
+        toggle.click()
+        heat = odd.locator("figure.heat[data-state=done] img")
+        heat.wait_for(timeout=30_000)
+        assert heat.evaluate("img => img.naturalWidth") == 32 and heat.is_visible()
+        assert odd.locator("figure.heat").get_attribute("data-class") == top  # the best guess
+        assert toggle.get_attribute("aria-pressed") == "true"
+        shot = f"/tmp/page-verdict-{name}.png"
+        v.page.screenshot(path=shot, full_page=True)
+        toggle.click()
+        assert not heat.is_visible() and toggle.get_attribute("aria-pressed") == "false"
+        toggle.click()  # shown again, from the first answer
+        assert heat.is_visible()
+        assert len([u for u in v.requests if u.endswith("/explain")]) == 1
+        overflow = v.page.evaluate("document.scrollingElement.scrollWidth - innerWidth")
+        assert overflow <= 0, f"{name}: {overflow} px of horizontal scrolling"
+        v.check_clean()

@@ -15,7 +15,7 @@ import pytest
 import cifar100
 from cifar100.serve.app import create_app
 from cifar100.serve.settings import ServeSettings
-from cifar100.serve.v2_codec import OUTPUTS, model_metadata
+from cifar100.serve.v2_codec import CLASS_SCORES, OUTPUTS, model_metadata
 from serve_server import running_server
 from synthetic_cifar import CIFAR10_CLASSES
 
@@ -77,7 +77,11 @@ def test_server_and_model_metadata_as_tritonclient_reads_them(client):
     server = client.get_server_metadata()
     assert server["name"] == "cifar100" and server["version"] == cifar100.__version__
     assert {"binary_tensor_data", "classification", "model_repository"} <= set(server["extensions"])
-    scores = [{"name": n, "datatype": "FP32", "shape": [-1, CLASSES]} for n in OUTPUTS]
+    scores = [{"name": n, "datatype": "FP32", "shape": [-1, CLASSES]} for n in CLASS_SCORES]
+    scores += [
+        {"name": "ood_score", "datatype": "FP32", "shape": [-1, 1]},
+        {"name": "none_of_these", "datatype": "BOOL", "shape": [-1, 1]},
+    ]
     for version in ("", "1"):
         assert client.get_model_metadata("cifar100", version) == {
             "name": "cifar100",
@@ -110,9 +114,7 @@ def test_names_are_the_onnx_exports_so_a_client_moves_to_triton_unchanged(run, c
     assert [(t["name"], t["shape"][1:]) for t in served["inputs"]] == [
         (t.name, t.shape[1:]) for t in graph.get_inputs()
     ]
-    # The graph's class scores: the service does not serve ood_score and none_of_these yet.
-    scores = [t.name for t in graph.get_outputs() if t.name in OUTPUTS]
-    assert [t["name"] for t in served["outputs"]] == scores == list(OUTPUTS)
+    assert [t["name"] for t in served["outputs"]] == [t.name for t in graph.get_outputs()]
     for runtime, platform in [("torch", "pytorch_libtorch"), ("onnx", "onnxruntime_onnx")]:
         assert model_metadata("cifar100", SIZE, CLASSES, runtime).platform == platform
 
@@ -127,7 +129,12 @@ def test_model_config_is_a_valid_triton_model_config(client):
     assert parsed.input[0].data_type == model_config_pb2.TYPE_UINT8
     assert list(parsed.input[0].dims) == [SIZE, SIZE, 3]
     assert parsed.input[0].format == model_config_pb2.ModelInput.FORMAT_NHWC
-    assert [(o.name, list(o.dims)) for o in parsed.output] == [(n, [CLASSES]) for n in OUTPUTS]
+    assert [(o.name, list(o.dims)) for o in parsed.output] == [
+        (n, [CLASSES]) for n in CLASS_SCORES
+    ] + [
+        ("ood_score", [1]), ("none_of_these", [1])
+    ]  # fmt: skip
+    assert parsed.output[3].data_type == model_config_pb2.TYPE_BOOL
 
 
 def test_repository_index_names_the_model_and_load_is_refused(client, server):
@@ -154,6 +161,9 @@ def test_infer_answers_what_the_model_answers_in_process(client, model, binary_i
     )  # fmt: skip
     assert [o["name"] for o in response["outputs"]] == list(OUTPUTS)
     assert all(("data" in o) != binary_out for o in response["outputs"])
+    scores = model.scores(model.logits(pixels))  # calibrated, with the OOD score and verdict
+    assert np.allclose(result.as_numpy("ood_score")[:, 0], scores.ood_score, atol=1e-5)
+    assert result.as_numpy("none_of_these")[:, 0].tolist() == scores.none_of_these.tolist()
     probabilities = result.as_numpy("probabilities")
     assert probabilities.dtype == np.float32 and probabilities.shape == (5, CLASSES)
     assert np.allclose(probabilities, model.probabilities(pixels), atol=1e-5)
@@ -166,7 +176,8 @@ def test_without_outputs_both_come_as_binary_data_output_asks(client, model):
     result = client.infer("cifar100", [images_input(pixels)], model_version="1")
     outputs = result.get_response()["outputs"]
     assert [o["name"] for o in outputs] == list(OUTPUTS)
-    assert [o["parameters"]["binary_data_size"] for o in outputs] == [2 * CLASSES * 4] * 2
+    sizes = [2 * CLASSES * 4] * 2 + [2 * 4, 2]  # FP32 each; BOOL a byte each
+    assert [o["parameters"]["binary_data_size"] for o in outputs] == sizes
     assert np.allclose(result.as_numpy("probabilities"), model.probabilities(pixels), atol=1e-5)
 
 
@@ -219,9 +230,11 @@ def test_binary_response_is_framed_as_triton_frames_it(server, model):
     length = int(headers[HEADER.lower()])
     head = json.loads(raw[:length])
     sizes = [o["parameters"]["binary_data_size"] for o in head["outputs"]]
-    assert sizes == [2 * CLASSES * 4] * 2 and len(raw) == length + sum(sizes)
+    assert sizes == [2 * CLASSES * 4] * 2 + [2 * 4, 2] and len(raw) == length + sum(sizes)
     probabilities = np.frombuffer(raw[length : length + sizes[0]], "<f4").reshape(2, CLASSES)
     assert np.allclose(probabilities, model.probabilities(pixels), atol=1e-5)
+    verdict = np.frombuffer(raw[len(raw) - 2 :], np.uint8)  # BOOL: a byte each, 0 or 1
+    assert verdict.tolist() == model.scores(model.logits(pixels)).none_of_these.int().tolist()
 
 
 def image_request(shape=(1, SIZE, SIZE, 3), datatype="UINT8", data=None, **fields) -> bytes:
@@ -253,7 +266,8 @@ BAD = {  # what a client gets wrong -> (path, body, headers, status, words the a
     "unknown input": (INFER, json.dumps({"inputs": [{"name": "pixels"}]}).encode(), {}, 400,
                       ["unknown input 'pixels'"]),
     "unknown output": (INFER, image_request(outputs=[{"name": "features"}]), {}, 400,
-                       ["unknown output 'features'", "probabilities and logits"]),
+                       ["unknown output 'features'",
+                        "probabilities, logits, ood_score and none_of_these"]),
     "binary size mismatch": (INFER, *binary_request(ONE, 100), 400,
                              [f"binary_data_size is {ONE} but 100 bytes follow"]),
     "binary without its header": (INFER, *binary_request(ONE, ONE, header=False), 400,

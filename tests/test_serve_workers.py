@@ -62,6 +62,11 @@ def test_two_workers_serve_as_one(run, images, capsys):  # noqa: F811
             assert counter(text, "cifar100_images_total") == 40
         served_by = {m[1] for line in s.stderr if (m := re.search(r"worker-(\d) .*/predict", line))}
         assert served_by == {"0", "1"}, "both workers answered requests"
+        # /explain: each worker explains with its own PyTorch model
+        with ThreadPoolExecutor(4) as pool:
+            explained = list(pool.map(lambda _: s.post("explain", body, content_type), range(8)))
+        assert {a[0] for a in explained} == {200}
+        assert {json.loads(a[1])[0]["class"] for a in explained} == {want[0]["class"]}
     assert s.returncode == 0
 
 

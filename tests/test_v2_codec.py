@@ -73,8 +73,9 @@ def test_tritonclients_binary_request_decodes_to_its_images():
     request = decode(body, json_size)
     assert request.id == "r-1"
     assert request.images.dtype == np.uint8 and np.array_equal(request.images, pixels)
-    # No outputs named: both, as binary data (tritonclient asks with binary_data_output).
-    assert request.outputs == [codec.Output(n, True, 0) for n in ("probabilities", "logits")]
+    # No outputs named: all four, as binary data (tritonclient asks with binary_data_output).
+    names = ("probabilities", "logits", "ood_score", "none_of_these")
+    assert request.outputs == [codec.Output(n, True, 0) for n in names]
 
 
 def test_json_data_flat_or_nested_decodes_alike_with_the_outputs_asked_for():
@@ -160,7 +161,8 @@ BAD = {
                       400, "shared memory is not supported: send the images as \"data\" or "
                       "binary data"),
     "unknown output": (request_body(outputs=[{"name": "features"}]), None, 400,
-                       "unknown output 'features': this model gives probabilities and logits"),
+                       "unknown output 'features': this model gives probabilities, logits, "
+                       "ood_score and none_of_these"),
     "negative classification": (
         request_body(outputs=[{"name": "logits", "parameters": {"classification": -1}}]), None,
         400, "output 'logits': classification must be a number of classes, not -1"),
@@ -242,16 +244,16 @@ def test_metadata_names_the_exported_graphs_tensors(graph):
     metadata = codec.model_metadata("m", SIZE, len(CLASSES), "onnx")
     assert metadata.platform == "onnxruntime_onnx" and metadata.versions == ["1"]
     served = [(t.name, t.datatype, t.shape[1:]) for t in metadata.inputs + metadata.outputs]
-    # The graph's class scores: the codec does not serve its ood_score and none_of_these yet.
-    scores = [t for t in graph.get_outputs() if t.name in codec.OUTPUTS]
-    exported = [(t.name, t.type, t.shape[1:]) for t in graph.get_inputs() + scores]
-    types = {"UINT8": "tensor(uint8)", "FP32": "tensor(float)"}
+    # A graph's (N,) is Triton's [-1, 1] (dims [1], reshape []): a config's dims are never empty
+    exported = [(t.name, t.type, t.shape[1:] or [1])
+                for t in graph.get_inputs() + graph.get_outputs()]  # fmt: skip
+    types = {"UINT8": "tensor(uint8)", "FP32": "tensor(float)", "BOOL": "tensor(bool)"}
     assert [(n, types[d], s) for n, d, s in served] == exported
     assert metadata.model_dump()["inputs"] == [
         {"name": "images", "datatype": "UINT8", "shape": [-1, SIZE, SIZE, 3]}
     ]
     config = codec.triton_config("m", SIZE, len(CLASSES), "onnx", 64)
-    assert [o["name"] for o in config["output"]] == [o.name for o in scores]
+    assert [o["name"] for o in config["output"]] == [o.name for o in graph.get_outputs()]
     assert codec.server_metadata("9.9").model_dump() == {
         "name": "cifar100", "version": "9.9", "extensions": codec.EXTENSIONS
     }  # fmt: skip
@@ -260,14 +262,16 @@ def test_metadata_names_the_exported_graphs_tensors(graph):
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_a_response_is_what_the_exported_model_computes_as_tritonclient_reads_it(graph, binary):
     pixels = images(3, seed=2)
-    names = [o.name for o in graph.get_outputs() if o.name in codec.OUTPUTS]  # class scores
+    names = [o.name for o in graph.get_outputs()]
     computed = dict(zip(names, graph.run(names, {"images": pixels})))
+    # the graph's per-image (N,) outputs as Triton answers them: [N, 1]
+    tensors = {n: v if v.ndim == 2 else v[:, None] for n, v in computed.items()}
     outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in names]
     body, json_size = Client.generate_request_body(
         [images_input(pixels)], outputs=outputs, request_id="r-2"
     )
     request = decode(body, json_size)
-    answer = codec.encode_response(request, "m", computed["logits"], CLASSES)
+    answer = codec.encode_response(request, "m", tensors, CLASSES)
     length = answer.headers.get(codec.HEADER_LENGTH)
     assert (length is not None) == binary
     assert answer.media_type == ("application/octet-stream" if binary else "application/json")
@@ -276,10 +280,12 @@ def test_a_response_is_what_the_exported_model_computes_as_tritonclient_reads_it
     assert (response["id"], response["model_name"], response["model_version"]) == ("r-2", "m", "1")
     assert [o["name"] for o in response["outputs"]] == names
     for name in names:
-        got = result.as_numpy(name)
-        assert got.dtype == np.float32 and got.shape == (3, len(CLASSES))
-        assert np.allclose(got, computed[name], atol=1e-6)
+        got, want = result.as_numpy(name), tensors[name]
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert np.allclose(got, want, atol=1e-6)
     assert np.array_equal(result.as_numpy("logits"), computed["logits"])
+    assert result.as_numpy("probabilities").shape == (3, len(CLASSES))
+    assert result.as_numpy("none_of_these").shape == (3, 1)
 
 
 def test_the_classification_extension_and_a_response_without_an_id(graph):
@@ -288,7 +294,8 @@ def test_the_classification_extension_and_a_response_without_an_id(graph):
     probabilities = torch.from_numpy(logits).softmax(1).numpy()
     request = codec.InferRequest(None, pixels, [codec.Output("probabilities", False, 3),
                                                 codec.Output("logits", True, 50)])  # fmt: skip
-    answer = codec.encode_response(request, "m", logits, CLASSES)
+    tensors = {"logits": logits, "probabilities": probabilities}
+    answer = codec.encode_response(request, "m", tensors, CLASSES)
     length = int(answer.headers[codec.HEADER_LENGTH])
     head = json.loads(answer.body[:length])
     assert "id" not in head
@@ -304,3 +311,56 @@ def test_the_classification_extension_and_a_response_without_an_id(graph):
     assert every.shape == (2, len(CLASSES))  # at most the model's classes
     labels = [s.decode().split(":")[2] for s in every[0]]
     assert labels == [CLASSES[i] for i in np.argsort(-logits[0], kind="stable")]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_the_verdict_outputs_as_tritonclient_reads_them(binary):
+    """ood_score FP32 and none_of_these BOOL, [N, 1] as Triton gives a graph's (N,) output
+    (binary: one byte per BOOL); the probabilities calibrated: the model's scores, as given."""
+    from cifar100.runtime.ood_rule import OodRule
+    from cifar100.runtime.trust import score_logits
+
+    logits = np.random.default_rng(4).normal(0, 2, (4, len(CLASSES))).astype(np.float32)
+    scores = score_logits(torch.from_numpy(logits), 1.7, OodRule(threshold=1.5))
+    assert 0 < int(scores.none_of_these.sum()) < 4  # both verdicts
+    tensors = codec.output_tensors(logits, scores)
+    names = codec.OUTPUTS
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in names]
+    body, json_size = Client.generate_request_body([images_input(images(4))], outputs=outputs)
+    request = decode(body, json_size)
+    answer = codec.encode_response(request, "m", tensors, CLASSES)
+    length = answer.headers.get(codec.HEADER_LENGTH)
+    result = Client.parse_response_body(answer.body, header_length=length)
+    head = {o["name"]: o for o in result.get_response()["outputs"]}
+    assert [(head[n]["datatype"], head[n]["shape"]) for n in names[2:]] == [
+        ("FP32", [4, 1]), ("BOOL", [4, 1])
+    ]  # fmt: skip
+    if binary:
+        assert head["none_of_these"]["parameters"]["binary_data_size"] == 4
+    assert np.allclose(result.as_numpy("probabilities"), scores.probabilities.numpy())
+    assert np.allclose(result.as_numpy("ood_score")[:, 0], scores.ood_score.numpy())
+    verdict = result.as_numpy("none_of_these")
+    assert verdict.dtype == np.bool_ and verdict[:, 0].tolist() == scores.none_of_these.tolist()
+    # the classification extension is for the class scores only
+    asked = request_body(outputs=[{"name": "ood_score", "parameters": {"classification": 2}}])
+    e = refusal(decode, asked)
+    assert str(e) == ("output 'ood_score': classification is for the class scores "
+                      "(probabilities and logits), not one value per image")  # fmt: skip
+
+
+def test_the_verdict_outputs_are_listed_in_a_valid_triton_config():
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
+    from google.protobuf import json_format
+
+    metadata = codec.model_metadata("m", SIZE, len(CLASSES), "torch")
+    assert [(t.name, t.datatype, t.shape) for t in metadata.outputs] == [
+        ("probabilities", "FP32", [-1, 10]), ("logits", "FP32", [-1, 10]),
+        ("ood_score", "FP32", [-1, 1]), ("none_of_these", "BOOL", [-1, 1]),
+    ]  # fmt: skip
+    config = codec.triton_config("m", SIZE, len(CLASSES), "torch", 64)
+    parsed = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    verdicts = [o for o in parsed.output if o.name in ("ood_score", "none_of_these")]
+    assert [(o.data_type, list(o.dims), o.HasField("reshape")) for o in verdicts] == [
+        (model_config_pb2.TYPE_FP32, [1], True), (model_config_pb2.TYPE_BOOL, [1], True)
+    ]  # fmt: skip
+    assert all(list(o.reshape.shape) == [] for o in verdicts)  # the graph's own (N,)

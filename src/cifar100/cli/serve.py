@@ -12,7 +12,8 @@ from cifar100.serve.settings import ServeSettings  # owns the defaults of the fl
 HELP = "serve a trained model over HTTP: a web page, /predict and the Open Inference Protocol (v2)"
 DESCRIPTION = (
     "Serve a trained model (a run, checkpoint or export) with FastAPI on uvicorn: the page at "
-    "/, POST /predict (multipart images or a raw image body), the Open Inference Protocol that "
+    "/, POST /predict (multipart images or a raw image body), POST /explain (where the model "
+    "looked, as heat maps), the Open Inference Protocol that "
     "KServe and Triton speak under /v2, Prometheus metrics at /metrics and the API docs at "
     "/docs. Concurrent requests are batched together; SIGTERM or Ctrl-C finishes the requests "
     "in flight and exits 0."
@@ -30,6 +31,9 @@ SETTINGS_FLAGS = [
      "free, with the images that came while it was busy)"),
     ("--max-queue", int, 1, False, "N",
      "images waiting at most; beyond them requests get 503 with Retry-After ({})"),
+    ("--max-explain-queue", int, 1, False, "N",
+     "images waiting for /explain at most ({}); beyond them: 503 with Retry-After. Each "
+     "takes the model to itself, in turn with /predict's batches"),
     ("--max-request-mb", float, 0, True, "MB", "largest request body ({}); larger ones get 413"),
     ("--max-images", int, 1, False, "N", "images in one request at most ({}); more get 413"),
     ("--max-pixels", int, 1, False, "N",

@@ -4,6 +4,7 @@ runs in a worker thread so that the event loop (health checks, the page) stays r
     batcher = Batcher(model.logits, max_batch=32, wait_ms=5, max_queue=256)
     await batcher.start()
     logits = await batcher.submit(pixels)      # uint8 (n, S, S, 3) -> float32 (n, classes)
+    maps = await batcher.call(lambda: model.explain(pixels))   # on the model's thread, alone
 
 A batch takes every image waiting when the model is free (up to `max_batch`), so batches grow
 by themselves under load and a lone request runs at once; `wait_ms` > 0 also makes the first
@@ -89,6 +90,14 @@ class Batcher:
         self.on_queue(self.waiting)
         self._queue.put_nowait(job)
         return await job.future
+
+    async def call(self, fn: Callable[[], object]) -> object:
+        """`fn()` run on the model's thread, between two batches: work that needs the model
+        to itself (an explanation's backward pass), which a batch then waits for, at most one
+        such call's time if the callers take turns (Service.explain)."""
+        if self._task is None:
+            raise RuntimeError("the batcher is not running")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()

@@ -1,9 +1,11 @@
 """The service's own JSON API: GET /model (the model card), POST /predict (multipart or a raw
-image body -> `cifar100 predict --json`'s objects) and GET /metrics (Prometheus)."""
+image body -> `cifar100 predict --json`'s objects), POST /explain (the same bodies -> where the
+model looked, a PNG heat map over each image) and GET /metrics (Prometheus)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
@@ -19,8 +21,50 @@ MAX_K = 1000
 PREDICT_DESCRIPTION = (
     "A multipart form with one or more image files (any field name), or one raw image as the "
     "body (image/*, application/octet-stream). Answers one object per image, as `cifar100 "
-    "predict --json` prints: {path, predictions: [{class, probability}]}."
+    "predict --json` prints: {path, predictions: [{class, probability}], ood_score, "
+    "none_of_these}. The probabilities are calibrated (the model's temperature); ood_score "
+    "says how unlike the training images the image is (the entropy of the class scores, in "
+    "nats), and none_of_these is true when it is above the model's threshold: the image is "
+    "none of the classes. Both are null for a model saved without the rule."
 )
+EXPLAIN_DESCRIPTION = (
+    "Where the model looked: the same bodies as /predict (multipart image files, or one raw "
+    "image). Answers one object per image: {path, class, class_index, probability, ood_score, "
+    "none_of_these, overlay_png}, overlay_png being a base64 PNG of the image (at the model's "
+    "input size) with a Grad-CAM heat map of `class` over it: the predicted class, or "
+    "?class= (an index or a name). Needs the PyTorch runtime (501 under --runtime onnx); at "
+    "most --max-explain-queue images wait at once (503 with Retry-After beyond)."
+)
+# What /predict and /explain answer, for the schema: they build their answers as JSON
+# themselves (a response model would validate and re-encode every number).
+VERDICT = {
+    "ood_score": {"type": ["number", "null"], "description": "how unlike the training images "
+                  "(softmax entropy, nats); null: the model has no rule"},
+    "none_of_these": {"type": ["boolean", "null"], "description": "none of the classes: "
+                      "ood_score above the model's threshold; null: the model has no rule"},
+}  # fmt: skip
+PREDICTION_SCHEMA = {"type": "array", "items": {"type": "object", "properties": {
+    "path": {"type": "string"},
+    "predictions": {"type": "array", "items": {"type": "object", "properties": {
+        "class": {"type": "string"}, "probability": {"type": "number"}}}},
+    **VERDICT,
+}}}  # fmt: skip
+EXPLANATION_SCHEMA = {"type": "array", "items": {"type": "object", "properties": {
+    "path": {"type": "string"}, "class": {"type": "string"}, "class_index": {"type": "integer"},
+    "probability": {"type": "number"}, **VERDICT,
+    "overlay_png": {"type": "string", "format": "byte",
+                    "description": "base64 PNG: the image with the heat map over it"},
+}}}  # fmt: skip
+
+
+def answers(schema: dict) -> dict:
+    return {200: {"content": {"application/json": {"schema": schema}}}}
+
+
+CLASS_PARAMETER = {"name": "class", "in": "query", "required": False,
+                   "schema": {"type": "string"},
+                   "description": "the class to explain: its index or name (default: each "
+                   "image's predicted class)"}  # fmt: skip
 # ?k= is read by top_k(): FastAPI's own parameter handling cost a tenth of the request's time
 # on the event loop; the schema still says what it takes.
 K_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": 5}
@@ -40,6 +84,34 @@ async def predict(request: Request, service: Served) -> JSONResponse:
     service.monitoring.images(len(pixels))
     # A response, not a list: FastAPI would validate and re-encode every number of it.
     return JSONResponse(service.predictions(logits, [n for n, _ in parts], k or settings.top_k))
+
+
+async def explain(request: Request, service: Served) -> JSONResponse:
+    service.explainer.check_available()  # before reading a body it cannot use
+    model = service.model
+    wanted = class_index(request, model.classes)
+    parts = await image_parts(service, request)
+    service.check_count(len(parts))
+    with service.explainer.room(len(parts)):  # before any is decoded
+        pixels = await service.decode(parts)
+        scores = model.scores(await service.logits(pixels))
+        predicted = scores.probabilities.argmax(1).tolist()
+        chosen = predicted if wanted is None else [wanted] * len(pixels)
+        pngs = await service.explainer.overlays(pixels, chosen)
+    service.monitoring.explanations(len(pixels))
+    known = service.verdict
+    return JSONResponse([
+        {
+            "path": name,
+            "class": model.classes[c],
+            "class_index": c,
+            "probability": round(float(scores.probabilities[i, c]), 6),
+            "ood_score": round(float(scores.ood_score[i]), 6) if known else None,
+            "none_of_these": bool(scores.none_of_these[i]) if known else None,
+            "overlay_png": base64.b64encode(png).decode(),
+        }
+        for i, ((name, _), c, png) in enumerate(zip(parts, chosen, pngs))
+    ])  # fmt: skip
 
 
 async def metrics(service: Served) -> Response:
@@ -63,6 +135,16 @@ def add_json_api(app: FastAPI) -> None:
         summary="Top-k classes of one or more images",
         description=PREDICT_DESCRIPTION,
         openapi_extra={"parameters": [K_PARAMETER]},
+        responses=answers(PREDICTION_SCHEMA),
+    )
+    app.add_api_route(
+        "/explain",
+        explain,
+        methods=["POST"],
+        summary="Where the model looked: a heat map over each image, as a PNG",
+        description=EXPLAIN_DESCRIPTION,
+        openapi_extra={"parameters": [CLASS_PARAMETER]},
+        responses=answers(EXPLANATION_SCHEMA),
     )
     app.add_api_route(
         "/metrics", metrics, methods=["GET"], summary="Prometheus metrics", include_in_schema=False
@@ -79,6 +161,24 @@ def top_k(request: Request, default: int) -> int:
             422, f"k: a whole number from 1 to {MAX_K}, not {raw!r}; see /docs", "bad_request"
         )
     return int(raw)
+
+
+def class_index(request: Request, classes: list[str]) -> int | None:
+    """/explain's ?class=: a class index 0..C-1 or a class name; None: the predicted one."""
+    raw = request.query_params.get("class")
+    if raw is None or raw == "":
+        return None
+    if raw.isascii() and raw.isdigit():
+        if int(raw) < len(classes):
+            return int(raw)
+        why = f"this model's classes are 0..{len(classes) - 1}"
+    elif raw in classes:
+        return classes.index(raw)
+    else:
+        why = "not one of this model's classes"
+    raise RequestError(
+        422, f"class {raw!r}: {why}; give an index or a name from GET /model", "bad_request"
+    )
 
 
 async def image_parts(service: Service, request: Request) -> list[tuple[str, bytes]]:
@@ -124,6 +224,9 @@ def card(service: Service) -> dict:
         "epochs": info.epoch,
         "source": str(model.source),
         "runtime": model.runtime,
+        # calibration and the "none of these" rule (runtime/trust.py); None: a model without
+        "temperature": model.temperature,
+        "ood_rule": model.ood_rule.to_json() if model.ood_rule is not None else None,
         "device": str(model.device),
         "max_batch": service.settings.max_batch,
         "max_images": service.settings.max_images,

@@ -46,6 +46,7 @@ class Monitoring:
             "cifar100_errors", "Requests refused or failed, by kind", ["kind"], registry=r
         )
         self.predicted = Counter("cifar100_images", "Images classified", registry=r)
+        self.explained = Counter("cifar100_explained_images", "Images explained", registry=r)
 
     def queue_changed(self, waiting: int) -> None:
         self.queue.set(waiting)
@@ -63,6 +64,9 @@ class Monitoring:
 
     def images(self, n: int) -> None:
         self.predicted.inc(n)
+
+    def explanations(self, n: int) -> None:
+        self.explained.inc(n)
 
     def exposition(self) -> tuple[bytes, str]:
         shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

@@ -22,6 +22,7 @@ from cifar100.data.images import decode_image
 from cifar100.errors import DataError, ImageTooLarge
 from cifar100.runtime.trained_model import TrainedModel
 from cifar100.serve.batching import Batcher, QueueFull
+from cifar100.serve.explanations import Explainer
 from cifar100.serve.limits import (
     InflightBytes,
     RequestError,
@@ -69,6 +70,8 @@ class Service:
         )
         # Decoding is CPU work too: off the event loop, beside the model's own thread.
         self.decoders = ThreadPoolExecutor(max(1, len(usable_cores())), "cifar100-decode")
+        # /explain's heat maps, on the batcher's model thread in turn with its batches
+        self.explainer = Explainer(model, self.batcher, settings.max_explain_queue, self.decoders)
 
     async def warm_up(self) -> None:
         """One full batch through the model (allocators, kernels), then ready."""
@@ -87,6 +90,11 @@ class Service:
         self._warm = True
         self._all_ready(True)  # other workers learn of it now, not when first asked
         log.info("ready: %s warmed up with a batch of %d", self.model, len(zeros))
+
+    @property
+    def verdict(self) -> bool:
+        """Whether the model says "none of these" (it carries the rule: runtime/trust.py)."""
+        return self.model.ood_rule is not None
 
     @property
     def ready(self) -> bool:
@@ -145,7 +153,8 @@ class Service:
             ) from None
 
     def predictions(self, logits: np.ndarray, names: list[str], k: int) -> list[dict]:
-        """`cifar100 predict --json`'s objects, one for each image."""
+        """`cifar100 predict --json`'s objects, one for each image: calibrated probabilities
+        and the OOD score and verdict (null for a model without the rule), TrainedModel.top's."""
         found = self.model.top(logits, k)
         for prediction, name in zip(found, names):
             prediction.name = name

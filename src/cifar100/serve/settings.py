@@ -39,6 +39,10 @@ class ServeSettings:
     head_timeout_s: float = 10.0  # for the request head; beyond: 408
     body_timeout_s: float = 30.0  # for the request body, from the end of the head; 408
     top_k: int = 5  # /predict's default k
+    # Images waiting for /explain (or being explained) at most; beyond: 503 with Retry-After.
+    # Each takes the model's thread to itself for a forward and a backward pass, in turn with
+    # the batches of /predict.
+    max_explain_queue: int = 16
 
     def __post_init__(self) -> None:
         if self.max_inflight_mb < self.max_request_mb:  # its largest body could never be read

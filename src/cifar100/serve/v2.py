@@ -4,7 +4,8 @@
     client = tritonclient.http.InferenceServerClient("127.0.0.1:8000")
     images = tritonclient.http.InferInput("images", [n, 32, 32, 3], "UINT8")
     images.set_data_from_numpy(pixels)                      # uint8 (n, 32, 32, 3)
-    client.infer("cifar100", [images]).as_numpy("probabilities")
+    client.infer("cifar100", [images]).as_numpy("probabilities")   # calibrated
+    # and "ood_score", "none_of_these" [n, 1] (always false for a model without the rule)
 
 A client written against this server works against Triton serving the `triton` export
 unchanged. Errors are {"error": one line} with a 4xx status, through app.py's RequestError
@@ -74,7 +75,8 @@ async def infer(
     )
     logits = await service.logits(decoded.images)
     service.monitoring.images(len(decoded.images))
-    answer = codec.encode_response(decoded, name, logits, service.model.classes)
+    tensors = codec.output_tensors(logits, service.model.scores(logits))
+    answer = codec.encode_response(decoded, name, tensors, service.model.classes)
     return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
 
 

@@ -3,13 +3,20 @@ decoded into images, logits encoded into responses, the metadata and readiness a
 
     request = decode_request(body, headers.get(HEADER_LENGTH), image_size=32, max_images=64,
                              max_json_mb=1.0)                   # images: uint8 (N, 32, 32, 3)
-    answer = encode_response(request, "cifar100", model.logits(request.images), classes)
+    logits = model.logits(request.images)
+    tensors = output_tensors(logits, model.scores(logits))
+    answer = encode_response(request, "cifar100", tensors, classes)
     # answer.body, answer.media_type, answer.headers: what to send
 
 The model is described as the `triton` export describes it: input "images" UINT8 [-1, S, S, 3],
-outputs "probabilities" and "logits" FP32 [-1, C] (runtime/tensor_names.py). Images come at
-exactly S x S, as Triton takes them. Extensions, as Triton defines them: binary_tensor_data
-(tritonclient's default), classification ("score:index:label" strings) and model_repository.
+outputs "probabilities" (calibrated: runtime/trust.py) and "logits" FP32 [-1, C], "ood_score"
+FP32 and "none_of_these" BOOL [-1, 1] (runtime/tensor_names.py): one value per image, which
+Triton shapes [-1, 1], since a batching model's config may not give an output no dims
+(`dims: [1]` with `reshape: {shape: []}` over the graph's (N,)). A model without a "none of
+these" rule gives what its exports give: the score, and a verdict that is always false.
+Images come at exactly S x S, as Triton takes them. Extensions, as Triton
+defines them: binary_tensor_data (tritonclient's default), classification ("score:index:label"
+strings) and model_repository.
 Every refusal is a RequestError (limits.py): its status, and one line for the client.
 The infer request is read as json.loads reads it, with no model of its own: a JSON list of
 pixels through pydantic would cost many times the parsing (the router's measured fast path).
@@ -22,20 +29,26 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from pydantic import BaseModel
 
-from cifar100.runtime.tensor_names import INPUT, LOGITS, PROBABILITIES
+from cifar100.runtime.tensor_names import (
+    INPUT,
+    LOGITS,
+    NONE_OF_THESE,
+    OOD_SCORE,
+    OUTPUTS,
+    PROBABILITIES,
+)
+from cifar100.runtime.trust import Scores
 from cifar100.serve.limits import RequestError, check_count
-
-# The outputs this codec serves: the class scores (the exports also give ood_score and
-# none_of_these, runtime/tensor_names.OUTPUTS, which the service does not answer with yet).
-OUTPUTS = (PROBABILITIES, LOGITS)
 
 VERSION = "1"  # one model, one version: the version directory the `triton` export writes
 PLATFORMS = {"torch": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}  # Triton's names
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
 HEADER_LENGTH = "Inference-Header-Content-Length"  # the JSON part's length, before the tensors
+CLASS_SCORES = (PROBABILITIES, LOGITS)  # (N, C) each
+VERDICT_OUTPUTS = (OOD_SCORE, NONE_OF_THESE)  # one value per image: Triton's dims [1]
+DATATYPES = {OOD_SCORE: "FP32", NONE_OF_THESE: "BOOL"}  # the others: FP32
 
 
 # The typed answers (the names KServe gives them)
@@ -119,6 +132,10 @@ def server_metadata(version: str) -> ServerMetadataResponse:
     return ServerMetadataResponse(name="cifar100", version=version, extensions=EXTENSIONS)
 
 
+def _output_dims(name: str, num_classes: int) -> list[int]:
+    return [1] if name in VERDICT_OUTPUTS else [num_classes]
+
+
 def model_metadata(
     name: str, image_size: int, num_classes: int, runtime: str
 ) -> ModelMetadataResponse:
@@ -129,8 +146,12 @@ def model_metadata(
         versions=[VERSION],
         platform=PLATFORMS.get(runtime, runtime),
         inputs=[MetadataTensor(name=INPUT, datatype="UINT8", shape=[-1, size, size, 3])],
-        outputs=[MetadataTensor(name=o, datatype="FP32", shape=[-1, num_classes]) for o in OUTPUTS],
-    )
+        outputs=[
+            MetadataTensor(name=o, datatype=DATATYPES.get(o, "FP32"),
+                           shape=[-1, *_output_dims(o, num_classes)])
+            for o in OUTPUTS
+        ],
+    )  # fmt: skip
 
 
 def triton_config(
@@ -138,12 +159,19 @@ def triton_config(
 ) -> dict:
     """Triton's ModelConfig as its /config answers it; max_batch_size is per request."""
     image = {"name": INPUT, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC"}
+    outputs = []
+    for o in OUTPUTS:
+        output = {"name": o, "data_type": f"TYPE_{DATATYPES.get(o, 'FP32')}",
+                  "dims": _output_dims(o, num_classes)}  # fmt: skip
+        if o in VERDICT_OUTPUTS:  # the graph's (N,): Triton's dims may not be empty
+            output["reshape"] = {"shape": []}
+        outputs.append(output)
     return {
         "name": name,
         "platform": PLATFORMS.get(runtime, runtime),
         "max_batch_size": max_batch_size,
         "input": [image | {"dims": [image_size, image_size, 3]}],
-        "output": [{"name": o, "data_type": "TYPE_FP32", "dims": [num_classes]} for o in OUTPUTS],
+        "output": outputs,
     }
 
 
@@ -194,7 +222,8 @@ def decode_request(
         raise _bad('the inference request must be a JSON object with a list of "inputs"')
     if not isinstance(request.get("id", ""), str):
         raise _bad('"id" must be a string')
-    outputs = _outputs(request, _flag(_parameters(request, "the request"), "binary_data_output"))
+    binary_output = _flag(_parameters(request, "the request"), "binary_data_output")
+    outputs = _outputs(request, binary_output)
     size = image_size
     spec = f"{INPUT!r}, UINT8 [N, {size}, {size}, 3]"
     inputs = request["inputs"]
@@ -256,7 +285,8 @@ def _pixels(tensor: dict, shape: list[int], binary: bytes) -> np.ndarray:
 
 
 def _outputs(request: dict, default_binary: bool) -> list[Output]:
-    """The requested outputs; none: both, as binary_data_output says (JSON by default)."""
+    """The requested outputs; none: all the model gives, as binary_data_output says (JSON by
+    default)."""
     wanted = request.get("outputs") or []
     if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
         raise _bad('"outputs" must be a list of objects, each with a "name"')
@@ -266,30 +296,46 @@ def _outputs(request: dict, default_binary: bool) -> list[Output]:
     for output in wanted:
         name = output.get("name")
         if name not in OUTPUTS:
-            raise _bad(f"unknown output {name!r}: this model gives {' and '.join(OUTPUTS)}")
+            gives = f"{', '.join(OUTPUTS[:-1])} and {OUTPUTS[-1]}"
+            raise _bad(f"unknown output {name!r}: this model gives {gives}")
         params = _parameters(output, f"output {name!r}")
         if "shared_memory_region" in params:
             raise _bad("shared memory is not supported: ask for the outputs in the response")
         k = params.get("classification", 0)
         if type(k) is not int or k < 0:
             raise _bad(f"output {name!r}: classification must be a number of classes, not {k!r}")
+        if k and name in VERDICT_OUTPUTS:
+            raise _bad(f"output {name!r}: classification is for the class scores "
+                       f"({' and '.join(CLASS_SCORES)}), not one value per image")  # fmt: skip
         binary = _flag(params, "binary_data", default_binary)  # overrides binary_data_output
         outputs.append(Output(name, binary, k))
     return outputs
 
 
+def output_tensors(logits: np.ndarray, scores: Scores) -> dict[str, np.ndarray]:
+    """Each output's values of a batch: its raw `logits`, and their `scores` (the model's
+    TrainedModel.scores: calibrated probabilities, the OOD score and the verdict, these two
+    shaped (N, 1) as Triton gives them)."""
+    return {
+        LOGITS: logits,
+        PROBABILITIES: scores.probabilities.numpy(),
+        OOD_SCORE: scores.ood_score.numpy().astype(np.float32)[:, None],
+        NONE_OF_THESE: scores.none_of_these.numpy()[:, None],
+    }
+
+
 def encode_response(
-    request: InferRequest, model_name: str, logits: np.ndarray, classes: list[str]
+    request: InferRequest, model_name: str, tensors: dict[str, np.ndarray], classes: list[str]
 ) -> Encoded:
-    """The inference response to `request`: JSON, or JSON then the binary outputs in their
-    order, with the JSON part's length in a header of its own (as Triton answers them)."""
-    scores = {"logits": logits, "probabilities": torch.from_numpy(logits).softmax(1).numpy()}
+    """The inference response to `request`, of the model's `tensors` (output_tensors): JSON,
+    or JSON then the binary outputs in their order, with the JSON part's length in a header of
+    its own (as Triton answers them)."""
     outputs, blobs = [], []
     for output in request.outputs:
-        values = scores[output.name]
+        values = tensors[output.name]
         if output.classes:
             values = _classifications(values, output.classes, classes)
-        datatype = "BYTES" if output.classes else "FP32"
+        datatype = "BYTES" if output.classes else "BOOL" if values.dtype == bool else "FP32"
         entry = {"name": output.name, "datatype": datatype, "shape": list(values.shape)}
         if output.binary:
             blobs.append(_binary(values))
@@ -314,9 +360,12 @@ def _classifications(scores: np.ndarray, k: int, classes: list[str]) -> np.ndarr
 
 
 def _binary(values: np.ndarray) -> bytes:
-    """Binary tensor data: little-endian FP32, or BYTES as a 4-byte length before each string."""
+    """Binary tensor data: little-endian FP32, BOOL as one byte each, or BYTES as a 4-byte
+    length before each string."""
     if values.dtype.kind == "U":
         return b"".join(struct.pack("<I", len(s)) + s for s in (v.encode() for v in values.flat))
+    if values.dtype == bool:
+        return values.astype(np.uint8).tobytes()
     return values.astype("<f4").tobytes()
 
 
