@@ -208,3 +208,10 @@ def test_predict_explain_refuses_what_it_cannot_explain_in_one_line(run_and_onnx
     err = capsys.readouterr().err.strip()
     assert "single cell (1x1)" in err and "--explain-method occlusion" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_map_that_is_the_same_everywhere_is_all_zero(tiny_trained):
+    # The tiny model's last feature map is 1x1: Grad-CAM cannot say where, and says nothing.
+    model = cifar100.load(tiny_trained)
+    maps = model.explain(np.full((2, 32, 32, 3), 128, np.uint8))
+    assert maps.shape == (2, 32, 32) and not maps.any()

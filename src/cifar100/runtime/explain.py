@@ -41,7 +41,8 @@ def explain(
 ) -> np.ndarray:
     """Maps (N, H, W) float32 in [0, 1] of uint8 images (N, H, W, 3) for `class_index` (one
     class for all, one per image, or None: each image's predicted class); each map scaled so
-    that its largest value is 1 (0 everywhere where nothing supports the class).
+    that its largest value is 1 (0 everywhere where nothing supports the class, or where the
+    map is the same everywhere, as a 1x1 feature map gives it: it says nothing about where).
 
     `model`: raw pixels (N, 3, H, W) in 0..255 -> logits, with a `backbone` whose output is
     the last feature map (models.head.Classifier). Runs on the model's device, in eval mode
@@ -113,8 +114,12 @@ def _explain_batch(model, batch, class_index, start, method, device) -> np.ndarr
             .sum(1, keepdim=True)
         )
     maps = maps.detach().float().clamp(min=0)[:, 0]
-    peak = maps.flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
-    return (maps / peak).cpu().numpy().astype(np.float32)
+    peak = maps.flatten(1).amax(1)[:, None, None]
+    # A map the same everywhere (a 1x1 feature map, or nothing that stands out) says nothing
+    # about where: all 0, not all 1, which an overlay would draw as "everywhere".
+    flat = (peak - maps.flatten(1).amin(1)[:, None, None]) <= 1e-6 * peak.clamp(min=1e-12)
+    maps = torch.where(flat, torch.zeros_like(maps), maps / peak.clamp(min=1e-12))
+    return maps.cpu().numpy().astype(np.float32)
 
 
 def _targets(class_index, predicted, start, n, model) -> torch.Tensor:
