@@ -455,6 +455,8 @@ def test_none_of_these_is_said_plainly_and_the_heat_map_comes_on_demand(visit, m
         heat = odd.locator("figure.heat[data-state=done] img")
         heat.wait_for(timeout=30_000)
         assert heat.evaluate("img => img.naturalWidth") == 32 and heat.is_visible()
+        caption = odd.locator("figure.heat figcaption").inner_text()
+        assert "cannot show where it looked" in caption, caption  # a 1x1 feature map says so
         assert odd.locator("figure.heat").get_attribute("data-class") == top  # the best guess
         assert toggle.get_attribute("aria-pressed") == "true"
         shot = f"/tmp/page-verdict-{name}.png"

@@ -145,6 +145,8 @@ def test_explain_gives_a_png_of_where_the_model_looked_for_each_image(server, mo
                                                         w.none_of_these)  # fmt: skip
         image = Image.open(io.BytesIO(base64.b64decode(g["overlay_png"])))
         assert (image.format, image.size, image.mode) == ("PNG", (SIZE, SIZE), "RGB")
+        # The tiny model's last feature map is a single cell: its map cannot say where.
+        assert g["localized"] is False
     # a class asked for, by name or index; one raw image as the body
     [[name, data]] = pngs(pixels[2:3])
     for asked in ("cat", "3"):

@@ -73,9 +73,10 @@ class Explainer:
         finally:
             self.waiting -= n
 
-    async def overlays(self, pixels: np.ndarray, classes: list[int]) -> list[bytes]:
+    async def overlays(self, pixels: np.ndarray, classes: list[int]) -> list[tuple[bytes, bool]]:
         """A PNG of each image (uint8 N, S, S, 3) with the map of where the model looked for
-        its class in `classes` over it, at the image's size."""
+        its class in `classes` over it, at the image's size; and whether the map says where
+        at all (False: the same everywhere, as a model whose last feature map is 1x1 gives)."""
         self.check_available()
         loop = asyncio.get_running_loop()
         pngs = []
@@ -85,7 +86,8 @@ class Explainer:
                 explain = partial(self.model.explain, image[None], int(class_index))
                 heat = (await self.batcher.call(explain))[0]
                 self._mean_s = 0.8 * self._mean_s + 0.2 * (time.perf_counter() - start)
-            pngs.append(await loop.run_in_executor(self.pool, overlay_png, image, heat))
+            png = await loop.run_in_executor(self.pool, overlay_png, image, heat)
+            pngs.append((png, bool(heat.any())))
         return pngs
 
 

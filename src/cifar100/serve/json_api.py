@@ -109,8 +109,9 @@ async def explain(request: Request, service: Served) -> JSONResponse:
             "ood_score": round(float(scores.ood_score[i]), 6) if known else None,
             "none_of_these": bool(scores.none_of_these[i]) if known else None,
             "overlay_png": base64.b64encode(png).decode(),
+            "localized": localized,  # False: the map is the same everywhere, it cannot say
         }
-        for i, ((name, _), c, png) in enumerate(zip(parts, chosen, pngs))
+        for i, ((name, _), c, (png, localized)) in enumerate(zip(parts, chosen, pngs))
     ])  # fmt: skip
 
 
