@@ -115,6 +115,7 @@ def test_predictions_npz_round_trips(tmp_path):
 
 def test_predictions_npz_holds_only_the_images_the_grids_show(tmp_path):
     from cifar100.plots import _test_images
+    from cifar100.plots.explanations import pick_explained
     from cifar100.plots.predictions import example_indices
 
     n = 500
@@ -123,13 +124,18 @@ def test_predictions_npz_holds_only_the_images_the_grids_show(tmp_path):
     save_predictions(tmp_path / "p.npz", logits, data)
     with np.load(tmp_path / "p.npz") as z:
         arrays = {k: z[k] for k in z.files}
-    assert len(arrays["images"]) == len(arrays["image_index"]) <= 72
+    # the example grids' 36 + 36, and the report's explained ones: 8 mistakes, 2 per class
+    assert len(arrays["images"]) == len(arrays["image_index"]) <= 72 + 8 + 20
     labels, preds = data.labels.numpy(), logits.argmax(1).numpy()
     full = _test_images(arrays)
     assert full.shape == tuple(data.images.shape)
     for wrong in (False, True):
         shown = example_indices(labels, preds, only_wrong=wrong)
         assert len(shown) == 36 and np.array_equal(full[shown], data.images.numpy()[shown])
+    mistakes, right = pick_explained(labels, logits.softmax(1).numpy(), np.arange(n))
+    confidence, wrong = logits.softmax(1).max(1).values.numpy(), np.flatnonzero(preds != labels)
+    assert set(mistakes) == set(wrong[np.argsort(-confidence[wrong])][:8])  # of all 500
+    assert np.array_equal(full[mistakes], data.images.numpy()[mistakes]) and len(right) == 20
 
 
 @pytest.fixture(scope="module")

@@ -205,6 +205,7 @@ def save_predictions(
     """Labels, logits, class names and (unless `images` is False) the test images the example
     grids show, with their indices, in one .npz, written atomically, for the plots."""
     # matplotlib (which plots.predictions draws with) on first use: training imports this module
+    from cifar100.plots.explanations import pick_explained
     from cifar100.plots.predictions import example_indices
 
     arrays: dict[str, np.ndarray] = {
@@ -212,11 +213,16 @@ def save_predictions(
         "logits": logits.float().cpu().numpy().astype(np.float32),
         "classes": np.array(data.classes, dtype=str),
     }
-    if images:  # 72 images at most, not the whole test set (30 MB for CIFAR-100)
+    if images:  # about 100 images at most, not the whole test set (30 MB for CIFAR-100)
         labels, preds = arrays["labels"], arrays["logits"].argmax(axis=1)
         shown = np.union1d(
             example_indices(labels, preds), example_indices(labels, preds, only_wrong=True)
         )
+        # and those the report explains, chosen from the whole test set: the most confident
+        # mistakes and right answers (a few dozen more at most)
+        probabilities = torch.from_numpy(arrays["logits"]).softmax(1).numpy()
+        explained = pick_explained(labels, probabilities, np.arange(len(labels)))
+        shown = np.union1d(shown, np.concatenate(explained))
         arrays["image_index"] = shown.astype(np.int64)
         arrays["images"] = data.images[torch.from_numpy(shown)].cpu().numpy().astype(np.uint8)
     if fine_to_coarse is not None and coarse_classes is not None:

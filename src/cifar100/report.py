@@ -141,7 +141,8 @@ def _explanations(run_dir: Path) -> str:
         "<p>Each pair: on the left the test image as the model saw it, on the right the same "
         "tinted by the Grad-CAM map of the <em>predicted</em> class: the redder, the more the "
         "prediction rests there. Titles: the given label, the predicted one and its "
-        "probability. Only the test images predictions.npz keeps are candidates."
+        "probability. Chosen from the whole test set by the evaluation that wrote "
+        "predictions.npz (one written before this version: from the images it keeps)."
         f"{grid}</p>"
     )
     captions = {

@@ -26,7 +26,7 @@ from torch import nn
 
 from cifar100.errors import ModelError
 
-__all__ = ["METHODS", "explain", "feature_map_size", "overlay", "side_by_side"]
+__all__ = ["METHODS", "explain", "feature_map_size", "overlay", "side_by_side", "stretched"]
 
 METHODS = ("gradcam", "occlusion")
 HOT = np.array([230, 20, 20], np.float32)  # the red of a map's peak
@@ -147,23 +147,29 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.6) -> np.nd
     return (image.astype(np.float32) * (1 - weight) + HOT * weight).round().astype(np.uint8)
 
 
+def stretched(heatmap: np.ndarray) -> np.ndarray:
+    """The map (H, W) stretched from its least to its largest value onto [0, 1], as it is
+    drawn (as Grad-CAM's authors draw it): a coarse map is often high everywhere, and tinted
+    as it is the whole image goes red; stretched, the tint shows where the model looked
+    most, relative to the rest. All 0 for a map the same everywhere."""
+    heat = np.clip(heatmap, 0, 1).astype(np.float32)
+    spread = float(heat.max() - heat.min())
+    return (heat - heat.min()) / spread if spread > 1e-6 else np.zeros_like(heat)
+
+
 def side_by_side(image: np.ndarray, heatmap: np.ndarray, min_side: int = 128) -> np.ndarray:
     """uint8 (S, 2S + gap, 3): the image | the image with `heatmap` over it, scaled up to at
     least `min_side` pixels a side so that a 32-pixel image can be seen: the image by whole
     pixels (nearest: its real pixels, not a blur), the map smoothly (bilinear).
 
-    The map is drawn stretched from its least to its largest value (as Grad-CAM's authors
-    draw it): a coarse map is often high everywhere, and tinted as it is the whole image went
-    red; stretched, the tint shows where the model looked most, relative to the rest."""
+    The map is drawn `stretched`."""
     from PIL import Image  # Pillow on first use: explain() alone never needs it
 
     h, w = image.shape[:2]
     factor = max(1, -(-min_side // min(h, w)))  # a whole factor: every pixel the same size
     size = (w * factor, h * factor)
     big = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.NEAREST))
-    heat = np.clip(heatmap, 0, 1).astype(np.float32)
-    spread = float(heat.max() - heat.min())
-    heat = (heat - heat.min()) / spread if spread > 1e-6 else np.zeros_like(heat)
+    heat = stretched(heatmap)
     big_heat = np.asarray(Image.fromarray(heat, mode="F").resize(size, Image.Resampling.BILINEAR))
     gap = np.full((size[1], max(4, factor), 3), 255, np.uint8)
     return np.concatenate([big, gap, overlay(big, big_heat)], axis=1)

@@ -94,8 +94,8 @@ class Explainer:
 def overlay_png(image: np.ndarray, heat: np.ndarray) -> bytes:
     """The PNG of `image` (H, W, 3) uint8 with `heat` (H, W) in [0, 1] over it."""
     # Here, not at the top: runtime/explain imports Captum (0.4 s), which only /explain needs.
-    from cifar100.runtime.explain import overlay
+    from cifar100.runtime.explain import overlay, stretched
 
     out = io.BytesIO()
-    Image.fromarray(overlay(image, heat)).save(out, "PNG")
+    Image.fromarray(overlay(image, stretched(heat))).save(out, "PNG")  # drawn as predict draws it
     return out.getvalue()
