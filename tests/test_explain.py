@@ -15,8 +15,10 @@ from torch import nn
 
 import cifar100
 from cifar100 import cli
+from cifar100.config import ModelConfig
 from cifar100.errors import ModelError
 from cifar100.models.head import Classifier
+from cifar100.models.registry import BACKBONES, build_model
 from cifar100.predict import explanation_names
 from cifar100.runtime.explain import explain, feature_map_size, overlay, side_by_side
 
@@ -215,3 +217,18 @@ def test_a_map_that_is_the_same_everywhere_is_all_zero(tiny_trained):
     model = cifar100.load(tiny_trained)
     maps = model.explain(np.full((2, 32, 32, 3), 128, np.uint8))
     assert maps.shape == (2, 32, 32) and not maps.any()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_registered_backbone_is_explained(backbone):
+    """Grad-CAM follows each registered backbone's own last feature map: the maps come out at
+    the image's size, in [0, 1], peaked (not flat) where the feature map has several cells.
+    (Occlusion needs no layer: any model, above.)"""
+    settings = ModelConfig(backbone=backbone, weights="none", resize=2)  # 32 -> 64 inside
+    model = build_model(settings, num_classes=3).eval()
+    pixels = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8))
+    assert feature_map_size(model, 32) == (2, 2)
+    maps = explain(model, pixels, class_index=[0, 2])
+    assert maps.shape == (2, 32, 32) and maps.min() >= 0 and maps.max() <= 1
+    assert all(m.max() == 1 or not m.any() for m in maps)

@@ -99,6 +99,17 @@ def test_int8_needs_training_images_and_then_runs(run, tmp_path, capsys):
     probs = model.probabilities(np.zeros((2, 32, 32, 3), np.uint8))
     assert probs.shape == (2, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
     assert not list(tmp_path.glob("*.tmp"))
+    # The int8 graph keeps the four outputs, its verdict its own score against the threshold
+    # (in float32, inside the graph).
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(target))
+    assert [o.name for o in session.get_outputs()] == [
+        "probabilities", "logits", "ood_score", "none_of_these"
+    ]  # fmt: skip
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), np.uint8)
+    _, _, score, verdict = session.run(None, {"images": pixels})
+    assert (verdict == (score > np.float32(model.ood_rule.threshold))).all()
 
 
 @pytest.mark.slow

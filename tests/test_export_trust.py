@@ -106,19 +106,6 @@ def test_the_onnx_file_loads_and_predicts_as_its_checkpoint(trusted):
 
 
 @pytest.mark.slow
-def test_int8_keeps_the_scores_and_the_verdict(trusted, tmp_path):
-    checkpoint, _, images, threshold = trusted
-    model = cifar100.load(checkpoint, device="cpu")
-    out = tmp_path / "model.int8.onnx"
-    export_model(model, "onnx", out, quantize="int8", images=(images, images))
-    got = onnx_outputs(out, images)
-    assert list(got) == ["probabilities", "logits", "ood_score", "none_of_these"]
-    np.testing.assert_allclose(got["probabilities"].sum(1), 1.0, atol=1e-5)
-    # Its own verdict on its own scores: the threshold is in the graph, in float32.
-    assert (got["none_of_these"] == (got["ood_score"] > np.float32(threshold))).all()
-
-
-@pytest.mark.slow
 def test_triton_declares_the_four_outputs(trusted, tmp_path):
     from google.protobuf import text_format
 

@@ -25,10 +25,19 @@ def run_dir(tmp_path_factory):
     return run
 
 
-@pytest.mark.slow
-def test_report_is_one_self_contained_page(run_dir, capsys):
+@pytest.fixture(scope="module")
+def report_page(run_dir, tmp_path_factory):
+    """The run's report as written right after training, once for the tests that only read
+    it (a copy: later tests write the run's own report again)."""
     assert cli.main(["report", str(run_dir)]) == 0
-    page = (run_dir / "report.html").read_text()
+    page = tmp_path_factory.mktemp("page") / "report.html"
+    shutil.copy(run_dir / "report.html", page)
+    return page
+
+
+@pytest.mark.slow
+def test_report_is_one_self_contained_page(report_page, run_dir):
+    page = report_page.read_text()
     assert "23,564,800" in page and "Total params" in page
     # Whole right after training: the confusion matrices and example images included.
     for figure in ("curves", "lr", "confusion", "superclass_confusion", "examples", "per_class"):
@@ -91,9 +100,8 @@ def test_not_a_run_is_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 @needs_chromium
-def test_report_renders_in_a_headless_browser(run_dir):
+def test_report_renders_in_a_headless_browser(report_page):
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    assert cli.main(["report", str(run_dir)]) == 0
     errors = []
     with playwright.sync_playwright() as p:
         browser = launch(p)
@@ -101,11 +109,11 @@ def test_report_renders_in_a_headless_browser(run_dir):
             page = browser.new_page()
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto((run_dir / "report.html").as_uri())
+            page.goto(report_page.as_uri())
             shown = page.eval_on_selector_all(
                 "figure img", "imgs => imgs.map(i => i.complete && i.naturalWidth > 0)"
             )
-            page.screenshot(path=str(run_dir / "report.png"), full_page=True)
+            page.screenshot(path=str(report_page.with_suffix(".png")), full_page=True)
         finally:
             browser.close()
     assert errors == []
@@ -114,11 +122,10 @@ def test_report_renders_in_a_headless_browser(run_dir):
 
 @pytest.mark.slow
 @needs_chromium
-def test_report_fits_a_phone_and_a_laptop(run_dir):
+def test_report_fits_a_phone_and_a_laptop(report_page):
     """At 390 px on a phone (which lays out a page without a viewport tag 980 px wide) and at
     1280 px the page itself never scrolls sideways: a wide table scrolls within itself."""
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    assert cli.main(["report", str(run_dir)]) == 0
     widths = {}
     with playwright.sync_playwright() as p:
         browser = launch(p)
@@ -128,7 +135,7 @@ def test_report_fits_a_phone_and_a_laptop(run_dir):
                     viewport={"width": width, "height": 800}, is_mobile=phone, has_touch=phone
                 )
                 page = context.new_page()
-                page.goto((run_dir / "report.html").as_uri())
+                page.goto(report_page.as_uri())
                 widths[width] = page.evaluate("document.documentElement.scrollWidth")
                 context.close()
         finally:
