@@ -322,3 +322,14 @@ def test_benchmark_trivial_policy_on_cpu(capsys):
     with capsys.disabled():
         row = ", ".join(f"{k} {v:.1f} ms ({v / base:.1f}x)" for k, v in best.items())
         print(f"\naugment_batch 256x3x32x32, CPU, 1 thread, best of 6: {row}")
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_every_op_gives_the_same_on_channels_last_images(name):
+    # Training feeds channels-last batches (train.channels_last) to the policies; with
+    # crop_padding=0 no crop before them makes the batch contiguous (equalize failed there).
+    x, m = _images(4, 16), torch.full((4,), 0.6)
+    op = torch.full((4,), OPS.index(name))
+    plain = apply_ops(x.clone(), op, m)
+    last = apply_ops(x.clone().contiguous(memory_format=torch.channels_last), op, m)
+    assert torch.allclose(plain, last, atol=1e-4), name

@@ -146,7 +146,7 @@ def autocontrast(x: Tensor) -> Tensor:
 def equalize(x: Tensor) -> Tensor:
     """Histogram equalisation per image-channel, PIL's algorithm, on all channels at once."""
     n, c, h, w = x.shape
-    levels = x.round().clamp(0, 255).long().view(n * c, h * w)
+    levels = x.round().clamp(0, 255).long().reshape(n * c, h * w)  # any memory layout
     hist = torch.zeros(n * c, 256, dtype=torch.long, device=x.device)
     hist.scatter_add_(1, levels, torch.ones_like(levels))
     # PIL leaves out the count of the highest level present when it sizes the step.
