@@ -3,7 +3,6 @@
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 from . import filters
 from .params import ZoomRange
@@ -40,13 +39,7 @@ def defocus_blur(
     x: np.ndarray, params: tuple[float, float], rngs: Sequence[np.random.RandomState]
 ) -> np.ndarray:
     """Convolve each channel with a disk (cv2.filter2D, edges mirrored about the edge pixel)."""
-    kernel = torch.from_numpy(disk_kernel(*params).astype(np.float64))
-    n, h, w, c = x.shape
-    planes = torch.from_numpy(x / 255.0).permute(0, 3, 1, 2).reshape(n * c, 1, h, w)
-    r = kernel.shape[0] // 2
-    padded = torch.nn.functional.pad(planes, (r, r, r, r), mode="reflect")
-    out = torch.nn.functional.conv2d(padded, kernel[None, None])
-    out = out.reshape(n, c, h, w).permute(0, 2, 3, 1).numpy()
+    out = filters.correlate2d(x / 255.0, disk_kernel(*params), "mirror")
     return np.clip(out, 0, 1) * 255
 
 

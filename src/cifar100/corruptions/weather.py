@@ -24,11 +24,13 @@ def snow(x: np.ndarray, params: tuple[float, ...], rngs: Sequence[np.random.Rand
     for rng in rngs:
         flakes.append(rng.normal(size=(h, w), loc=mean, scale=std))
         angles.append(rng.uniform(-135, -45))
-    layer = filters.clipped_zoom(np.stack(flakes)[..., None], zoom)[..., 0]
+    # The zoom can come out a pixel larger than the image; the reference blurs it at that size
+    # (the blur's edge is there) and crops afterwards.
+    layer = filters.clipped_zoom(np.stack(flakes)[..., None], zoom, trim=False)[..., 0]
     layer[layer < threshold] = 0
     layer = np.clip(layer, 0, 1)
     layer = filters.motion_blur(layer, radius, sigma, np.array(angles))
-    layer = (np.round(layer * 255).astype(np.uint8) / 255.0)[..., None]
+    layer = (np.round(layer * 255).astype(np.uint8) / 255.0)[:, :h, :w, None]
     img = x.astype(np.float32) / 255.0
     # cv2.cvtColor(RGB2GRAY) weights, in float32 as OpenCV computes them
     grey = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
