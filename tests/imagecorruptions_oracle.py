@@ -15,6 +15,7 @@ import importlib
 import os
 import sys
 import types
+import warnings
 
 import numpy as np
 
@@ -41,8 +42,10 @@ def load() -> types.ModuleType:
             stub.resource_filename = _resource_filename
             sys.modules["pkg_resources"] = stub
     try:
-        import imagecorruptions
-        import imagecorruptions.corruptions as ic
+        with warnings.catch_warnings():  # its scipy.ndimage.interpolation import is deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import imagecorruptions
+            import imagecorruptions.corruptions as ic
     finally:
         if added:
             sys.modules.pop("pkg_resources", None)

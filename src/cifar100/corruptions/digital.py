@@ -22,7 +22,7 @@ def contrast(x: np.ndarray, factor: float, rngs: Sequence[np.random.RandomState]
 def _affine_warp(img: np.ndarray, jitter: np.ndarray) -> np.ndarray:
     """make_cifar_c.py's random affine: three points around the centre moved by `jitter` (3, 2),
     the image warped to follow them (bilinear, edges mirrored about the edge pixel, as
-    cv2.warpAffine with BORDER_REFLECT_101; OpenCV rounds positions to 1/32 pixel, this does not)."""
+    cv2.warpAffine with BORDER_REFLECT_101; OpenCV rounds positions to 1/32 pixel, this not)."""
     h, w = img.shape[:2]
     centre = np.float32([h, w]) // 2
     side = min(h, w) // 3
@@ -86,6 +86,8 @@ def _jpeg(im: np.ndarray, quality: int) -> np.ndarray:
 
 
 @register("digital")
-def jpeg_compression(x: np.ndarray, quality: int, rngs: Sequence[np.random.RandomState]) -> np.ndarray:
+def jpeg_compression(
+    x: np.ndarray, quality: int, rngs: Sequence[np.random.RandomState]
+) -> np.ndarray:
     """Encode as JPEG at `quality` with Pillow and decode again."""
     return np.stack([_jpeg(im, quality) for im in x])

@@ -29,7 +29,9 @@ def frost_dir() -> Path:
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / "frost"
     if not all((folder / f).is_file() for f in FILES):
-        raise DataError(f"frost pictures missing in {folder}: pip install --force-reinstall imagecorruptions")
+        raise DataError(
+            f"frost pictures missing in {folder}: pip install --force-reinstall imagecorruptions"
+        )
     return folder
 
 
@@ -54,7 +56,9 @@ def scaled_picture(index: int, height: int, width: int, scale: float | None) -> 
     if scale is not None:
         step = round(1 / scale)
         if abs(1 / scale - step) < 1e-9:
-            small = pic[step // 2 :: step, step // 2 :: step][: round(ph * scale), : round(pw * scale)]
+            small = pic[step // 2 :: step, step // 2 :: step][
+                : round(ph * scale), : round(pw * scale)
+            ]
         else:
             small = resize_bicubic(pic, round(ph * scale), round(pw * scale))
         if small.shape[0] > height and small.shape[1] > width:

@@ -12,7 +12,9 @@ from .registry import register
 
 
 @register("noise")
-def gaussian_noise(x: np.ndarray, scale: float, rngs: Sequence[np.random.RandomState]) -> np.ndarray:
+def gaussian_noise(
+    x: np.ndarray, scale: float, rngs: Sequence[np.random.RandomState]
+) -> np.ndarray:
     """Add N(0, scale) noise to the image in 0..1."""
     noise = np.stack([rng.normal(size=x.shape[1:], scale=scale) for rng in rngs])
     return np.clip(x / 255.0 + noise, 0, 1) * 255
@@ -27,7 +29,9 @@ def shot_noise(x: np.ndarray, photons: float, rngs: Sequence[np.random.RandomSta
 
 
 @register("noise")
-def impulse_noise(x: np.ndarray, amount: float, rngs: Sequence[np.random.RandomState]) -> np.ndarray:
+def impulse_noise(
+    x: np.ndarray, amount: float, rngs: Sequence[np.random.RandomState]
+) -> np.ndarray:
     """Salt and pepper: a share `amount` of the values becomes 0 or 1, half each.
 
     As skimage.util.random_noise(mode="s&p") draws it today: one uniform per value for "flipped"

@@ -2,18 +2,18 @@
 
 "cifar": CIFAR-10-C (and CIFAR-100-C), from make_cifar_c.py in the hendrycks/robustness repository
 (ImageNet-C/create_c/make_cifar_c.py), written for 32x32 images.
-"imagenet": the parameters of the `imagecorruptions` package 1.1.2 (imagecorruptions/corruptions.py),
-which are ImageNet-C's, for images of any size >= 32 px.
+"imagenet": the parameters of the `imagecorruptions` package 1.1.2
+(imagecorruptions/corruptions.py), which are ImageNet-C's, for images of any size >= 32 px.
 
-Where the two scripts differ in more than numbers, the entry carries the difference as a field (frost's
-picture scale, pixelate's upsampling filter, elastic_transform's affine step); see each module.
+Where the two scripts differ in more than numbers, the entry carries the difference as a field
+(frost's picture scale, pixelate's upsampling filter, elastic_transform's affine step).
 """
 
 from typing import Any, NamedTuple
 
 
 class ZoomRange(NamedTuple):
-    """Zoom factors np.arange(start, stop, step), kept as the arguments so the floats are the same."""
+    """Zoom factors np.arange(start, stop, step), kept as its arguments so the floats match."""
 
     start: float
     stop: float

@@ -11,7 +11,9 @@ from .registry import register
 
 
 @register("weather")
-def snow(x: np.ndarray, params: tuple[float, ...], rngs: Sequence[np.random.RandomState]) -> np.ndarray:
+def snow(
+    x: np.ndarray, params: tuple[float, ...], rngs: Sequence[np.random.RandomState]
+) -> np.ndarray:
     """Zoomed, thresholded noise streaked by a motion blur, added twice (once turned 180 degrees)
     to the image mixed with a brightened grey copy of itself.
 
@@ -81,7 +83,9 @@ def plasma_fractal(size: int, decay: float, rng: np.random.RandomState) -> np.nd
 
 
 @register("weather")
-def fog(x: np.ndarray, params: tuple[float, float], rngs: Sequence[np.random.RandomState]) -> np.ndarray:
+def fog(
+    x: np.ndarray, params: tuple[float, float], rngs: Sequence[np.random.RandomState]
+) -> np.ndarray:
     """Add a plasma fractal, then scale back so the brightest value stays where it was."""
     strength, decay = params
     n, h, w = x.shape[:3]
