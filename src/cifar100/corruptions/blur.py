@@ -4,8 +4,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import filters
-from .params import ZoomRange
+from .filters import clipped_zoom, correlate2d, correlate_axis, directional_blur, gaussian_filter
+from .params import MotionBlur, ZoomRange
 from .registry import register
 
 
@@ -29,8 +29,8 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
     disk = ((xx**2 + yy**2) <= radius**2).astype(np.float32)
     disk /= disk.sum()
     g = _cv2_gaussian_kernel(ks, alias_blur)
-    blurred = filters.correlate_axis(disk[None], g, 1, "mirror")
-    blurred = filters.correlate_axis(blurred, g, 2, "mirror")
+    blurred = correlate_axis(disk[None], g, 1, "mirror")
+    blurred = correlate_axis(blurred, g, 2, "mirror")
     return blurred[0].astype(np.float32)
 
 
@@ -39,7 +39,7 @@ def defocus_blur(
     x: np.ndarray, params: tuple[float, float], rngs: Sequence[np.random.RandomState]
 ) -> np.ndarray:
     """Convolve each channel with a disk (cv2.filter2D, edges mirrored about the edge pixel)."""
-    out = filters.correlate2d(x / 255.0, disk_kernel(*params), "mirror")
+    out = correlate2d(x / 255.0, disk_kernel(*params), "mirror")
     return np.clip(out, 0, 1) * 255
 
 
@@ -57,7 +57,7 @@ def glass_blur(
     """
     sigma, delta, iterations = params
     n, h, w = x.shape[:3]
-    blurred = np.uint8(filters.gaussian_filter(x / 255.0, sigma) * 255)
+    blurred = np.uint8(gaussian_filter(x / 255.0, sigma) * 255)
     rows = range(h - delta, delta, -1)
     cols = range(w - delta, delta, -1)
     # Each image's offsets for every visit, drawn at once: randint(size=(k, 2)) yields the
@@ -72,21 +72,21 @@ def glass_blur(
             for j, ww in enumerate(cols):
                 dx, dy = shifts[:, it, i, j, 0], shifts[:, it, i, j, 1]
                 blurred[b, hh, ww] = blurred[b, hh + dy, ww + dx]
-    return np.clip(filters.gaussian_filter(blurred / 255.0, sigma), 0, 1) * 255
+    return np.clip(gaussian_filter(blurred / 255.0, sigma), 0, 1) * 255
 
 
 @register("blur")
 def motion_blur(
-    x: np.ndarray, params: tuple[int, float], rngs: Sequence[np.random.RandomState]
+    x: np.ndarray, params: MotionBlur, rngs: Sequence[np.random.RandomState]
 ) -> np.ndarray:
     """Blur along a random direction in -45..45 degrees (ImageMagick's MotionBlurImage).
 
     make_cifar_c.py called ImageMagick through Wand; imagecorruptions ported the same kernel and
     offsets to numpy (edges repeated), and this follows that port for both tables.
     """
-    radius, sigma = params
     angles = np.array([rng.uniform(-45, 45) for rng in rngs])
-    return np.clip(filters.motion_blur(x, radius, sigma, angles), 0, 255)
+    out = np.clip(directional_blur(x, params.radius, params.sigma, angles), 0, 255)
+    return np.rint(out) if params.rounded else out
 
 
 @register("blur")
@@ -96,5 +96,5 @@ def zoom_blur(x: np.ndarray, zooms: ZoomRange, rngs: Sequence[np.random.RandomSt
     img = (x / 255.0).astype(np.float32)
     out = np.zeros_like(img)
     for f in factors:
-        out += filters.clipped_zoom(img, f).astype(np.float32)
+        out += clipped_zoom(img, f, zooms.trim).astype(np.float32)
     return np.clip((img + out) / (len(factors) + 1), 0, 1) * 255

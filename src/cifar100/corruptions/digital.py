@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from . import filters
+from .filters import gaussian_filter, sample_bilinear
 from .params import Elastic, Pixelate
 from .registry import register
 
@@ -21,8 +21,8 @@ def contrast(x: np.ndarray, factor: float, rngs: Sequence[np.random.RandomState]
 
 def _affine_warp(img: np.ndarray, jitter: np.ndarray) -> np.ndarray:
     """make_cifar_c.py's random affine: three points around the centre moved by `jitter` (3, 2),
-    the image warped to follow them (bilinear, edges mirrored about the edge pixel, as
-    cv2.warpAffine with BORDER_REFLECT_101; OpenCV rounds positions to 1/32 pixel, this not)."""
+    the image warped to follow them: bilinear, edges mirrored about the edge pixel, within 1/100
+    of a level of cv2.warpAffine(borderMode=BORDER_REFLECT_101) (tests/test_corruptions.py)."""
     h, w = img.shape[:2]
     centre = np.float32([h, w]) // 2
     side = min(h, w) // 3
@@ -35,7 +35,7 @@ def _affine_warp(img: np.ndarray, jitter: np.ndarray) -> np.ndarray:
     px, py = xs - m[0, 2], ys - m[1, 2]
     sx = inv[0, 0] * px + inv[0, 1] * py
     sy = inv[1, 0] * px + inv[1, 1] * py
-    return filters.sample_bilinear(img[None], sy[None], sx[None], "mirror")[0].astype(np.float32)
+    return sample_bilinear(img[None], sy[None], sx[None], "mirror")[0].astype(np.float32)
 
 
 @register("digital")
@@ -54,12 +54,10 @@ def elastic_transform(
             img[i] = _affine_warp(img[i], jitter.astype(np.float32))
         fields.append([rng.uniform(-reach, reach, size=(h, w)) for _ in range(2)])
     fields = np.asarray(fields)  # (N, 2, H, W): dx, dy
-    smooth = [
-        filters.gaussian_filter(fields[:, k], sigma, mode="reflect", truncate=3) for k in (0, 1)
-    ]
+    smooth = [gaussian_filter(fields[:, k], sigma, mode="reflect", truncate=3) for k in (0, 1)]
     dx, dy = ((s * params.alpha).astype(np.float32).astype(np.float64) for s in smooth)
     ys, xs = np.mgrid[0:h, 0:w]
-    moved = filters.sample_bilinear(img, ys + dy, xs + dx, "reflect")
+    moved = sample_bilinear(img, ys + dy, xs + dx, "reflect")
     return np.clip(moved.astype(np.float32), 0, 1) * np.float32(255)
 
 

@@ -81,12 +81,12 @@ def _zoom_matrix(n: int, size: int) -> np.ndarray:
     return m
 
 
-def clipped_zoom(a: np.ndarray, factor: float, trim: bool = True) -> np.ndarray:
+def clipped_zoom(a: np.ndarray, factor: float, trim: str | None = "top-left") -> np.ndarray:
     """Zoom the centre of each image in (N, H, W[, C]) by `factor`, cropped back to H x W.
 
-    As imagecorruptions' clipped_zoom: crop ceil(side / factor) from the centre, scale it with
-    scipy's linear zoom (output round(crop * factor)) and keep the top-left H x W. trim=False
-    keeps the whole zoom, which can be a pixel larger than H x W (snow blurs it at that size).
+    Crop ceil(side / factor) from the centre, scale it with scipy's linear zoom (output
+    round(crop * factor), a pixel or two larger than the image) and keep H x W of it: the
+    top-left (imagecorruptions), the centre (make_cifar_c.py), or all of it (trim None).
     """
     h, w = a.shape[1:3]
     ch, cw = math.ceil(h / float(factor)), math.ceil(w / float(factor))
@@ -98,10 +98,13 @@ def clipped_zoom(a: np.ndarray, factor: float, trim: bool = True) -> np.ndarray:
     # gathering neighbours.
     planes = np.ascontiguousarray(np.moveaxis(crop, (1, 2), (-2, -1)), dtype=np.float64)
     out = np.moveaxis(rows @ planes @ cols.T, (-2, -1), (1, 2))
-    return out[:, :h, :w] if trim else out
+    if trim is None:
+        return out
+    top, left = ((out.shape[1] - h) // 2, (out.shape[2] - w) // 2) if trim == "centre" else (0, 0)
+    return out[:, top : top + h, left : left + w]
 
 
-def motion_blur(a: np.ndarray, radius: int, sigma: float, angles: np.ndarray) -> np.ndarray:
+def directional_blur(a: np.ndarray, radius: int, sigma: float, angles: np.ndarray) -> np.ndarray:
     """ImageMagick's motion blur (as ported by imagecorruptions) of each image at its own angle.
 
     A one-sided Gaussian kernel of width 2 * radius + 1 along the angle; taps beyond the image

@@ -13,11 +13,37 @@ from typing import Any, NamedTuple
 
 
 class ZoomRange(NamedTuple):
-    """Zoom factors np.arange(start, stop, step), kept as its arguments so the floats match."""
+    """Zoom factors np.arange(start, stop, step), kept as its arguments so the floats match, and
+    which part of each zoom is kept ("top-left": imagecorruptions, "centre": make_cifar_c.py)."""
 
     start: float
     stop: float
     step: float
+    trim: str = "top-left"
+
+
+class MotionBlur(NamedTuple):
+    """ImageMagick's motion blur radius and sigma; rounded: the result rounded to 8 bits, as
+    make_cifar_c.py read it back from ImageMagick as a PNG (imagecorruptions truncates)."""
+
+    radius: int
+    sigma: float
+    rounded: bool
+
+
+class Snow(NamedTuple):
+    """Flakes ~ N(mean, std), zoomed, cut below threshold, streaked by a motion blur (radius,
+    sigma), over the image kept at weight. cifar: the make_cifar_c.py steps, where the flakes pass
+    through ImageMagick as an 8-bit picture, trimmed to the image first; else imagecorruptions'."""
+
+    mean: float
+    std: float
+    zoom: float
+    threshold: float
+    radius: int
+    sigma: float
+    weight: float
+    cifar: bool
 
 
 class Frost(NamedTuple):
@@ -61,22 +87,22 @@ TABLES: dict[str, dict[str, tuple[Any, ...]]] = {
         "defocus_blur": ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)),
         # (sigma, max pixel shift, iterations)
         "glass_blur": ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)),
-        # (radius, sigma) of ImageMagick's motion blur
-        "motion_blur": ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)),
-        "zoom_blur": (
-            ZoomRange(1, 1.06, 0.01),
-            ZoomRange(1, 1.11, 0.01),
-            ZoomRange(1, 1.16, 0.01),
-            ZoomRange(1, 1.21, 0.01),
-            ZoomRange(1, 1.26, 0.01),
+        "motion_blur": tuple(
+            MotionBlur(r, s, rounded=True) for r, s in ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))
         ),
-        # (mean, std, zoom, threshold, blur radius, blur sigma, image weight)
+        "zoom_blur": (
+            ZoomRange(1, 1.06, 0.01, "centre"),
+            ZoomRange(1, 1.11, 0.01, "centre"),
+            ZoomRange(1, 1.16, 0.01, "centre"),
+            ZoomRange(1, 1.21, 0.01, "centre"),
+            ZoomRange(1, 1.26, 0.01, "centre"),
+        ),
         "snow": (
-            (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
-            (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
-            (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
-            (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
-            (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+            Snow(0.1, 0.2, 1, 0.6, 8, 3, 0.95, cifar=True),
+            Snow(0.1, 0.2, 1, 0.5, 10, 4, 0.9, cifar=True),
+            Snow(0.15, 0.3, 1.75, 0.55, 10, 4, 0.9, cifar=True),
+            Snow(0.25, 0.3, 2.25, 0.6, 12, 6, 0.85, cifar=True),
+            Snow(0.3, 0.3, 1.25, 0.65, 14, 12, 0.8, cifar=True),
         ),
         # make_cifar_c.py shrinks the frost pictures to 0.2 of their size before cropping 32x32.
         "frost": (
@@ -112,7 +138,10 @@ TABLES: dict[str, dict[str, tuple[Any, ...]]] = {
         "impulse_noise": (0.03, 0.06, 0.09, 0.17, 0.27),
         "defocus_blur": ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)),
         "glass_blur": ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)),
-        "motion_blur": ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15)),
+        "motion_blur": tuple(
+            MotionBlur(r, s, rounded=False)
+            for r, s in ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))
+        ),
         "zoom_blur": (
             ZoomRange(1, 1.11, 0.01),
             ZoomRange(1, 1.16, 0.01),
@@ -121,11 +150,11 @@ TABLES: dict[str, dict[str, tuple[Any, ...]]] = {
             ZoomRange(1, 1.31, 0.03),
         ),
         "snow": (
-            (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
-            (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
-            (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
-            (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
-            (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
+            Snow(0.1, 0.3, 3, 0.5, 10, 4, 0.8, cifar=False),
+            Snow(0.2, 0.3, 2, 0.5, 12, 4, 0.7, cifar=False),
+            Snow(0.55, 0.3, 4, 0.9, 12, 8, 0.7, cifar=False),
+            Snow(0.55, 0.3, 4.5, 0.85, 12, 8, 0.65, cifar=False),
+            Snow(0.55, 0.3, 2.5, 0.85, 12, 12, 0.55, cifar=False),
         ),
         "frost": (
             Frost(1, 0.4, None),

@@ -4,39 +4,35 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import filters
+from .filters import clipped_zoom, directional_blur
 from .frost_pictures import scaled_picture
-from .params import Frost
+from .params import Frost, Snow
 from .registry import register
 
 
 @register("weather")
-def snow(
-    x: np.ndarray, params: tuple[float, ...], rngs: Sequence[np.random.RandomState]
-) -> np.ndarray:
+def snow(x: np.ndarray, p: Snow, rngs: Sequence[np.random.RandomState]) -> np.ndarray:
     """Zoomed, thresholded noise streaked by a motion blur, added twice (once turned 180 degrees)
-    to the image mixed with a brightened grey copy of itself.
-
-    make_cifar_c.py blurred the flakes with ImageMagick after rounding them to 8 bits; this rounds
-    after the blur, as imagecorruptions (whose numpy port of the blur this uses) does.
-    """
-    mean, std, zoom, threshold, radius, sigma, weight = params
+    to the image mixed with a brightened grey copy of itself."""
     n, h, w = x.shape[:3]
     flakes, angles = [], []
     for rng in rngs:
-        flakes.append(rng.normal(size=(h, w), loc=mean, scale=std))
+        flakes.append(rng.normal(size=(h, w), loc=p.mean, scale=p.std))
         angles.append(rng.uniform(-135, -45))
-    # The zoom can come out a pixel larger than the image; the reference blurs it at that size
-    # (the blur's edge is there) and crops afterwards.
-    layer = filters.clipped_zoom(np.stack(flakes)[..., None], zoom, trim=False)[..., 0]
-    layer[layer < threshold] = 0
+    # imagecorruptions blurs the whole zoom, which can be a pixel larger than the image, and
+    # crops afterwards; make_cifar_c.py keeps the centre first.
+    layer = clipped_zoom(np.stack(flakes)[..., None], p.zoom, "centre" if p.cifar else None)
+    layer = layer[..., 0]
+    layer[layer < p.threshold] = 0
     layer = np.clip(layer, 0, 1)
-    layer = filters.motion_blur(layer, radius, sigma, np.array(angles))
+    if p.cifar:  # handed to ImageMagick as an 8-bit greyscale PNG
+        layer = (layer * 255).astype(np.uint8) / 255.0
+    layer = directional_blur(layer, p.radius, p.sigma, np.array(angles))
     layer = (np.round(layer * 255).astype(np.uint8) / 255.0)[:, :h, :w, None]
     img = x.astype(np.float32) / 255.0
     # cv2.cvtColor(RGB2GRAY) weights, in float32 as OpenCV computes them
     grey = img @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    img = weight * img + (1 - weight) * np.maximum(img, grey[..., None] * 1.5 + 0.5)
+    img = p.weight * img + (1 - p.weight) * np.maximum(img, grey[..., None] * 1.5 + 0.5)
     return np.clip(img + layer + layer[:, ::-1, ::-1], 0, 1) * 255
 
 
