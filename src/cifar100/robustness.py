@@ -208,4 +208,5 @@ def _record(model, splits, index, seed, table, clean, cells, seconds) -> Corrupt
         relative_top1=mean_top1 / clean["top1"] if clean["top1"] else None,
         mean_ece=_mean(v["ece"] for v in every),
         seconds=round(seconds, 1),
+        threads=torch.get_num_threads(),  # CPU threads (ONNX Runtime is given as many)
     )

@@ -22,7 +22,8 @@ The file holds:
                                              corruptions' means
     mean_top1, relative_top1, mean_ece       over every corruption and severity evaluated;
                                              relative_top1 = mean_top1 / clean top-1
-    seconds                                  the whole evaluation's wall time
+    seconds, threads                         the whole evaluation's wall time (model and data
+                                             loading included) and its CPU threads
 
 As Evaluation, the object is kept whole as written, and the properties give None where a file
 lacks a value or holds something else there.
