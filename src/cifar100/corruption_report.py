@@ -14,12 +14,12 @@ from cifar100.runtime.run_dir import RunDir
 
 
 def corruption_records(run: RunDir) -> list[tuple[str, CorruptionEvaluation]]:
-    """(name, record) of the run's own corruption evaluation ("checkpoint"), then of each model
-    file's, by the file its record names."""
+    """(name, record) of the run's own corruption evaluation, then of each model file's, each
+    named by the file its record names (last.pt, model.onnx)."""
     found = []
     own = CorruptionEvaluation.read_if_usable(run.corruption_evaluation)
     if own is not None:
-        found.append(("checkpoint", own))
+        found.append((Path(own.checkpoint).name or "the run's checkpoint", own))
     for path in run.file_corruption_evaluations():
         e = CorruptionEvaluation.read_if_usable(path)
         if e is not None:
