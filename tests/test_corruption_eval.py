@@ -207,6 +207,10 @@ def test_an_onnx_export_and_its_int8_are_evaluated_under_corruption(written, run
     )
     page = build_report(run, plots=False).read_text()
     table = page.split("id='corruption-files'", 1)[1].split("</table>", 1)[0]
-    assert "model.onnx (onnx)" in table and "model.int8.onnx (onnx)" in table
+    assert (
+        table.index("last.pt (torch)")
+        < table.index("model.onnx (onnx)")
+        < table.index("model.int8.onnx (onnx)")
+    )
     assert "int8 &minus; fp32" in table and "points" in table
     assert "eval-corruptions" not in page.split("Other evaluations")[-1].split("<h2")[0]

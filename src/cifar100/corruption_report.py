@@ -20,11 +20,16 @@ def corruption_records(run: RunDir) -> list[tuple[str, CorruptionEvaluation]]:
     own = CorruptionEvaluation.read_if_usable(run.corruption_evaluation)
     if own is not None:
         found.append((Path(own.checkpoint).name or "the run's checkpoint", own))
-    for path in run.file_corruption_evaluations():
+    for path in sorted(run.file_corruption_evaluations(), key=_fp32_first):
         e = CorruptionEvaluation.read_if_usable(path)
         if e is not None:
             found.append((Path(e.checkpoint).name or path.name, e))
     return found
+
+
+def _fp32_first(path: Path) -> tuple[str, bool]:
+    """Sorts model.onnx before model.int8.onnx: the fp32 column first, as the difference reads."""
+    return path.name.replace(".int8.", "."), ".int8." in path.name
 
 
 def corruption_section(records: list[tuple[str, CorruptionEvaluation]], figure: str) -> str:
