@@ -14,6 +14,7 @@ from cifar100 import cli
 from cifar100.calibration import scores
 from cifar100.compare import compare_runs, format_comparison
 from cifar100.corruptions import CORRUPTIONS, corrupt
+from cifar100.errors import CheckpointError
 from cifar100.evaluate import model_data
 from cifar100.report import build_report
 from cifar100.robustness import (
@@ -214,3 +215,13 @@ def test_an_onnx_export_and_its_int8_are_evaluated_under_corruption(written, run
     )
     assert "int8 &minus; fp32" in table and "points" in table
     assert "eval-corruptions" not in page.split("Other evaluations")[-1].split("<h2")[0]
+
+
+@pytest.mark.parametrize("content", ["[1]", "{not json", '{"mean_top1": "68%"}'])
+def test_a_damaged_record_is_one_line_and_left_out_of_pages(tmp_path, content):
+    path = tmp_path / "evaluation-corruptions.json"
+    path.write_text(content)
+    with pytest.raises(CheckpointError, match=str(path)) as caught:
+        CorruptionEvaluation.read(path)
+    assert "\n" not in str(caught.value) and "corruption" in str(caught.value)
+    assert CorruptionEvaluation.read_if_usable(path) is None
