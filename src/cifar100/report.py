@@ -74,10 +74,8 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
         parts += ["<h3>Other evaluations</h3>", _variants_table(evaluation, variants)]
     corrupted = corruption_records(run)
     if corrupted:
-        figure = (
-            _figure(figures, "corruptions", CORRUPTIONS_CAPTION) if "corruptions" in figures else ""
-        )
-        parts += [corruption_section(corrupted, figure)]
+        plot = "corruptions" in figures and _figure(figures, "corruptions", CORRUPTIONS_CAPTION)
+        parts += [corruption_section(corrupted, plot or "")]
     if plots and evaluation and run.predictions.is_file():  # else _missing says what to run
         parts += ["<h2 id='explain'>Where the model looked</h2>", _explanations(run_dir)]
     # Other scripts as themselves (ensure_ascii would write CJK as \u escapes); _e shows the

@@ -94,14 +94,9 @@ class RunDir:
         export or a checkpoint): FILE.eval.json, FILE.eval-VARIANT.json, and the old shared
         name (model.eval.json); the record in each names the file it evaluated."""
         found = self.path.glob("*.eval*.json")
-        corrupted = (
-            f".eval{CORRUPTIONS_VARIANT}.json"  # another record: file_corruption_evaluations
-        )
-        return sorted(
-            p
-            for p in found
-            if re.fullmatch(r".+\.eval(-[a-z]+)*\.json", p.name) and not p.name.endswith(corrupted)
-        )
+        named = [p for p in found if re.fullmatch(r".+\.eval(-[a-z]+)*\.json", p.name)]
+        other = f".eval{CORRUPTIONS_VARIANT}.json"  # another record: file_corruption_evaluations
+        return sorted(p for p in named if not p.name.endswith(other))
 
     def file_corruption_evaluations(self) -> list[Path]:
         """The corruption evaluations of model files in the run directory
