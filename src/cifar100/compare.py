@@ -4,7 +4,8 @@ Each row (`--json` prints them) holds the run's settings and results; among them
 
     test_top5            None where the run has 5 classes or fewer (metrics.top5_applies)
     corrupted_top1       the mean top-1 over the corruptions and severities of
-                         `evaluate --corruptions` (evaluation-corruptions.json); None without one
+                         `evaluate --corruptions` (evaluation-corruptions.json), on the images
+                         it evaluated (a subset, with --corruption-images); None without one
     train_images_per_s   {phase: images/s} for each training phase the log holds, in order,
                          e.g. {"frozen": 301.2, "finetune": 58.7}: the images that phase
                          trained over the seconds its steps took (validation not included);
