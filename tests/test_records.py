@@ -97,6 +97,13 @@ def test_a_run_directory_names_its_files(tmp_path):
     assert run.is_run() and run.variant_evaluations() == [
         (["best", "tta"], run.path / "evaluation-best-tta.json")
     ]
+    # evaluate --corruptions' records are their own kind, not variants of evaluation.json
+    for name in ("evaluation-corruptions.json", "m.onnx.eval.json", "m.onnx.eval-corruptions.json"):
+        (run / name).write_text("{}")
+    assert run.corruption_evaluation == run.path / "evaluation-corruptions.json"
+    assert [words for words, _ in run.variant_evaluations()] == [["best", "tta"]]
+    assert run.file_evaluations() == [run.path / "m.onnx.eval.json"]
+    assert run.file_corruption_evaluations() == [run.path / "m.onnx.eval-corruptions.json"]
 
 
 def test_an_evaluation_reads_its_values_typed(tmp_path):

@@ -3,6 +3,9 @@
 Each row (`--json` prints them) holds the run's settings and results; among them:
 
     test_top5            None where the run has 5 classes or fewer (metrics.top5_applies)
+    corrupted_top1       the mean top-1 over the corruptions and severities of
+                         `evaluate --corruptions` (evaluation-corruptions.json), on the images
+                         it evaluated (a subset, with --corruption-images); None without one
     train_images_per_s   {phase: images/s} for each training phase the log holds, in order,
                          e.g. {"frozen": 301.2, "finetune": 58.7}: the images that phase
                          trained over the seconds its steps took (validation not included);
@@ -24,6 +27,7 @@ from typing import Any
 
 from cifar100.display_text import DISPLAY_LIMIT, display_name, visible
 from cifar100.errors import CheckpointError, CifarError
+from cifar100.runtime.corruption_evaluation import CorruptionEvaluation
 from cifar100.runtime.evaluation import Evaluation
 from cifar100.runtime.run_dir import RunDir
 
@@ -40,6 +44,8 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
     records = [_numbers_only(r) for r in run.read_metrics()]
     # Optional: a run still training has no evaluation.json yet (a damaged one raises).
     evaluation = Evaluation.read(run.evaluation) if run.evaluation.is_file() else Evaluation()
+    # evaluate --corruptions' mean top-1 (only adds a column: a damaged file is left out)
+    corrupted = CorruptionEvaluation.read_if_usable(run.corruption_evaluation)
     environment = run.read_environment()  # only informs: a damaged one is left out
     environment = environment if isinstance(environment, dict) else {}
     val = [r["val_top1"] for r in records if "val_top1" in r]
@@ -58,6 +64,7 @@ def summarize_run(path: str | Path) -> dict[str, Any]:
         "best_val_top1": max(val) if val else None,
         "test_top1": evaluation.top1,
         "test_top5": evaluation.top5,
+        "corrupted_top1": corrupted.mean_top1 if corrupted else None,
         "wall_s": _wall_s(records, evaluation),
         "train_images_per_s": rates or None,
         "device": _text(environment.get("gpu") or environment.get("device")),
@@ -139,6 +146,7 @@ COLUMNS = [
     ("epochs", None, "s"),
     ("best val", "best_val_top1", "%"),
     ("test top-1", "test_top1", "%"),
+    ("corrupted top-1", "corrupted_top1", "%"),
     ("test top-5", "test_top5", "%"),
     ("wall", "wall_s", "t"),
     ("img/s (finetune)", "train_images_per_s", "r"),

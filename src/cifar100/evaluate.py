@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from cifar100.data import load_data
-from cifar100.data.tensors import ImageSet, fine_to_coarse, split_holdout
+from cifar100.data.tensors import DataSplits, ImageSet, fine_to_coarse, split_holdout
 from cifar100.errors import CifarError, DataError
 from cifar100.metrics import classification_metrics
 from cifar100.paths import resolve_cache_dir
@@ -60,13 +60,8 @@ def evaluate_checkpoint(
         raise DataError(f"ood_acceptance {ood_acceptance!r}: a share in (0, 1], e.g. 0.95")
     model = load(target, device=device, checkpoint=which, ema=ema)
     info, cfg = model.info, model.info.config
-    data_cfg = replace(cfg.data, path=data_path) if data_path else cfg.data
-    splits = load_data(
-        data_cfg, resolve_cache_dir(cache_dir), seed=cfg.train.seed, progress=progress
-    )
+    splits = model_data(model, data_path, cache_dir, progress)
     test = splits.test
-    _check_classes(info.classes, test.classes, data_cfg.path or data_cfg.dataset)
-    _check_size(test.image_size, model.image_size, data_cfg.path or data_cfg.dataset)
     mapping = info.fine_to_coarse or fine_to_coarse(test)
     coarse = info.coarse_classes or test.coarse_classes
     batch_size = batch_size or cfg.train.eval_batch_size
@@ -110,6 +105,24 @@ def evaluate_checkpoint(
         agreement=agreement,
         predictions=str(predictions_path),
     )
+
+
+def model_data(
+    model: TrainedModel,
+    data_path: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> DataSplits:
+    """The splits of the data `model` was trained on (or of the data at `data_path`), checked
+    to have its classes and image size."""
+    cfg = model.info.config
+    data_cfg = replace(cfg.data, path=data_path) if data_path else cfg.data
+    splits = load_data(
+        data_cfg, resolve_cache_dir(cache_dir), seed=cfg.train.seed, progress=progress
+    )
+    _check_classes(model.info.classes, splits.test.classes, data_cfg.path or data_cfg.dataset)
+    _check_size(splits.test.image_size, model.image_size, data_cfg.path or data_cfg.dataset)
+    return splits
 
 
 def _fit_if_asked(model, train, batch_size, progress, acceptance, plain) -> dict | None:

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cifar100.corruption_report import corruption_records, corruption_section
 from cifar100.display_text import visible
 from cifar100.errors import CheckpointError
 from cifar100.fileio import write_text_atomic
@@ -71,6 +72,10 @@ def build_report(run_dir: str | Path, plots: bool = True) -> Path:
     variants = _variants(run)
     if variants:
         parts += ["<h3>Other evaluations</h3>", _variants_table(evaluation, variants)]
+    corrupted = corruption_records(run)
+    if corrupted:
+        plot = "corruptions" in figures and _figure(figures, "corruptions", CORRUPTIONS_CAPTION)
+        parts += [corruption_section(corrupted, plot or "")]
     if plots and evaluation and run.predictions.is_file():  # else _missing says what to run
         parts += ["<h2 id='explain'>Where the model looked</h2>", _explanations(run_dir)]
     # Other scripts as themselves (ensure_ascii would write CJK as \u escapes); _e shows the
@@ -101,6 +106,12 @@ CAPTIONS = [
     ("examples", "Test images with true and predicted labels (green right, red wrong)."),
     ("mistakes", "Misclassified test images only."),
 ]
+
+
+CORRUPTIONS_CAPTION = (
+    "Test top-1 under each corruption against its severity, one panel per family; dashed: "
+    "the same images uncorrupted."
+)
 
 
 def _make_plots(run_dir: Path) -> dict[str, Path]:

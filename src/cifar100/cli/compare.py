@@ -8,7 +8,8 @@ import sys
 
 HELP = "one table of several runs"
 DESCRIPTION = (
-    "Preset, backbone, weights, mode, epochs, best validation and test accuracy, wall time, "
+    "Preset, backbone, weights, mode, epochs, best validation and test accuracy (and the mean "
+    "top-1 under corruption, where `evaluate --corruptions` measured it), wall time, "
     "throughput and device of each run directory."
 )
 

@@ -14,6 +14,7 @@ from cifar100.cli.args import (
     share,
 )
 from cifar100.cli.threads import use_free_cores
+from cifar100.errors import ConfigError
 
 HELP = "test accuracy of a run or checkpoint"
 DESCRIPTION = (
@@ -22,7 +23,9 @@ DESCRIPTION = (
     "images) beside it as predictions.npz. --checkpoint best, --ema and --tta write "
     "evaluation-best.json, -ema, -tta (and predictions-...) instead, so the run's own "
     "evaluation.json stays what report and compare read. A model file's results go beside it "
-    "under its whole name (model.onnx.eval.json, model.onnx.predictions.npz)."
+    "under its whole name (model.onnx.eval.json, model.onnx.predictions.npz). --corruptions "
+    "measures top-1 and ECE under the 15 common corruptions (CIFAR-10-C) at each severity "
+    "instead, into evaluation-corruptions.json (FILE.eval-corruptions.json)."
 )
 
 
@@ -64,6 +67,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: keep the fitted ones; a checkpoint saved without them gets them at the "
         "run's train.ood_acceptance, 0.95)",
     )
+    p.add_argument(
+        "--corruptions",
+        nargs="?",
+        const="all",
+        metavar="NAMES",
+        help="accuracy under corruption: all 15 (no value, or all), or comma-separated names "
+        "and families (noise, blur, weather, digital), e.g. fog,noise",
+    )
+    p.add_argument(
+        "--severities",
+        metavar="LIST",
+        help="with --corruptions: comma-separated severities of 1..5 (default: all)",
+    )
+    p.add_argument(
+        "--corruption-images",
+        type=at_least(1),
+        metavar="N",
+        help="with --corruptions: a seeded, class-stratified subset of N test images "
+        "(default: all; 75 passes over 10,000 images are long on a CPU)",
+    )
     add_common(p)
 
 
@@ -73,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
     from cifar100.runtime.run_dir import RunDir, file_evaluation, predictions_beside
 
     target = Path(args.target)
+    if args.corruptions is not None:
+        return _run_corruptions(args, target)
+    if args.severities is not None or args.corruption_images is not None:
+        raise ConfigError("--severities and --corruption-images go with --corruptions")
     variant = variant_suffix(args.checkpoint, args.tta == "flip", args.ema)
     use_free_cores()
     if args.output:
@@ -100,5 +127,43 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(evaluation.to_json(), indent=2))
         return 0
     print(evaluation.format())
+    print(f"written to {out}")
+    return 0
+
+
+def _run_corruptions(args: argparse.Namespace, target: Path) -> int:
+    """evaluate --corruptions: the plain weights (no TTA, EMA or refitting), written at the end."""
+    from cifar100.robustness import corruption_names, evaluate_corruptions, severity_list
+    from cifar100.runtime.run_dir import CORRUPTIONS_VARIANT, RunDir, file_evaluation
+
+    others = [flag for flag, given in (("--tta flip", args.tta == "flip"), ("--ema", args.ema),
+              ("--ood-acceptance", args.ood_acceptance is not None),
+              ("--checkpoint best", args.checkpoint != "last")) if given]  # fmt: skip
+    if others:
+        raise ConfigError(f"--corruptions evaluates the last checkpoint as it is: drop {others[0]}")
+    names, severities = corruption_names(args.corruptions), severity_list(args.severities)
+    if args.output:
+        out = Path(args.output)
+    elif target.is_dir():
+        out = RunDir(target).corruption_evaluation
+    else:
+        out = file_evaluation(target, CORRUPTIONS_VARIANT)
+    use_free_cores()
+    result = evaluate_corruptions(
+        target,
+        names,
+        severities,
+        images=args.corruption_images,
+        data_path=args.data,
+        cache_dir=args.cache_dir,
+        device=args.device or "auto",
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    result.write(out)  # once, at the end: an interrupted evaluation leaves no file
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0
+    print(result.format())
     print(f"written to {out}")
     return 0

@@ -23,6 +23,7 @@ from cifar100.plots.confusion import (
     superclass_confusion,
     superclass_order,
 )
+from cifar100.plots.corruptions import plot_corruptions
 from cifar100.plots.figure import save_figure
 from cifar100.plots.predictions import (
     per_class_from,
@@ -32,6 +33,7 @@ from cifar100.plots.predictions import (
 )
 from cifar100.plots.training import plot_curves, plot_lr
 from cifar100.predictions_file import read_predictions
+from cifar100.runtime.corruption_evaluation import CorruptionEvaluation
 from cifar100.runtime.evaluation import Evaluation
 from cifar100.runtime.run_dir import RunDir
 from cifar100.schedule import ScheduledStep, lr_schedule
@@ -41,6 +43,7 @@ __all__ = [
     "most_confused_pairs",
     "plot_confused_pairs",
     "plot_confusion",
+    "plot_corruptions",
     "plot_curves",
     "plot_examples",
     "plot_lr",
@@ -58,7 +61,8 @@ def plot_run(run_dir: str | Path) -> dict[str, list[Path]]:
     """Write every plot the run directory's files allow into run_dir/plots; name -> files.
 
     Curves need only metrics.jsonl (an interrupted run can be plotted); per-class accuracy uses
-    evaluation.json; confusion, mistakes and examples need predictions.npz."""
+    evaluation.json; confusion, mistakes and examples need predictions.npz; accuracy under
+    corruption evaluation-corruptions.json."""
     run = RunDir(run_dir)
     out = run.plots
     written: dict[str, list[Path]] = {}
@@ -101,6 +105,9 @@ def plot_run(run_dir: str | Path) -> dict[str, list[Path]]:
 
     if per_class:
         save("per_class", plot_per_class(per_class))
+    corrupted = CorruptionEvaluation.read_if_usable(run.corruption_evaluation)
+    if corrupted is not None and corrupted.corruptions():
+        save("corruptions", plot_corruptions(corrupted))
     return written
 
 

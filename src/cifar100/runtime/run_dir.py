@@ -26,6 +26,8 @@ ENVIRONMENT = "environment.json"
 METRICS = "metrics.jsonl"
 EVALUATION = "evaluation.json"
 PREDICTIONS = "predictions.npz"  # the test logits beside it, for the plots
+# evaluate --corruptions: evaluation-corruptions.json, FILE.eval-corruptions.json
+CORRUPTIONS_VARIANT = "-corruptions"
 LOCK_NAME = ".lock"  # held while a run trains; ignored when asking whether a directory holds a run
 
 
@@ -61,6 +63,7 @@ class RunDir:
     report = property(lambda self: self.path / REPORT)
     plots = property(lambda self: self.path / PLOTS)
     lock = property(lambda self: self.path / LOCK_NAME)
+    corruption_evaluation = property(lambda self: self.evaluation_variant(CORRUPTIONS_VARIANT))
 
     def checkpoint(self, which: str = "last") -> Path:
         """last.pt or best.pt."""
@@ -81,6 +84,8 @@ class RunDir:
         """The other evaluations' files, each with the words of its variant (best, ema, tta)."""
         found = []
         for path in sorted(self.path.glob("evaluation-*.json")):
+            if path == self.corruption_evaluation:  # another record, not a variant of this one
+                continue
             found.append((path.stem.removeprefix("evaluation-").split("-"), path))
         return found
 
@@ -89,7 +94,14 @@ class RunDir:
         export or a checkpoint): FILE.eval.json, FILE.eval-VARIANT.json, and the old shared
         name (model.eval.json); the record in each names the file it evaluated."""
         found = self.path.glob("*.eval*.json")
-        return sorted(p for p in found if re.fullmatch(r".+\.eval(-[a-z]+)*\.json", p.name))
+        named = [p for p in found if re.fullmatch(r".+\.eval(-[a-z]+)*\.json", p.name)]
+        other = f".eval{CORRUPTIONS_VARIANT}.json"  # another record: file_corruption_evaluations
+        return sorted(p for p in named if not p.name.endswith(other))
+
+    def file_corruption_evaluations(self) -> list[Path]:
+        """The corruption evaluations of model files in the run directory
+        (FILE.eval-corruptions.json: `cifar100 evaluate FILE --corruptions`)."""
+        return sorted(self.path.glob(f"*.eval{CORRUPTIONS_VARIANT}.json"))
 
     def read_config(self) -> Config:
         return read_run_config(self.path)
