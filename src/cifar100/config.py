@@ -24,6 +24,8 @@ class DataConfig:
     # image folders: refuse files in class folders that are not readable images (readme.txt,
     # a corrupt JPEG) instead of skipping them with one warning
     strict: bool = False
+    # an audit.csv (`cifar100 audit`): the training images of its train rows are left out
+    exclude: str | None = None
 
     def class_count(self) -> int | None:
         """CIFAR's classes as labelled (100 fine, 20 coarse; 10); None for an image folder,

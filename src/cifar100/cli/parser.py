@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+import cifar100.cli.audit as audit
 import cifar100.cli.backbones as backbones
 import cifar100.cli.bench as bench
 import cifar100.cli.cache as cache
@@ -36,6 +37,7 @@ COMMANDS = {
     "export": export,
     "serve": serve,
     "data": data,
+    "audit": audit,
     "cache": cache,
 }
 DEBUG_HELP = "show full tracebacks on errors"

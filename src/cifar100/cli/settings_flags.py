@@ -85,6 +85,13 @@ SETTING_FLAGS = {
         ),
         SettingFlag("data.strict", None, STRICT_HELP),
         SettingFlag(
+            "data.exclude",
+            "AUDIT_CSV",
+            "leave out the training images of this audit.csv's train rows (`cifar100 audit`; "
+            "data.exclude)",
+            flag="--exclude",
+        ),
+        SettingFlag(
             "model.init",
             "RUN_OR_CHECKPOINT",
             "start from this checkpoint's weights and model settings (model.init)",

@@ -11,7 +11,8 @@ __all__ = ["DataSplits", "ImageSet", "load_data", "split_holdout"]
 
 
 def load_data(cfg: DataConfig, cache_dir: Path, seed: int = 0, progress: bool = True) -> DataSplits:
-    """Load the configured source into memory, applying `label` and the quick-run limits."""
+    """Load the configured source into memory, applying `label`, `exclude` and the quick-run
+    limits."""
     if cfg.dataset in ("cifar100", "cifar10"):
         # Each source's reader on first use: only the one a run needs is imported.
         from cifar100.data.cifar import load_cifar
@@ -32,6 +33,11 @@ def load_data(cfg: DataConfig, cache_dir: Path, seed: int = 0, progress: bool = 
             progress=progress,
             strict=cfg.strict,
         )
+    if cfg.exclude:
+        # before the limits: a quick run on a subset leaves out the same flagged images
+        from cifar100.data.exclusions import exclude_findings
+
+        splits.train, splits.info["excluded"] = exclude_findings(splits.train, cfg.exclude)
     splits.train = limit_per_split(splits.train, cfg.limit_train, seed)
     splits.test = limit_per_split(splits.test, cfg.limit_test, seed + 1)
     return splits

@@ -17,7 +17,7 @@ from cifar100.fileio import atomic_path, mark_used
 
 __all__ = ["cache_key", "read_cache", "write_cache"]
 
-FORMAT_VERSION = 1  # bump when the cache's contents or the decoding change
+FORMAT_VERSION = 2  # bump when the cache's contents or the decoding change
 
 
 def cache_key(material: dict, image_size: int, test_fraction: float, seed: int) -> str:
@@ -53,6 +53,9 @@ def write_cache(path: Path, train: ImageSet, test: ImageSet, meta: dict) -> None
         "test_images": test.images.numpy(),
         "test_labels": test.labels.numpy(),
         "classes": np.array(train.classes),
+        # each image's file, for what an audit flags and `train --exclude` leaves out
+        "train_paths": np.array(train.paths or [], dtype=str),
+        "test_paths": np.array(test.paths or [], dtype=str),
         "meta": np.array(json.dumps(meta)),
     }
     try:
@@ -65,6 +68,11 @@ def write_cache(path: Path, train: ImageSet, test: ImageSet, meta: dict) -> None
         )
 
 
+def _paths(arrays: dict[str, np.ndarray], split: str) -> list[str] | None:
+    paths = [str(p) for p in arrays[f"{split}_paths"]]
+    return paths if len(paths) == len(arrays[f"{split}_labels"]) else None
+
+
 def read_cache(path: Path) -> tuple[ImageSet, ImageSet, dict] | None:
     """The cached splits, or None (with one warning line) when the file is unusable."""
     try:
@@ -74,8 +82,10 @@ def read_cache(path: Path) -> tuple[ImageSet, ImageSet, dict] | None:
         if _digest(arrays) != digest:
             raise ValueError("its digest does not match its contents")
         classes = [str(c) for c in arrays["classes"]]
-        train = image_set(arrays["train_images"], arrays["train_labels"], classes)
-        test = image_set(arrays["test_images"], arrays["test_labels"], classes)
+        train, test = (
+            image_set(arrays[f"{s}_images"], arrays[f"{s}_labels"], classes, _paths(arrays, s))
+            for s in ("train", "test")
+        )
         meta = json.loads(str(arrays["meta"]))
         mark_used(path)
         return train, test, meta

@@ -93,12 +93,12 @@ def build_splits(
         test_paths, test_labels = _flatten(test_files, classes)
         images, failed = fetch(paths + test_paths)  # one call: one progress bar, one pool
         skipped.update(failed)
-        labels = _readable(src, _join(root, train_dir), classes, paths, labels, skipped)
-        test_labels = _readable(
+        labels, paths = _readable(src, _join(root, train_dir), classes, paths, labels, skipped)
+        test_labels, test_paths = _readable(
             src, _join(root, test_dir), classes, test_paths, test_labels, skipped
         )
-        train = image_set(images[: len(labels)], labels, classes)
-        test = image_set(images[len(labels) :], test_labels, classes)
+        train = image_set(images[: len(labels)], labels, classes, paths)
+        test = image_set(images[len(labels) :], test_labels, classes, test_paths)
         unused = sorted(set(dirs.values()) - {train_dir, test_dir})
         hidden = _hidden(listing, _join(root, train_dir)) + _hidden(listing, _join(root, test_dir))
         return (
@@ -125,8 +125,8 @@ def build_splits(
     paths, labels = _flatten(files, classes)
     images, failed = fetch(paths)
     skipped.update(failed)
-    labels = _readable(src, root, classes, paths, labels, skipped)
-    train, test = split_holdout(image_set(images, labels, classes), test_fraction, seed)
+    labels, paths = _readable(src, root, classes, paths, labels, skipped)
+    train, test = split_holdout(image_set(images, labels, classes, paths), test_fraction, seed)
     meta = {"layout": "split", "test_fraction": test_fraction, "seed": seed}
     return (
         train,
@@ -172,15 +172,16 @@ def _entries(skipped: dict[str, str]) -> list[dict]:
 
 def _readable(
     src: Path, d: str, classes: list[str], paths: list[str], labels: np.ndarray, skipped: dict
-) -> np.ndarray:
-    """The labels of the images that decoded; an error for a class none of whose did."""
+) -> tuple[np.ndarray, list[str]]:
+    """The labels and paths of the images that decoded; an error for a class none of whose did."""
     if not skipped:
-        return labels
-    labels = labels[np.array([p not in skipped for p in paths], bool)]
+        return labels, paths
+    kept = np.array([p not in skipped for p in paths], bool)
+    labels = labels[kept]
     for c, count in zip(classes, np.bincount(labels, minlength=len(classes))):
         if count == 0:
             raise _unreadable_class(src, _join(d, c), skipped)
-    return labels
+    return labels, [p for p, k in zip(paths, kept.tolist()) if k]
 
 
 def _unreadable_class(src: Path, folder: str, skipped: dict[str, str]) -> DataError:
@@ -299,10 +300,13 @@ def _flatten(files: dict[str, list[str]], classes: list[str]) -> tuple[list[str]
     return paths, labels
 
 
-def image_set(images: np.ndarray, labels: np.ndarray, classes: list[str]) -> ImageSet:
-    """Decoded arrays as an ImageSet of torch tensors."""
+def image_set(
+    images: np.ndarray, labels: np.ndarray, classes: list[str], paths: list[str] | None = None
+) -> ImageSet:
+    """Decoded arrays as an ImageSet of torch tensors (`paths`: each image's file)."""
     return ImageSet(
         images=torch.from_numpy(np.ascontiguousarray(images)),
         labels=torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
         classes=classes,
+        paths=paths,
     )

@@ -19,6 +19,8 @@ class ImageSet:
     # CIFAR-100's 20 superclasses; None for sources that have none.
     coarse_labels: torch.Tensor | None = None
     coarse_classes: list[str] | None = None
+    # Where each image came from, relative to its folder or tarball (image folders only).
+    paths: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[-1] != 3:
@@ -28,6 +30,8 @@ class ImageSet:
             )
         if len(self.labels) != len(self.images):
             raise ValueError("images and labels differ in length")
+        if self.paths is not None and len(self.paths) != len(self.labels):
+            raise ValueError("paths and labels differ in length")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -44,14 +48,17 @@ class ImageSet:
             classes=self.classes,
             coarse_labels=None if self.coarse_labels is None else self.coarse_labels[index],
             coarse_classes=self.coarse_classes,
+            paths=None if self.paths is None else [self.paths[i] for i in index.tolist()],
         )
 
-    def fingerprint(self) -> str:
-        """A short content hash, for cache keys and run records."""
+    def fingerprint(self, labels: bool = True) -> str:
+        """A short content hash, for cache keys and run records; labels=False: of the pixels
+        alone (what features depend on: relabelled images keep their cached features)."""
         h = hashlib.sha256()
         h.update(self.images.numpy().tobytes())
-        h.update(self.labels.numpy().tobytes())
-        h.update("\n".join(self.classes).encode())
+        if labels:
+            h.update(self.labels.numpy().tobytes())
+            h.update("\n".join(self.classes).encode())
         return h.hexdigest()[:16]
 
 

@@ -241,7 +241,7 @@ def cached_features(
         "resize": getattr(model.upsample, "factor", 1),
         "preprocess": model.preprocess.mode,
         "image_size": data.image_size,
-        "data_fingerprint": data.fingerprint(),
+        "data_fingerprint": data.fingerprint(labels=False),
         "backbone_state_digest": state_digest(model.backbone),
         "split": split,
     }

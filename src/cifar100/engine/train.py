@@ -175,6 +175,8 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
     others = contextlib.redirect_stderr(io.StringIO())
     with contextlib.nullcontext() if dist_info.is_main else others:
         splits = load_data(cfg.data, cache, seed=t.seed, progress=progress and dist_info.is_main)
+    if state is not None:
+        _check_same_exclusions(run_dir, splits.info.get("excluded"))
     if cfg.data.val_fraction > 0:
         train_set, val_set = split_holdout(splits.train, cfg.data.val_fraction, t.seed)
     else:
@@ -235,6 +237,17 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
         + (f" x {dist_info.world} processes" if dist_info.enabled else "")
     )
     return run
+
+
+def _check_same_exclusions(run_dir: Path, now: dict | None) -> None:
+    """A resumed run leaves out the images it began without: its data.exclude file unchanged."""
+    data = (RunDir(run_dir).read_environment() or {}).get("data")
+    began = data.get("excluded") if isinstance(data, dict) else None
+    if isinstance(began, dict) and now and began.get("sha256") != now["sha256"]:
+        raise ConfigError(
+            f"{now['file']} (data.exclude) changed since {run_dir} began: resuming would train "
+            "on other images; put the file back as it was, or start a new run with it"
+        )
 
 
 def _read_init(cfg: Config, classes: list[str]) -> dict[str, Any]:
