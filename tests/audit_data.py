@@ -34,9 +34,9 @@ def photo_crops(per_class: int, seed: int = 0, size: int = 32) -> tuple[np.ndarr
 
 def near_copy(image: np.ndarray) -> np.ndarray:
     """The same picture a little brighter and saved as a JPEG: what re-uploads look like."""
-    brighter = np.clip(image.astype(np.int16) + 12, 0, 255).astype(np.uint8)
+    brighter = np.clip(image.astype(np.int16) + 10, 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(brighter).save(buffer, format="JPEG", quality=80)
+    Image.fromarray(brighter).save(buffer, format="JPEG", quality=90)
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 

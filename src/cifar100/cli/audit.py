@@ -71,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--near-threshold",
         type=float,
         metavar="COSINE",
-        help="feature cosine from which two images count as copies (default: 0.95, measured "
+        help="feature cosine from which two images count as copies (default: 0.85, measured "
         "for the cpu preset's features; other backbones may need another)",
     )
     add_common(p)

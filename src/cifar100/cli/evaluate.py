@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_corruptions(args: argparse.Namespace, target: Path) -> int:
     """evaluate --corruptions: the plain weights (no TTA, EMA or refitting), written at the end."""
+    # Imported here, not above, to keep the CLI's start fast: the corruptions load torch.
     from cifar100.robustness import corruption_names, evaluate_corruptions, severity_list
     from cifar100.runtime.run_dir import CORRUPTIONS_VARIANT, RunDir, file_evaluation
 

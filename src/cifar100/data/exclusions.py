@@ -28,7 +28,9 @@ from cifar100.fileio import write_text_atomic
 
 # What a row says of its image (score: higher is more suspect, in [0, 1]).
 KINDS = {
-    "label": "its given label is probably wrong (score: 1 - the probability of the given label)",
+    "label": "confident learning doubts its given label: a wrong label, or an image the "
+    "features cannot place; look before leaving it out (score: 1 - the out-of-sample "
+    "probability of the given label)",
     "duplicate": "the same pixels as an earlier image of its split (partner)",
     "near_duplicate": "nearly the same image as an earlier one of its split (score: cosine)",
     "leak": "a training image whose exact copy is in the test set (partner)",
@@ -132,7 +134,8 @@ def exclude_findings(data: ImageSet, path: str | os.PathLike) -> tuple[ImageSet,
     what was left out: {file, sha256 (of the file), rows, excluded, test_rows}.
 
     Each row matches the image at its index when that image still has the row's digest, else
-    another not yet excluded image with it; a row that matches none is an error (an audit of
+    another not yet excluded image with it (rows naming the same image, e.g. a wrong label
+    that is also an outlier, leave it out once); a row that matches none is an error (an audit of
     other data, or of another image size), never silently ignored.
     """
     path = Path(path)
@@ -145,6 +148,8 @@ def exclude_findings(data: ImageSet, path: str | os.PathLike) -> tuple[ImageSet,
     drop: set[int] = set()
     train_rows = [(line, f) for line, f in rows if f.split == "train"]
     for line, f in train_rows:
+        if f.index in drop and digests[f.index] == f.sha256:
+            continue  # another finding of an image an earlier row left out
         candidates = [i for i in where.get(f.sha256, []) if i not in drop]
         if not candidates:
             again = "already left out by an earlier row" if f.sha256 in where else "none has it"
