@@ -202,7 +202,8 @@ def test_numeric_flags_are_checked_by_the_parser(argv, capsys):
     assert "must be" in capsys.readouterr().err
 
 
-FREE_TEXT = ["data.path", "data.exclude", "model.backbone", "model.weights", "model.init"]  # no fixed choices
+# no fixed choices
+FREE_TEXT = ["data.path", "data.exclude", "model.backbone", "model.weights", "model.init"]
 
 
 def test_every_text_setting_has_choices_or_is_free_text():
