@@ -186,3 +186,17 @@ def test_a_run_is_audited_on_its_own_data_and_its_model_warns_in_sample(tiny_run
                   progress=False)  # fmt: skip
     assert "2-fold cross-validation" in folds.summary["probabilities"]
     assert folds.summary["train_images"] == result.summary["train_images"]
+
+
+def test_ctrl_c_leaves_no_half_written_audit(planted, tmp_path, monkeypatch):
+    import cifar100.audit as audit_module
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "stopped"
+    monkeypatch.setattr(audit_module, "scan_test", stopped)  # after the folds, before writing
+    with pytest.raises(KeyboardInterrupt):
+        audit_module.audit(planted["root"], cache_dir=planted["cache"], out=out, epochs=1,
+                           progress=False)  # fmt: skip
+    assert not out.exists() or not any(out.iterdir())

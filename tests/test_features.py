@@ -70,7 +70,7 @@ def _count_calls(module: nn.Module) -> list[int]:
 def _key(model, data, split="train"):
     """The unflipped entry's key, as cached_features makes it."""
     return FeatureCache.key(
-        "resnet50v2", "none", 2, model.preprocess.mode, data.image_size, data.fingerprint(),
+        "resnet50v2", "none", 2, model.preprocess.mode, data.image_size, data.fingerprint(labels=False),
         state_digest(model.backbone), False, split, compute="cpu/float32",
     )  # fmt: skip
 
@@ -277,3 +277,21 @@ def test_a_stopped_extraction_resumes_from_its_finished_parts(tmp_path, monkeypa
     assert torch.equal(feats, reference)  # whole batches: exactly the one-go result
     assert [p.name for p in cache.dir.iterdir()] == [cache.path(_key(model, data)).name]
     assert torch.equal(_cached(model, data, cache), reference)
+
+
+def test_relabelled_images_keep_their_cached_features(tmp_path, monkeypatch):
+    """Features depend on the pixels alone: an audit's flipped or corrected labels (or a
+    class folder renamed) reuse the cache instead of extracting again."""
+    import cifar100.engine.features as features
+
+    model = _model()
+    data = _data()
+    cache = FeatureCache(tmp_path)
+    first = _cached(model, data, cache)
+    relabelled = ImageSet(data.images, data.labels.flip(0), [c + "!" for c in data.classes])
+
+    def never(*args, **kwargs):
+        raise AssertionError("extracted again")
+
+    monkeypatch.setattr(features, "extract_in_parts", never)
+    assert torch.equal(_cached(model, relabelled, cache), first)
