@@ -13,6 +13,10 @@ ARGS        ?=
 # TensorFlow is only the oracle of the Keras-equality tests; TEST_EXTRAS=test runs without
 # it (those tests skip, saying why).
 TEST_EXTRAS ?= test,oracle
+# pytest processes for `make test` (pytest-xdist; each test file runs whole in one of them).
+# Two on the 2-core build VM finish the suite in 11 min where one took about 14: much of it
+# waits on subprocesses, servers and a browser, and a second process uses that time.
+JOBS        ?= auto
 BIN          = $(VENV)/bin
 
 .PHONY: setup train test test-fast lint clean
@@ -34,7 +38,7 @@ train: setup
 	$(BIN)/cifar100 train --preset $(PRESET) $(ARGS)
 
 test: $(VENV)/.test-deps
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile $(ARGS)
 
 test-fast: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)

@@ -8,7 +8,12 @@ import pytest
 # The CLI fits torch's threads to the cores other work leaves free (cifar100.cpu_threads), and
 # CPU results differ in their last digits with the thread count. Tests compare runs bit for bit,
 # so the count is fixed here, before torch loads; test_cpu_threads.py tests the fitting itself.
-os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+# Under pytest-xdist (make test) its processes share the cores, with at least 2 threads each:
+# much of a test's time is spent waiting (subprocesses, servers, a browser); 2 processes of 2
+# threads on the 2-core VM ran the suite in 11 min 10 s, where one process took about 14.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+_CORES = len(os.sched_getaffinity(0))
+os.environ.setdefault("OMP_NUM_THREADS", str(min(_CORES, max(2, _CORES // _WORKERS))))
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,9 @@ import pytest
 
 from audit_data import PHOTOS, near_copy, photo_crops, write_folder
 
+# Each test reads an audit (seconds: features and k heads), or trains.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):

@@ -69,8 +69,9 @@ def _count_calls(module: nn.Module) -> list[int]:
 
 def _key(model, data, split="train"):
     """The unflipped entry's key, as cached_features makes it."""
+    pixels = data.fingerprint(labels=False)  # features depend on the pixels alone
     return FeatureCache.key(
-        "resnet50v2", "none", 2, model.preprocess.mode, data.image_size, data.fingerprint(labels=False),
+        "resnet50v2", "none", 2, model.preprocess.mode, data.image_size, pixels,
         state_digest(model.backbone), False, split, compute="cpu/float32",
     )  # fmt: skip
 
