@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from cifar100.config import CHOICES
+from cifar100.config import CHOICES, RANGES, DataConfig
 
 DEVICE_HELP = " | ".join(CHOICES["train.device"])
 DEVICE_DEFAULT_HELP = f"{DEVICE_HELP} (default: auto: CUDA, then Apple MPS, then the CPU)"
@@ -79,3 +79,15 @@ def add_common(
     if device:
         p.add_argument("--device", default=None, help=device_help)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_image_size(p: argparse.ArgumentParser, given_only: bool = False) -> None:
+    """--image-size N: the side image folders are decoded to (data.image_size); given_only:
+    None where not given (the command picks), else the settings type's default."""
+    p.add_argument(
+        "--image-size",
+        type=at_least(RANGES["data.image_size"][0]),
+        default=None if given_only else DataConfig.image_size,
+        metavar="N",
+        help=f"image folders are decoded to N x N (default: {DataConfig.image_size})",
+    )

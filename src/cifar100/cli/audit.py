@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cifar100.cli.args import add_common, at_least
-from cifar100.config import CHOICES, RANGES
+from cifar100.cli.args import add_common, add_image_size, at_least
+from cifar100.config import CHOICES
 
 HELP = "find wrong labels, duplicates, train/test leaks and outliers in a dataset"
 DESCRIPTION = (
@@ -39,12 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="whose backbone gives the features and whose head the folds train (default: cpu, "
         "EfficientNet-Lite0 at 96 px: shares its feature cache with `train --preset cpu`)",
     )
-    p.add_argument(
-        "--image-size",
-        type=at_least(RANGES["data.image_size"][0]),
-        metavar="N",
-        help="image folders are decoded to N x N (default: 32, as train's)",
-    )
+    add_image_size(p, given_only=True)  # not given: a run's own size, else data.image_size's
     p.add_argument("--out", metavar="DIR", help="where the audit goes (default: RUN/audit or "
                    "./audit-NAME)")  # fmt: skip
     p.add_argument(

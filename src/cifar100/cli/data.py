@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cifar100.cli.args import STRICT_HELP, add_common, at_least
-from cifar100.config import CHOICES, RANGES, DataConfig
+from cifar100.cli.args import STRICT_HELP, add_common, add_image_size
+from cifar100.config import CHOICES, DataConfig
 from cifar100.display_text import DISPLAY_LIMIT, display_names, visible
 from cifar100.errors import CifarError
 
@@ -29,13 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="archive, extracted folder or image folder (default: download CIFAR, or its cached "
         "copy)",
     )
-    p.add_argument(
-        "--image-size",
-        type=at_least(RANGES["data.image_size"][0]),
-        default=DataConfig.image_size,
-        metavar="N",
-        help=f"image folders are decoded to N x N (default: {DataConfig.image_size})",
-    )
+    add_image_size(p)
     p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     add_common(p, device=False)
 
