@@ -203,3 +203,35 @@ def test_ctrl_c_leaves_no_half_written_audit(planted, tmp_path, monkeypatch):
         audit_module.audit(planted["root"], cache_dir=planted["cache"], out=out, epochs=1,
                            progress=False)  # fmt: skip
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_cifar_archive_is_audited_as_a_folder_is(tiny_run_copy, tmp_path):
+    """A CIFAR archive by its published name (or --dataset): findings name images by index."""
+    import shutil
+
+    from cifar100.audit import audit, guess_dataset
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    shutil.copy(tiny_run_copy.parent / "c10.tar.gz", archive)
+    assert guess_dataset(archive) == "cifar10" and guess_dataset(tmp_path / "x.tgz") == "folder"
+    assert guess_dataset(tmp_path / "cifar-100-python") == "cifar100"
+    result = audit(archive, cache_dir=tiny_run_copy.parent / "cache", out=tmp_path / "a",
+                   folds=2, epochs=1, progress=False)  # fmt: skip
+    assert result.summary["dataset"].startswith("cifar10") and result.summary["classes"] == 10
+    rows = list(csv.DictReader(result.csv.open()))
+    assert all(r["path"] == "" and r["index"].isdigit() for r in rows)
+
+
+def test_a_run_whose_data_is_gone_is_one_line(tiny_run_copy, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_copy, run)
+    config = json.loads((run / "config.json").read_text())
+    config["data"]["path"] = str(tmp_path / "gone.tar.gz")
+    (run / "config.json").write_text(json.dumps(config))
+    done = subprocess.run([sys.executable, "-m", "cifar100", "audit", str(run), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "gone.tar.gz" in done.stderr
