@@ -235,3 +235,14 @@ def test_a_run_whose_data_is_gone_is_one_line(tiny_run_copy, tmp_path):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "gone.tar.gz" in done.stderr
+
+
+def test_the_csv_lists_each_kind_most_suspect_first(planted):
+    from cifar100.data.exclusions import KINDS
+
+    rows = list(csv.DictReader(planted["result"].csv.open()))
+    kinds = [r["kind"] for r in rows]
+    assert kinds == sorted(kinds, key=list(KINDS).index)
+    for kind in set(kinds):
+        scores = [float(r["score"]) for r in rows if r["kind"] == kind]
+        assert scores == sorted(scores, reverse=True)

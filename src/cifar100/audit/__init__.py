@@ -115,6 +115,9 @@ def audit(
     findings += _copy_findings(splits, inside.matches, "train", digests, leak=False)
     findings += _copy_findings(splits, leaks, "train", digests, leak=True)
     findings += _outlier_findings(splits, inside.distance, tested.distance, digests)
+    # audit.csv as a user reads it: kind by kind, the most suspect first
+    order = list(KINDS)
+    findings.sort(key=lambda f: (order.index(f.kind), -f.score, f.split, f.index))
     summary = {
         "data": splits.source or splits.name,
         "dataset": splits.name,
