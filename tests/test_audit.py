@@ -34,7 +34,8 @@ def planted(tmp_path_factory):
     x = np.concatenate([x, tx[:1], near_copy(tx[1])[None], x[5:6]])
     given = np.concatenate([given, ty[:2], given[5:6]])
     paths = write_folder(root, "train", x, given)
-    write_folder(root, "test", tx, ty)
+    test_paths = write_folder(root, "test", np.concatenate([tx, tx[3:4]]),
+                              np.concatenate([ty, ty[3:4]]))  # fmt: skip
     cache = tmp_path_factory.mktemp("cache")
     result = audit(root, cache_dir=cache, out=root.parent / "audit", epochs=10, progress=False)
     return {
@@ -45,6 +46,7 @@ def planted(tmp_path_factory):
         "leak": paths[n],
         "near_leak": paths[n + 1],
         "dup": (paths[5], paths[n + 2]),
+        "test_dup": (test_paths[3], test_paths[-1]),
         "train_images": len(x),
     }
 
@@ -66,8 +68,9 @@ def test_exact_copies_across_and_within_splits_are_found(planted):
     leaks = [f for f in findings if f.kind == "leak"]
     assert [f.path for f in leaks] == [planted["leak"]]
     assert leaks[0].partner.startswith("test:") and leaks[0].score == 1.0
-    dups = [f for f in findings if f.kind == "duplicate"]
-    assert len(dups) == 1 and dups[0].path in planted["dup"]
+    dups = {f.split: f for f in findings if f.kind == "duplicate"}
+    assert len(dups) == 2 and dups["train"].path in planted["dup"]
+    assert dups["test"].path in planted["test_dup"] and dups["test"].partner.startswith("test:")
 
 
 def test_near_copies_have_a_high_cosine_and_point_to_their_partner(planted):

@@ -23,7 +23,7 @@ import numpy as np
 
 from cifar100.audit.folds import out_of_fold_probabilities
 from cifar100.audit.labels import label_issues
-from cifar100.audit.neighbours import Match, outlier_fence, scan_test, scan_train
+from cifar100.audit.neighbours import Match, outlier_fence, scan_test, scan_within
 from cifar100.audit.page import audit_page
 from cifar100.config import Config, load_preset, validate
 from cifar100.data import load_data
@@ -109,10 +109,12 @@ def audit(
         how = f"{folds}-fold cross-validation of the {cfg.preset} preset's head on the features"
     digests = {"train": image_digests(train), "test": image_digests(test)}
     findings = _label_findings(splits, train_p, test_p, digests)
-    inside = scan_train(train_x, digests["train"], near_threshold, progress)
+    inside = scan_within(train_x, digests["train"], near_threshold, progress)
+    among_test = scan_within(test_x, digests["test"], near_threshold, progress, "test")
     tested, leaks = scan_test(test_x, digests["test"], train_x, digests["train"],
                               near_threshold, progress)  # fmt: skip
     findings += _copy_findings(splits, inside.matches, "train", digests, leak=False)
+    findings += _copy_findings(splits, among_test.matches, "test", digests, leak=False)
     findings += _copy_findings(splits, leaks, "train", digests, leak=True)
     findings += _outlier_findings(splits, inside.distance, tested.distance, digests)
     # audit.csv as a user reads it: kind by kind, the most suspect first

@@ -44,18 +44,22 @@ def unit_rows(features: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(features.float(), dim=1)
 
 
-def scan_train(
-    feats: torch.Tensor, digests: list[str], threshold: float, progress: bool = False
+def scan_within(
+    feats: torch.Tensor,
+    digests: list[str],
+    threshold: float,
+    progress: bool = False,
+    split: str = "train",
 ) -> Scan:
-    """Within the training split: each image's most similar earlier image where at least
-    `threshold` (or the same pixels: the later copy of a pair is the one flagged), and its
-    mean distance to its k nearest other training images."""
+    """Within one split: each image's most similar earlier image where at least `threshold`
+    (or the same pixels: the later copy of a pair is the one flagged), and its mean distance
+    to its k nearest other images of the split."""
     first: dict[str, int] = {}
     x, n = unit_rows(feats), len(feats)
     k = min(NEIGHBOURS, n - 1)
     distance = np.zeros(n)
     matches = []
-    for lo in tqdm(range(0, n, BLOCK), desc="neighbours: train", disable=not progress):
+    for lo in tqdm(range(0, n, BLOCK), desc=f"neighbours: {split}", disable=not progress):
         hi = min(n, lo + BLOCK)
         sims = x[lo:hi] @ x.T
         rows = torch.arange(lo, hi).unsqueeze(1)

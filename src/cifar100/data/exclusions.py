@@ -31,7 +31,8 @@ KINDS = {
     "label": "confident learning doubts its given label: a wrong label, or an image the "
     "features cannot place; look before leaving it out (score: 1 - the out-of-sample "
     "probability of the given label)",
-    "duplicate": "the same pixels as an earlier image of its split (partner)",
+    "duplicate": "the same pixels as an earlier image of its split (partner; a test copy is "
+    "reported, never left out)",
     "near_duplicate": "nearly the same image as an earlier one of its split (score: cosine)",
     "leak": "a training image whose exact copy is in the test set (partner)",
     "near_leak": "a training image nearly the same as a test image (score: cosine)",
