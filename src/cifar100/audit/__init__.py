@@ -109,14 +109,8 @@ def audit(
         how = f"{folds}-fold cross-validation of the {cfg.preset} preset's head on the features"
     digests = {"train": image_digests(train), "test": image_digests(test)}
     findings = _label_findings(splits, train_p, test_p, digests)
-    inside = scan_within(train_x, digests["train"], near_threshold, progress)
-    among_test = scan_within(test_x, digests["test"], near_threshold, progress, "test")
-    tested, leaks = scan_test(test_x, digests["test"], train_x, digests["train"],
-                              near_threshold, progress)  # fmt: skip
-    findings += _copy_findings(splits, inside.matches, "train", digests, leak=False)
-    findings += _copy_findings(splits, among_test.matches, "test", digests, leak=False)
-    findings += _copy_findings(splits, leaks, "train", digests, leak=True)
-    findings += _outlier_findings(splits, inside.distance, tested.distance, digests)
+    fence, more = _neighbour_findings(splits, train_x, test_x, digests, near_threshold, progress)
+    findings += more
     # audit.csv as a user reads it: kind by kind, the most suspect first
     order = list(KINDS)
     findings.sort(key=lambda f: (order.index(f.kind), -f.score, f.split, f.index))
@@ -130,7 +124,7 @@ def audit(
         "probabilities": how,
         "features": described,
         "near_threshold": near_threshold,
-        "outlier_distance_fence": outlier_fence(inside.distance),
+        "outlier_distance_fence": fence,
         "counts": {k: sum(f.kind == k for f in findings) for k in KINDS},
         "seconds": time.perf_counter() - start,
     }
@@ -230,6 +224,21 @@ def _label_findings(splits, train_p, test_p, digests) -> list[Finding]:
             out.append(_finding("label", split, int(i), data, digests, float(score[i]),
                                 splits.classes[suggested[i]]))  # fmt: skip
     return out
+
+
+def _neighbour_findings(splits, train_x, test_x, digests, threshold, progress):
+    """Copies within each split, leaks from test into train, outliers: (the outlier fence,
+    the findings)."""
+    inside = scan_within(train_x, digests["train"], threshold, progress)
+    among_test = scan_within(test_x, digests["test"], threshold, progress, "test")
+    tested, leaks = scan_test(test_x, digests["test"], train_x, digests["train"], threshold,
+                              progress)  # fmt: skip
+    return outlier_fence(inside.distance), [
+        *_copy_findings(splits, inside.matches, "train", digests, leak=False),
+        *_copy_findings(splits, among_test.matches, "test", digests, leak=False),
+        *_copy_findings(splits, leaks, "train", digests, leak=True),
+        *_outlier_findings(splits, inside.distance, tested.distance, digests),
+    ]
 
 
 def _copy_findings(splits, matches: list[Match], split, digests, leak: bool) -> list[Finding]:
