@@ -59,9 +59,6 @@ class AuditResult:
     html = property(lambda self: self.folder / "audit.html")
     json = property(lambda self: self.folder / "audit.json")
 
-    def count(self, kind: str) -> int:
-        return sum(f.kind == kind for f in self.findings)
-
 
 def audit(
     source: str | Path | None = None,
