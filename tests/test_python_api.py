@@ -34,7 +34,7 @@ def test_dir_lists_the_public_names_and_importing_them_loads_no_torch():
                          check=True).stdout.splitlines()  # fmt: skip
     names = eval(out[0])  # noqa: S307 - our own printed list
     public = {"train", "evaluate", "export", "load", "make_config", "Config", "TrainedModel",
-              "TrainingRun", "Prediction", "__version__"}  # fmt: skip
+              "TrainingRun", "Prediction", "Callback", "__version__"}  # fmt: skip
     assert public <= set(names) and set(cifar100.__all__) == public
     assert out[1] == "cifar100.api evaluate Config"
     assert out[2] == "False"  # `import cifar100` and its names stay light
@@ -116,3 +116,40 @@ def test_ctrl_c_in_python_stops_cleanly_and_resume_continues(archive, tmp_path, 
     resumed = cifar100.train(resume=run.path, cache_dir=cache, progress=False)
     assert resumed.finished and resumed.epochs == 2 and resumed.metrics.top1 is not None
     assert len(resumed.paths.read_metrics()) == 2
+
+
+class Stop(Exception):
+    pass
+
+
+class Watch(cifar100.Callback):
+    """Records what the run shows it; raises Stop after epoch `stop_at` (as a pruner does)."""
+
+    def __init__(self, stop_at=None):
+        self.calls, self.records, self.stop_at = [], [], stop_at
+
+    def on_start(self, run):
+        self.calls.append(("start", run.epochs_done))
+
+    def on_epoch(self, run, record):
+        self.calls.append(("epoch", record["epoch"]))
+        self.records.append(record)
+        if record["epoch"] == self.stop_at:
+            raise Stop
+
+    def on_end(self, run, result):
+        self.calls.append(("end", result.test.get("top1") is not None))
+
+
+@pytest.mark.slow
+def test_callbacks_see_each_epoch_as_logged_and_can_end_a_run(archive, tmp_path):
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    watch = Watch(stop_at=1)
+    with pytest.raises(Stop):  # a callback's exception ends the run at once ...
+        cifar100.train(**SMALL, data=archive, epochs=3, out=out, cache_dir=cache,
+                       progress=False, callbacks=[watch])  # fmt: skip
+    assert watch.calls == [("start", 0), ("epoch", 1)]
+    again = Watch()  # ... with that epoch saved: resume goes on from it
+    run = cifar100.train(resume=out, cache_dir=cache, progress=False, callbacks=[again])
+    assert run.finished and again.calls == [("start", 1), ("epoch", 2), ("epoch", 3), ("end", True)]
+    assert watch.records + again.records == run.paths.read_metrics()  # each line as logged

@@ -18,6 +18,7 @@ import types
 from cifar100.version import __version__ as __version__  # re-exported
 
 __all__ = [
+    "Callback",
     "Config",
     "Prediction",
     "TrainedModel",
@@ -41,6 +42,7 @@ _HOMES = {
     "export": "api",
     "make_config": "api",
     "Config": "config",
+    "Callback": "callbacks",
 }
 
 
@@ -55,6 +57,8 @@ def __getattr__(name: str):
         from cifar100 import api as module  # on first use (above)
     elif home == "config":
         from cifar100 import config as module  # on first use (above)
+    elif home == "callbacks":
+        from cifar100.engine import callbacks as module  # on first use (above)
     else:
         raise AttributeError(f"module 'cifar100' has no attribute {name!r}")
     return getattr(module, name)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from cifar100.config import SECTIONS, Config, load_config_file, load_preset, set
 from cifar100.errors import CifarError, ConfigError
 
 if TYPE_CHECKING:
+    from cifar100.engine.callbacks import Callback
     from cifar100.export.job import ExportResult
     from cifar100.runtime.evaluation import Evaluation
     from cifar100.runtime.trained_model import TrainedModel
@@ -40,10 +42,13 @@ def train(
     runs_root: str | Path = "runs",
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    callbacks: Sequence[Callback] = (),
     **settings: Any,
 ) -> TrainingRun:
     """Train a preset (default: seed) or `config`, with `settings` over it, into a new run
     directory (`out`, default runs_root/<time>-<preset>); or continue the run at `resume`.
+
+    callbacks: cifar100.Callback objects that watch the run (each epoch's metrics as logged).
 
     Returns the run (TrainingRun): its test metrics, files, model, and how it ended.
     """
@@ -62,12 +67,19 @@ def train(
             )
         # The run's own thread count (the engine keeps its checkpoint's), as the CLI does.
         fit_threads(keep=recorded_threads(_path(resume)))
-        result = train_run(resume=_path(resume), cache_dir=cache_dir, progress=progress)
+        result = train_run(
+            resume=_path(resume), cache_dir=cache_dir, progress=progress, callbacks=callbacks
+        )
     else:
         cfg = make_config(preset, config, **settings)
         fit_threads()  # the cores other work leaves free, as the CLI does
         result = train_run(
-            cfg, out=out, cache_dir=cache_dir, progress=progress, runs_root=runs_root
+            cfg,
+            out=out,
+            cache_dir=cache_dir,
+            progress=progress,
+            runs_root=runs_root,
+            callbacks=callbacks,
         )
     run = TrainingRun.read(result.run_dir)
     run.epochs, run.stopped, run.saved_at = result.epochs, result.stopped, result.saved_at

@@ -113,6 +113,8 @@ def end_epoch(
         ckpt = checkpoint_of(run, optimizer, phase, epoch + 1)
         ckpt.val_top1 = val["top1"]
         ckpt.save(run.files.last, *([run.files.best] if improved else []))
+        if run.callbacks is not None:
+            run.callbacks.on_epoch(run, record)
     run.epochs_done, run.saved_at = epoch + 1, f"the end of epoch {epoch + 1}"
     # Every rank decides early stopping alike from rank 0's best (a collective: a barrier too).
     run.best, run.best_epoch = distributed.broadcast_object((run.best, run.best_epoch), run.dist)

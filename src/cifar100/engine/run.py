@@ -59,6 +59,7 @@ class Run:
     wall_before: float = 0.0  # seconds the run took in earlier sessions (before a resume)
     session_start: float = field(default_factory=time.perf_counter)
     threads_fitted: float = field(default_factory=time.perf_counter)  # when last fitted
+    callbacks: Any = field(default=None, repr=False)  # engine.callbacks.Callbacks (rank 0's)
 
     @property
     def files(self) -> RunDir:

@@ -16,7 +16,7 @@ import dataclasses
 import io
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from cifar100.data import load_data, split_holdout
 from cifar100.data.tensors import fine_to_coarse
 from cifar100.display_text import visible
 from cifar100.engine import distributed
+from cifar100.engine.callbacks import Callback, Callbacks
 from cifar100.engine.epoch_end import final_test, restore_best, use_best_weights
 from cifar100.engine.finetune import fit
 from cifar100.engine.head_training import fit_features
@@ -57,11 +58,14 @@ def train(
     stop_after_epochs: int | None = None,
     stop_after_steps: int | None = None,
     before_epochs: Callable[[Config], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train `cfg` into a new run directory, or continue the run at `resume`.
 
     before_epochs: called with the config once a new run is set up (its data read, its model
     built: the user's inputs checked), before its first epoch, on rank 0 (the CLI's estimate).
+
+    callbacks: watch the run on rank 0 (engine.callbacks: trackers, a search's pruner).
 
     A run stopped early (a signal, or stop_after_*) returns with `stopped` set and its
     position in last.pt; test metrics come only when every epoch is done.
@@ -91,7 +95,7 @@ def train(
                 )
             state = None if restart else Checkpoint.load(RunDir(run_dir).last)
         return _run(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart,
-                    stop_after_epochs, stop_after_steps, before_epochs)  # fmt: skip
+                    stop_after_epochs, stop_after_steps, before_epochs, callbacks)  # fmt: skip
     except WriteError as e:
         files = RunDir(run_dir)
         if not files.is_run():
@@ -126,11 +130,21 @@ def _lock(run_dir: Path, dist_info) -> RunLock | None:
 
 
 def _run(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart,
-         stop_after_epochs, stop_after_steps, before_epochs=None) -> TrainResult:  # fmt: skip
+         stop_after_epochs, stop_after_steps, before_epochs, callbacks) -> TrainResult:  # fmt: skip
     start = time.perf_counter()
     run = _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart)
     if before_epochs is not None and state is None and dist_info.is_main:
         before_epochs(cfg)
+    run.callbacks = Callbacks(callbacks, enabled=dist_info.is_main)
+    run.callbacks.on_start(run)
+    result = _epochs(run, cfg, run_dir, start, dist_info, device, progress,
+                     stop_after_epochs, stop_after_steps)  # fmt: skip
+    run.callbacks.on_end(run, result)
+    return result
+
+
+def _epochs(run, cfg, run_dir, start, dist_info, device, progress,
+            stop_after_epochs, stop_after_steps) -> TrainResult:  # fmt: skip
     run.session_start = start  # data loading and model set-up count too
     last = cfg.train.epochs
     if stop_after_epochs is not None:
