@@ -203,7 +203,8 @@ def test_numeric_flags_are_checked_by_the_parser(argv, capsys):
 
 
 # no fixed choices
-FREE_TEXT = ["data.path", "data.exclude", "model.backbone", "model.weights", "model.init"]
+FREE_TEXT = ["data.path", "data.exclude", "model.backbone", "model.weights", "model.init",
+             "track.mlflow", "track.experiment"]  # fmt: skip
 
 
 def test_every_text_setting_has_choices_or_is_free_text():

@@ -108,18 +108,28 @@ class TrainConfig:
 
 
 @dataclass
+class TrackConfig:
+    # MLflow: "" off; "local" a store inside the runs root (RUNS_ROOT/mlflow.db, no server);
+    # else a tracking URI (http://host:5000 for a tracking server, sqlite:///file.db, ...)
+    mlflow: str = ""
+    experiment: str = "cifar100"  # the MLflow experiment the run is logged to
+    tensorboard: bool = False  # event files in RUN_DIR/tensorboard, for `tensorboard --logdir`
+
+
+@dataclass
 class Config:
     preset: str = "custom"
     description: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "track": TrackConfig}
 
 
 # The CLI's parser reads this module at every start: what only presets and config files need is

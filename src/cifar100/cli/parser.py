@@ -19,12 +19,14 @@ import cifar100.cli.presets as presets
 import cifar100.cli.report as report
 import cifar100.cli.serve as serve
 import cifar100.cli.summary as summary
+import cifar100.cli.track as track
 import cifar100.cli.train as train
 from cifar100.version import __version__
 
 # In the order `cifar100 --help` lists them.
 COMMANDS = {
     "train": train,
+    "track": track,
     "evaluate": evaluate,
     "report": report,
     "compare": compare,

@@ -17,8 +17,10 @@ from cifar100.cli.settings_flags import (
     resolve_config,
 )
 from cifar100.cli.threads import use_free_cores
+from cifar100.config import apply_overrides
 from cifar100.errors import CifarError
 from cifar100.runtime.run_dir import RunDir, recorded_threads
+from cifar100.tracking import track_settings
 
 HELP = "train a model (a preset, a config file, overrides)"
 NO_ESTIMATE_ENV = "CIFAR100_NO_ESTIMATE"  # set (to anything): as --no-estimate
@@ -40,6 +42,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_setting_flags(p, ["model.init"])
     p.add_argument(
+        "--track",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="log the run as it trains to mlflow (a store in the runs root, RUNS_ROOT/mlflow.db), "
+        "mlflow=URI (a tracking server) or tensorboard (event files in the run directory); "
+        "repeat for several (the [track] settings)",
+    )
+    p.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint"
     )
     p.add_argument(
@@ -57,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from cifar100.engine.train import train
 
     if args.resume:
-        given = given_flags(args)
+        given = given_flags(args) + (["--track"] if args.track else [])
         if given or args.set:
             raise CifarError(
                 "--resume continues a run with its saved config; drop "
@@ -67,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         use_free_cores(keep=recorded_threads(Path(args.resume)), say=True)
         result = train(resume=args.resume, cache_dir=args.cache_dir, progress=not args.no_progress)
         return _exit_code(result)
-    cfg = resolve_config(args)
+    cfg = apply_overrides(resolve_config(args), track_settings(args.track))
     if args.out:
         check_not_finished(Path(args.out))
     use_free_cores(say=True)

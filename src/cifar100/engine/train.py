@@ -46,6 +46,7 @@ from cifar100.runtime.device import environment_info, tune_backends
 from cifar100.runtime.model_info import ModelInfo
 from cifar100.runtime.run_dir import RunDir
 from cifar100.runtime.trained_model import load
+from cifar100.tracking import trackers_for
 
 
 def train(
@@ -76,6 +77,8 @@ def train(
     elif cfg is None:
         raise ConfigError("train() needs a config or a run directory to resume")
     validate(cfg)
+    # The [track] settings' trackers first: a missing library is one line before any writing.
+    callbacks = [*trackers_for(cfg), *callbacks]
     dist_info, device = distributed.init_distributed(cfg.train.device)
     lock = None
     try:

@@ -36,6 +36,8 @@ BEST = "best.pt"  # the weights of its best validation epoch
 REPORT = "report.html"
 PLOTS = "plots"
 CHECKPOINTS = (LAST, BEST)
+TRACKING = "tracking.json"  # where the run is tracked (MLflow's run id) and what was not logged
+TENSORBOARD = "tensorboard"  # track.tensorboard's event files
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class RunDir:
     metrics = property(lambda self: self.path / METRICS)
     evaluation = property(lambda self: self.path / EVALUATION)
     predictions = property(lambda self: self.path / PREDICTIONS)
+    tracking = property(lambda self: self.path / TRACKING)
+    tensorboard = property(lambda self: self.path / TENSORBOARD)
     last = property(lambda self: self.path / LAST)
     best = property(lambda self: self.path / BEST)
     report = property(lambda self: self.path / REPORT)
