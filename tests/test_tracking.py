@@ -80,22 +80,30 @@ def _train(archive, out, *flags) -> int:
 @pytest.fixture(scope="module")
 def tracked(server, archive, tmp_path_factory):
     """One run trained with both trackers on: MLflow at the server, TensorBoard."""
+    import cifar100.report
+
     out = tmp_path_factory.mktemp("tracked") / "run"
-    assert _train(archive, out, "--track", f"mlflow={server}", "--track", "tensorboard") == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cifar100.report, "build_report", _quick_build_report)
+        assert _train(archive, out, "--track", f"mlflow={server}", "--track", "tensorboard") == 0
     return out
+
+
+def _quick_build_report(run_dir, plots=True):
+    """A small report.html and plots/ in place of the real ones, whose plots take most of a
+    tracked tiny run's time (test_report.py tests the real report): what the tracker logs is
+    whatever `cifar100 report` wrote."""
+    (Path(run_dir) / "plots").mkdir(exist_ok=True)
+    (Path(run_dir) / "plots" / "curves.png").write_bytes(b"png")
+    (Path(run_dir) / "report.html").write_text("<html>report</html>")
+    return Path(run_dir) / "report.html"
 
 
 @pytest.fixture
 def quick_report(monkeypatch):
-    """A one-line report.html in place of the real one (its plots take most of a tracked
-    tiny run's time; the `tracked` run above logs the real one)."""
     import cifar100.report
 
-    def build_report(run_dir, plots=True):
-        (Path(run_dir) / "report.html").write_text("<html>report</html>")
-        return Path(run_dir) / "report.html"
-
-    monkeypatch.setattr(cifar100.report, "build_report", build_report)
+    monkeypatch.setattr(cifar100.report, "build_report", _quick_build_report)
 
 
 def _numbers(record: dict) -> dict:
@@ -134,8 +142,10 @@ def test_the_metrics_read_back_from_a_real_mlflow_server_equal_the_log(server, t
     evaluation = json.loads((tracked / "evaluation.json").read_text())
     assert run.data.metrics["test.top1"] == evaluation["top1"]
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.json", "environment.json", "evaluation.json", "report.html", "plots",
-            "model"} <= names  # fmt: skip
+    assert {"config.json", "environment.json", "evaluation.json", "metrics.jsonl",
+            "report.html", "plots", "model"} <= names  # fmt: skip
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == [
+        "plots/curves.png"]  # fmt: skip
 
 
 def test_the_model_logged_in_mlflow_format_predicts_as_the_run_does(server, tracked):
