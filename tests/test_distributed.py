@@ -78,7 +78,8 @@ def standalone(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     archive = make_cifar100_archive(root / "c100.tar.gz", n_train=160, n_test=40)
     cache = root / "cache"
-    out = _torchrun("-m", "cifar100", *_args(archive, root / "ddp", cache, "train.sync_bn=true"))
+    settings = ("train.sync_bn=true", "track.tensorboard=true")  # tracked by rank 0 alone
+    out = _torchrun("-m", "cifar100", *_args(archive, root / "ddp", cache, *settings))
     return archive, cache, root / "ddp", out
 
 
@@ -97,7 +98,9 @@ def test_two_process_ddp_matches_one_process(standalone, tmp_path):
         "last.pt",
         "metrics.jsonl",
         "predictions.npz",  # rank 0's too
+        "tensorboard",
     ]
+    assert len(list((ddp_dir / "tensorboard").iterdir())) == 1  # one writer: rank 0's
     assert json.loads((ddp_dir / "environment.json").read_text())["world_size"] == 2
     assert len((ddp_dir / "metrics.jsonl").read_text().splitlines()) == 1
 
