@@ -262,3 +262,16 @@ def test_tracking_settings_in_a_config_file(tmp_path):
     cfg = load_config_file(file)
     assert cfg.track.mlflow == "http://127.0.0.1:5000" and cfg.track.tensorboard
     assert os.environ.get("MLFLOW_TRACKING_URI") is None  # nothing global set by reading it
+
+
+@pytest.mark.parametrize("target, package", [("mlflow", "mlflow"), ("tensorboard", "tensorboard")])
+def test_a_tracker_whose_library_is_missing_is_one_line_before_anything_is_written(
+    target, package, archive, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, package, None)  # as if not installed: import fails
+    if package == "tensorboard":
+        monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    assert _train(archive, tmp_path / "run", "--track", target) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'cifar100[track]'" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
