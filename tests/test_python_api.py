@@ -140,6 +140,9 @@ class Watch(cifar100.Callback):
     def on_end(self, run, result):
         self.calls.append(("end", result.test.get("top1") is not None))
 
+    def on_error(self, run, error):
+        self.calls.append(("error", type(error).__name__))
+
 
 @pytest.mark.slow
 def test_callbacks_see_each_epoch_as_logged_and_can_end_a_run(archive, tmp_path):
@@ -148,7 +151,7 @@ def test_callbacks_see_each_epoch_as_logged_and_can_end_a_run(archive, tmp_path)
     with pytest.raises(Stop):  # a callback's exception ends the run at once ...
         cifar100.train(**SMALL, data=archive, epochs=3, out=out, cache_dir=cache,
                        progress=False, callbacks=[watch])  # fmt: skip
-    assert watch.calls == [("start", 0), ("epoch", 1)]
+    assert watch.calls == [("start", 0), ("epoch", 1), ("error", "Stop")]
     again = Watch()  # ... with that epoch saved: resume goes on from it
     run = cifar100.train(resume=out, cache_dir=cache, progress=False, callbacks=[again])
     assert run.finished and again.calls == [("start", 1), ("epoch", 2), ("epoch", 3), ("end", True)]

@@ -212,6 +212,26 @@ def test_the_local_store_and_resume_into_the_same_tracked_run(
     assert [e.step for e in events.Scalars("val_top1")] == [1, 2]
 
 
+def test_a_run_ended_by_an_error_is_failed_in_mlflow(archive, tmp_path, quick_report):
+    class Pruned(Exception):
+        pass
+
+    class Prune:
+        def on_epoch(self, run, record):
+            raise Pruned  # as a search's pruner ends a trial
+
+    cfg = load_preset("scratch")
+    apply_overrides(cfg, ["data.dataset=cifar10", f"data.path={archive}", "model.resize=1",
+                          "model.backbone=efficientnet_lite0", "train.batch_size=32",
+                          "train.epochs=2", "track.mlflow=local"])  # fmt: skip
+    out = tmp_path / "runs" / "run"
+    with pytest.raises(Pruned):
+        train(cfg, out=out, cache_dir=tmp_path / "cache", progress=False, callbacks=[Prune()])
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    run = client.get_run(_run_id(out))
+    assert run.info.status == "FAILED" and run.data.metrics["val_top1"] is not None
+
+
 def test_a_tracker_that_is_down_warns_once_and_track_sends_the_run_later(
     server, archive, tmp_path, capsys, quick_report
 ):

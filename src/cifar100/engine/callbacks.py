@@ -33,21 +33,31 @@ class Callback:
         """This session ended: the run finished (result.test holds the final test) or was
         stopped (result.stopped says why)."""
 
+    def on_error(self, run: Run, error: BaseException) -> None:
+        """This session ends with `error` (a callback's own included), raised on after this."""
+
 
 class Callbacks(Callback):
-    """Several callbacks called in order, on rank 0 only."""
+    """Several callbacks called in order, on rank 0 only. Any object with some of Callback's
+    methods will do (the trackers in cifar100.tracking are such objects)."""
 
-    def __init__(self, callbacks: Sequence[Callback] = (), enabled: bool = True):
+    def __init__(self, callbacks: Sequence[Any] = (), enabled: bool = True):
         self.callbacks = list(callbacks) if enabled else []
 
-    def on_start(self, run: Run) -> None:
+    def _call(self, name: str, *args: Any) -> None:
         for c in self.callbacks:
-            c.on_start(run)
+            method = getattr(c, name, None)
+            if method is not None:
+                method(*args)
+
+    def on_start(self, run: Run) -> None:
+        self._call("on_start", run)
 
     def on_epoch(self, run: Run, record: dict[str, Any]) -> None:
-        for c in self.callbacks:
-            c.on_epoch(run, record)
+        self._call("on_epoch", run, record)
 
     def on_end(self, run: Run, result: TrainResult) -> None:
-        for c in self.callbacks:
-            c.on_end(run, result)
+        self._call("on_end", run, result)
+
+    def on_error(self, run: Run, error: BaseException) -> None:
+        self._call("on_error", run, error)

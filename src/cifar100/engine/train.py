@@ -140,8 +140,12 @@ def _run(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart,
         before_epochs(cfg)
     run.callbacks = Callbacks(callbacks, enabled=dist_info.is_main)
     run.callbacks.on_start(run)
-    result = _epochs(run, cfg, run_dir, start, dist_info, device, progress,
-                     stop_after_epochs, stop_after_steps)  # fmt: skip
+    try:
+        result = _epochs(run, cfg, run_dir, start, dist_info, device, progress,
+                         stop_after_epochs, stop_after_steps)  # fmt: skip
+    except BaseException as e:
+        run.callbacks.on_error(run, e)
+        raise
     run.callbacks.on_end(run, result)
     return result
 

@@ -43,6 +43,11 @@ class MlflowTracker:
             lambda: self.log.log_final(run.model, info.image_size, info.classes),
         )
 
+    def on_error(self, run, error: BaseException) -> None:
+        """The session ends with an error (a pruned trial, a NaN loss, a full disk)."""
+        if self.log is not None and self.log.state.run_id is not None:
+            self._try(run, "the error", lambda: self.log.pause("FAILED"))
+
     def _try(self, run, what: str, step: Callable[[], None]) -> bool:
         if self.failed:
             self._save(run)  # what is missing grows with the run

@@ -187,9 +187,10 @@ class MlflowLog:
             self.state.final = True
         self.client.set_terminated(run_id, status="FINISHED")
 
-    def pause(self) -> None:
-        """The session stopped before the end (a signal, a limit): KILLED until resumed."""
-        self.client.set_terminated(self.state.run_id, status="KILLED")
+    def pause(self, status: str = "KILLED") -> None:
+        """The session stopped before the end (a signal, a limit: KILLED; an error: FAILED),
+        until a resume continues it."""
+        self.client.set_terminated(self.state.run_id, status=status)
 
     def where(self) -> str:
         """Where to look, in words."""

@@ -61,6 +61,10 @@ class TensorBoardTracker:
 
         self._try(run, end)
 
+    def on_error(self, run, error: BaseException) -> None:
+        if self.writer is not None:
+            self._try(run, self.writer.close)
+
     def _try(self, run, step) -> None:
         if self.failed:
             return
