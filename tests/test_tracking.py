@@ -246,9 +246,11 @@ def test_a_tracker_that_is_down_warns_once_and_track_sends_the_run_later(
     assert state["not_logged"] == ["settings", "epochs 1-2", "the final test, artifacts and model"]
     assert (out / "evaluation.json").is_file()
 
+    assert cli.main(["export", str(out), "--format", "onnx"]) == 0  # sent with the run
     assert cli.main(["track", str(out), "--to", server]) == 0
     client = MlflowClient(tracking_uri=server)
     run_id = _run_id(out)
+    assert [a.path for a in client.list_artifacts(run_id, "exports")] == ["exports/model.onnx"]
     _assert_metrics_equal_the_log(client, run_id, out)
     assert client.get_run(run_id).info.status == "FINISHED"
     assert json.loads((out / "tracking.json").read_text())["mlflow"]["not_logged"] == []
