@@ -297,3 +297,16 @@ def test_a_tracker_whose_library_is_missing_is_one_line_before_anything_is_writt
     err = capsys.readouterr().err.strip()
     assert "pip install 'cifar100[track]'" in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [None, [], "x", {"uri": 5, "experiment": "e"}, {"uri": "u", "experiment": "e", "epochs": "12"},
+     {"uri": "u", "experiment": "e", "epochs": [1.5]}, {"uri": "u", "bogus": 1}],
+)  # fmt: skip
+def test_a_damaged_tracking_record_starts_a_new_tracked_run(raw):
+    from cifar100.tracking.mlflow_log import MlflowState
+
+    assert MlflowState.from_json(raw) is None
+    good = {"uri": "u", "experiment": "e", "run_id": "r", "epochs": [1, 2], "not_logged": []}
+    assert MlflowState.from_json(good).epochs == [1, 2]

@@ -72,9 +72,16 @@ class MlflowState:
         if not isinstance(raw, dict):
             return None
         try:
-            return cls(**{k: v for k, v in raw.items() if k != "not_logged"})
+            state = cls(**{k: v for k, v in raw.items() if k != "not_logged"})
         except TypeError:
             return None  # damaged or foreign: start a new tracked run
+        sound = (
+            isinstance(state.uri, str)
+            and isinstance(state.run_id, str | None)
+            and isinstance(state.epochs, list)
+            and all(isinstance(e, int) for e in state.epochs)
+        )
+        return state if sound else None
 
     def missing(self, logged_epochs: list[int], finished: bool) -> list[str]:
         """What of the run has not reached MLflow, in words."""
