@@ -55,7 +55,15 @@ def test_two_workers_serve_as_one(run, images, capsys):  # noqa: F811
             answers = list(pool.map(lambda _: s.post("predict", body, content_type), range(40)))
         assert {a[0] for a in answers} == {200}
         assert all(json.loads(a[1])[0]["predictions"] == want for a in answers)
-        # /metrics, whichever worker answers it, counts the requests of both
+        # /metrics, whichever worker answers it, counts the requests of both. A request is
+        # counted as its response ends, which may be just after the client has read it: on a
+        # loaded machine the last count can land a moment later, so wait for it first.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = s.get("metrics")[1].decode()
+            if counter(text, "cifar100_requests_total", route="/predict", status="200") == 40:
+                break
+            time.sleep(0.2)
         for _ in range(4):
             text = s.get("metrics")[1].decode()
             assert counter(text, "cifar100_requests_total", route="/predict", status="200") == 40
