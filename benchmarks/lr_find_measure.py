@@ -3,10 +3,11 @@
     python benchmarks/lr_find_measure.py --data /tmp/s8/data/cifar10-jpeg --cache-dir CACHE
 
 On an image folder (by default the real CIFAR-10 JPEGs), the `cpu-finetune` preset on 5,000
-training images (data.limit_train): the range test of its fine-tuning phase (--seeds) and of
-its frozen-backbone head phase; the head phase of the `cpu` preset (features mode, all
-training images, from the feature cache); then one short run (the preset's 3 epochs) at the
-preset's tuned train.lr=0.02 and one at each rule's suggested rate, all in this one process.
+training images (data.limit_train): the range test of its fine-tuning phase (--seeds; and
+once after its frozen epoch, --after-frozen) and of its frozen-backbone head phase; the head
+phase of the `cpu` preset (features mode, all training images, from the feature cache); then
+one short run (the preset's 3 epochs) at the preset's tuned train.lr=0.02 and one at each
+suggested rate (valley, valley after the frozen epoch, steepest), all in this one process.
 Prints the machine, versions, load, times and the numbers; writes summary.json to --out.
 """
 
@@ -57,10 +58,14 @@ def main(argv: list[str] | None = None) -> None:
     for seed in range(args.seeds):
         cfg = apply_overrides(load_preset("cpu-finetune"), [*small, f"train.seed={seed}"])
         found[seed] = _find(cfg, "finetune", root / f"find-finetune-seed{seed}", args, summary)
+    after = _find(finetune, "finetune", root / "find-finetune-after-frozen", args, summary, True)
     _find(finetune, "head", root / "find-cpu-finetune-head", args, summary)
     cpu = apply_overrides(load_preset("cpu"), data)
     _find(cpu, "head", root / "find-cpu-head", args, summary)
-    rates = {"tuned (preset)": TUNED_LR, **{f"lr-find {k}": v for k, v in found[0].items() if v}}
+    rates = {"tuned (preset)": TUNED_LR, "lr-find valley": found[0]["valley"],
+             "lr-find valley after frozen": after["valley"],
+             "lr-find steepest": found[0]["steepest"]}  # fmt: skip
+    rates = {k: v for k, v in rates.items() if v}
     for name, lr in rates.items():
         cfg = apply_overrides(load_preset("cpu-finetune"), [*small, f"train.lr={lr}"])
         start, load = time.perf_counter(), os.getloadavg()[0]
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
               f"({wall:.0f} s, load {load:.1f})", flush=True)  # fmt: skip
     print("\nrange tests (suggestion = valley):")
     for f in summary["finds"]:
-        print(f"  {f['what']:<34} valley {_g(f['valley']):<10} steepest {_g(f['steepest']):<10} "
+        print(f"  {f['what']:<48} valley {_g(f['valley']):<10} steepest {_g(f['steepest']):<10} "
               f"{f['steps']} steps ({f['stopped']}), {f['seconds']:.0f} s")  # fmt: skip
     print("runs (cpu-finetune, 3 epochs, test top-1 on the 10,000 test images):")
     for r in summary["runs"]:
@@ -83,11 +88,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load average at end {os.getloadavg()[0]:.2f}; written to {root}")
 
 
-def _find(cfg, phase: str, out: Path, args: argparse.Namespace, summary: dict) -> dict:
+def _find(
+    cfg, phase: str, out: Path, args: argparse.Namespace, summary: dict, after: bool = False
+) -> dict:
     """One range test, its files in `out`, its line printed and kept in `summary`."""
-    result = find_lr(cfg, phase, args.steps, cache_dir=args.cache_dir, progress=False, say=_quiet)
+    result = find_lr(
+        cfg,
+        phase,
+        args.steps,
+        cache_dir=args.cache_dir,
+        progress=False,
+        say=_quiet,
+        after_frozen=after,
+    )
     save_result(result, out)
-    what = f"{cfg.preset} {phase} seed {cfg.train.seed} ({result.setting})"
+    what = f"{cfg.preset} {phase}{' after frozen' if after else ''} seed {cfg.train.seed}"
+    what += f" ({result.setting})"
     row = {"what": what, **result.rates, "steps": len(result.lrs), "stopped": result.stopped,
            "seconds": result.seconds, "load": os.getloadavg()[0]}  # fmt: skip
     summary["finds"].append(row)

@@ -138,6 +138,9 @@ def test_every_weight_and_the_random_state_come_back_exactly(archive, tmp_path):
     run.cfg.train.freeze_epochs = 1  # weights=none turned it off; the frozen step still runs
     range_test(run, "head", exponential_rates(1e-4, 1.0, 2))
     assert _same(_snapshot(model), before)
+    run.cfg.train.batch_size = len(run.train_set) // 2  # the frozen epoch in 2 steps
+    range_test(run, "finetune", exponential_rates(1e-4, 1.0, 2), after_frozen=True)
+    assert _same(_snapshot(model), before)
 
     def interrupted(lr: float) -> float:
         raise KeyboardInterrupt
@@ -164,6 +167,7 @@ def test_lr_find_writes_its_curve_and_prints_the_train_command(archive, tmp_path
     assert record["phase"] == "finetune" and record["setting"] == "train.lr"
     assert record["rule"] == "valley" and record["suggestion"] == record["rates"]["valley"]
     assert 1e-4 <= record["suggestion"] <= 10 and set(record["rates"]) == {"valley", "steepest"}
+    assert record["after_frozen"] is False  # from the new head, unless --after-frozen
     assert record["steps_planned"] == 10 and record["steps_taken"] == len(record["lrs"])
     assert len(record["losses"]) == record["steps_taken"] > 0
     assert record["config"]["model"]["backbone"] == "efficientnet_lite0"

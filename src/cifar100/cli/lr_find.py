@@ -46,6 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "head for train.mode=features)",
     )
     p.add_argument(
+        "--after-frozen",
+        action="store_true",
+        help="--phase finetune: train the config's frozen-backbone epochs (train.freeze_epochs) "
+        "first, as a run does, then test from the trained head (default: from the new head)",
+    )
+    p.add_argument(
         "--steps", type=at_least(10), default=100, metavar="N", help="steps (default: 100)"
     )
     p.add_argument("--start-lr", type=at_least(0, float, strict=True), default=1e-7,
@@ -81,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     use_free_cores(say=True)
     try:
         result = find_lr(cfg, phase, args.steps, args.start_lr, args.end_lr,
-                         cache_dir=args.cache_dir, progress=not args.no_progress)  # fmt: skip
+                         cache_dir=args.cache_dir, progress=not args.no_progress,
+                         after_frozen=args.after_frozen)  # fmt: skip
         save_result(result, out)
     except KeyboardInterrupt:
         print("lr-find: interrupted; no lr_find.json written, no weights changed", file=sys.stderr)

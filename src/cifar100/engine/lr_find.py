@@ -24,8 +24,20 @@ from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 
 from cifar100.config import Config, validate
 from cifar100.engine.distributed import DistInfo
-from cifar100.engine.lr_range import RULE, RULE_TEXT, exponential_rates, range_losses, suggestions
-from cifar100.engine.lr_steps import features_step, finetune_step, weights_restored
+from cifar100.engine.lr_range import (
+    RULE,
+    RULE_TEXT,
+    RangeLosses,
+    exponential_rates,
+    range_losses,
+    suggestions,
+)
+from cifar100.engine.lr_steps import (
+    features_step,
+    finetune_step,
+    train_frozen_epochs,
+    weights_restored,
+)
 from cifar100.engine.run import Run
 from cifar100.engine.train import data_and_model
 from cifar100.errors import ConfigError
@@ -53,6 +65,7 @@ class LrFindResult:
     suggestion: float | None  # the RULE's rate; None where the loss never fell
     rates: dict[str, float | None]  # every rule's rate, by name
     steps: int  # steps planned (len(lrs) were taken)
+    after_frozen: bool  # the frozen-backbone epochs were trained first
     start_lr: float
     end_lr: float
     batch_size: int
@@ -73,6 +86,7 @@ class LrFindResult:
             "rates": self.rates,
             "stopped": self.stopped,
             "steps_planned": self.steps,
+            "after_frozen": self.after_frozen,
             "steps_taken": len(self.lrs),
             "start_lr": self.start_lr,
             "end_lr": self.end_lr,
@@ -124,8 +138,11 @@ def find_lr(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     say: Callable[[str], None] = print,
+    after_frozen: bool = False,
 ) -> LrFindResult:
-    """Run the range test of `cfg`'s `phase` (default: default_phase) on its training data."""
+    """Run the range test of `cfg`'s `phase` (default: default_phase) on its training data;
+    `after_frozen`: the fine-tuning phase's test after the config's frozen epochs (trained
+    first, as a run trains them), not from the new head."""
     phase = phase or default_phase(cfg)
     validate(cfg)
     check_request(cfg, phase, steps, start_lr, end_lr)
@@ -144,19 +161,26 @@ def find_lr(
         f"training images of {splits.name}, {device}"
     )
     started = time.perf_counter()
-    losses = range_test(run, phase, exponential_rates(start_lr, end_lr, steps), progress)
-    rates = suggestions(losses.lrs, losses.smoothed)
+    after_frozen = after_frozen and phase == "finetune" and cfg.train.freeze_epochs > 0
+    rates = exponential_rates(start_lr, end_lr, steps)
+    losses = range_test(run, phase, rates, progress, after_frozen)
+    found = suggestions(losses.lrs, losses.smoothed)
     return LrFindResult(
         phase, setting_for(cfg, phase), losses.lrs, losses.raw, losses.smoothed, losses.stopped,
-        rates[RULE], rates, steps, start_lr, end_lr, cfg.train.batch_size,
+        found[RULE], found, steps, after_frozen, start_lr, end_lr, cfg.train.batch_size,
         time.perf_counter() - started, cfg, environment_info(device),
     )  # fmt: skip
 
 
-def range_test(run: Run, phase: str, rates: list[float], progress: bool = False):
-    """The steps of `phase` at `rates` on `run`'s model, which is left exactly as it was;
-    returns lr_range.RangeLosses."""
+def range_test(
+    run: Run, phase: str, rates: list[float], progress: bool = False, after_frozen: bool = False
+) -> RangeLosses:
+    """The steps of `phase` at `rates` on `run`'s model (after its frozen epochs where asked),
+    which is left exactly as it was."""
     with weights_restored(run.model):
+        if after_frozen:
+            steps = train_frozen_epochs(run)
+            run.say(f"lr-find: trained the head first: {steps} frozen-backbone steps")
         if run.cfg.train.mode == "features":
             step = features_step(run, progress)
         else:

@@ -53,6 +53,17 @@ def finetune_step(run: Run, phase: str) -> Step:
     return step
 
 
+def train_frozen_epochs(run: Run) -> int:
+    """train.freeze_epochs epochs of the frozen phase's step at train.head_lr, as a run takes
+    them before fine-tuning (the head trained, the backbone as it was); returns the steps."""
+    t = run.cfg.train
+    step = finetune_step(run, "frozen")
+    steps = t.freeze_epochs * max(len(run.train_set) // t.batch_size, 1)
+    for _ in range(steps):
+        step(t.head_lr)
+    return steps
+
+
 def _finetune_batches(
     batches: DeviceBatches, seed: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Generator]]:

@@ -31,7 +31,10 @@ def lr_find_figure(
         ax.plot(*zip(*raw), color="0.7", linewidth=0.8, label="loss per step")
     if smoothed:
         ax.plot(lrs[: len(smoothed)], smoothed, color="tab:blue", label="smoothed loss")
-        low, high = min(smoothed), max(smoothed)
+        # The last few points, where the loss takes off, would flatten the rest: left out of
+        # the scale (as the rules leave them out), drawn past the top.
+        shown = smoothed[:-5] if len(smoothed) > 10 else smoothed
+        low, high = min(smoothed), max(shown)
         ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
     for rule, rate in rates.items():
         if rate is None:
