@@ -202,6 +202,7 @@ def test_head_phase_of_a_features_preset(archive, tmp_path, capsys):
         (["--preset", "cpu", "--phase", "finetune"], "--phase head"),
         (["--start-lr", "1", "--end-lr", "0.1"], "need 0 < start < end"),
         (["--phase", "head"], "freeze_epochs=0"),  # scratch has no frozen phase
+        (["--after-frozen"], "--after-frozen"),  # nor frozen epochs to train first
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(extra, says, tmp_path, capsys):

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args)
     phase = args.phase or default_phase(cfg)
-    check_request(cfg, phase, args.steps, args.start_lr, args.end_lr)
+    check_request(cfg, phase, args.steps, args.start_lr, args.end_lr, args.after_frozen)
     out = Path(args.out) if args.out else default_out(args.runs_root, cfg.preset)
     check_writable(out / "lr_find.json", "lr-find result")  # before minutes of steps
     use_free_cores(say=True)

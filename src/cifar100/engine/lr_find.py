@@ -110,7 +110,9 @@ def setting_for(cfg: Config, phase: str) -> str:
     return "train.head_lr" if phase == "head" and cfg.train.mode != "features" else "train.lr"
 
 
-def check_request(cfg: Config, phase: str, steps: int, start_lr: float, end_lr: float) -> None:
+def check_request(
+    cfg: Config, phase: str, steps: int, start_lr: float, end_lr: float, after_frozen: bool = False
+) -> None:
     """Refuse what cannot be run (one line each), before any data is read."""
     if phase not in PHASES:
         raise ConfigError(f"phase {phase!r}: choose {' or '.join(PHASES)}")
@@ -122,6 +124,12 @@ def check_request(cfg: Config, phase: str, steps: int, start_lr: float, end_lr: 
         raise ConfigError(
             "train.freeze_epochs=0: this config has no frozen-backbone phase to find a head "
             "rate for; use --phase finetune (or set train.freeze_epochs)"
+        )
+    if after_frozen and (phase != "finetune" or cfg.train.freeze_epochs == 0):
+        raise ConfigError(
+            "--after-frozen trains the frozen-backbone epochs before the fine-tuning phase's "
+            f"test: it needs --phase finetune and train.freeze_epochs > 0 (here {phase}, "
+            f"{cfg.train.freeze_epochs})"
         )
     if not (math.isfinite(start_lr) and math.isfinite(end_lr) and 0 < start_lr < end_lr):
         raise ConfigError(f"--start-lr {start_lr:g} --end-lr {end_lr:g}: need 0 < start < end")
@@ -145,7 +153,7 @@ def find_lr(
     first, as a run trains them), not from the new head."""
     phase = phase or default_phase(cfg)
     validate(cfg)
-    check_request(cfg, phase, steps, start_lr, end_lr)
+    check_request(cfg, phase, steps, start_lr, end_lr, after_frozen)
     device = select_device(cfg.train.device)
     cache = resolve_cache_dir(cache_dir)
     splits, train_set, val_set, model = data_and_model(cfg, device, cache, progress, say)
@@ -161,7 +169,7 @@ def find_lr(
         f"training images of {splits.name}, {device}"
     )
     started = time.perf_counter()
-    after_frozen = after_frozen and phase == "finetune" and cfg.train.freeze_epochs > 0
+    after_frozen = after_frozen and cfg.train.freeze_epochs > 0  # weights=none: none to train
     rates = exponential_rates(start_lr, end_lr, steps)
     losses = range_test(run, phase, rates, progress, after_frozen)
     found = suggestions(losses.lrs, losses.smoothed)
