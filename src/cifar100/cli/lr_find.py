@@ -30,7 +30,9 @@ DESCRIPTION = (
     "preset's own recipe at rates rising exponentially from --start-lr to --end-lr, stopping "
     "once the smoothed loss exceeds 4 times its minimum. It starts from the weights a run "
     "starts from (pretrained backbone, new head) and changes none: no run directory is written. "
-    f"Writes lr_find.json and lr_find.png to --out; {RULE_HELP}."
+    f"Writes lr_find.json and lr_find.png to --out; {RULE_HELP}. Measured (docs/results.md): "
+    "a head's suggestion was its tuned rate; fine-tuning's was several times low, a lower bound "
+    "(closer with --after-frozen)."
 )
 
 
