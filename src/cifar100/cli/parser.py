@@ -14,6 +14,7 @@ import cifar100.cli.data as data
 import cifar100.cli.evaluate as evaluate
 import cifar100.cli.export as export
 import cifar100.cli.import_keras as import_keras
+import cifar100.cli.lr_find as lr_find
 import cifar100.cli.predict as predict
 import cifar100.cli.presets as presets
 import cifar100.cli.report as report
@@ -26,6 +27,7 @@ from cifar100.version import __version__
 # In the order `cifar100 --help` lists them.
 COMMANDS = {
     "train": train,
+    "lr-find": lr_find,
     "track": track,
     "evaluate": evaluate,
     "report": report,

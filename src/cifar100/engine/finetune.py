@@ -165,7 +165,7 @@ def train_epoch(
         x, targets = parts.augment(images, labels, generator)
         x, targets, labels = x[mine], targets[mine], labels[mine]
         phase.optimizer.zero_grad(set_to_none=True)
-        _forward_backward(phase.step_model, x, targets, labels, meter, run)
+        forward_backward(phase.step_model, x, targets, labels, meter, run)
         if t.clip_grad_norm > 0:
             nn.utils.clip_grad_norm_(run.model.parameters(), t.clip_grad_norm)
         phase.optimizer.step()
@@ -204,7 +204,7 @@ def set_batchnorm_mode(model: nn.Module, mode: str) -> None:
                 module.eval()
 
 
-def _forward_backward(
+def forward_backward(
     step_model: nn.Module,
     x: torch.Tensor,
     targets: torch.Tensor,

@@ -40,7 +40,7 @@ def fit_features(
     if run.dist.enabled:
         raise ConfigError("train.mode=features runs in one process: start it without torchrun")
     model.backbone.requires_grad_(False)
-    feats = _feature_source(run, progress)
+    feats = feature_source(run, progress)
     train_x = feats(run.train_set, "train", t.feature_flip).to(run.device)
     train_y = run.train_set.labels.repeat(2 if t.feature_flip else 1).to(run.device)
     val_x = feats(run.val_set, "val")
@@ -87,7 +87,7 @@ def fit_features(
     return head_logits(model.head, feats(run.splits.test, "test"))
 
 
-def _feature_source(run: Run, progress: bool) -> Callable[..., torch.Tensor]:
+def feature_source(run: Run, progress: bool) -> Callable[..., torch.Tensor]:
     """feats(data, split, flip=False): the run's cached features of `data`, float32 on the CPU."""
     t, cache = run.cfg.train, FeatureCache(run.cache)
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm  # a widget in Jupyter, text on a terminal
 from cifar100.config import Config, validate
 from cifar100.cpu_threads import fit_threads
 from cifar100.data import load_data, split_holdout
-from cifar100.data.tensors import fine_to_coarse
+from cifar100.data.tensors import DataSplits, ImageSet, fine_to_coarse
 from cifar100.display_text import visible
 from cifar100.engine import distributed
 from cifar100.engine.callbacks import Callback, Callbacks
@@ -188,34 +188,17 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
             f"train.batch_size={t.batch_size} (the global batch) must divide evenly into "
             f"{dist_info.world} processes x {t.accumulate} micro-batches"
         )
-    seed_everything(t.seed, t.deterministic)
-    tune_backends(device, t.deterministic)
     say = _printer(progress and dist_info.is_main, dist_info.is_main)
     cache = resolve_cache_dir(cache_dir)
-    # Every rank loads the data; rank 0 alone says what it found (skipped files, warnings).
-    others = contextlib.redirect_stderr(io.StringIO())
-    with contextlib.nullcontext() if dist_info.is_main else others:
-        splits = load_data(cfg.data, cache, seed=t.seed, progress=progress and dist_info.is_main)
+    splits, train_set, val_set, model = data_and_model(
+        cfg, device, cache, progress, say, dist_info, fresh=state is None
+    )
     if state is not None:
         _check_same_exclusions(run_dir, splits.info.get("excluded"))
-    if cfg.data.val_fraction > 0:
-        train_set, val_set = split_holdout(splits.train, cfg.data.val_fraction, t.seed)
-    else:
-        train_set, val_set = splits.train, splits.test
-    init = _read_init(cfg, splits.classes) if cfg.model.init and state is None else None
-    model = build_model(cfg.model, num_classes=len(splits.classes), cache_dir=cache)
-    if init is not None:
-        load_weights(model, init, cfg.model.init)
-    elif cfg.model.weights == "none" and t.freeze_epochs:
-        say(f"note: weights=none, so the {t.freeze_epochs} frozen-backbone epochs are skipped")
-        t.freeze_epochs = 0
     if t.sync_bn and dist_info.enabled and device.type != "cuda":
         say(
             "note: train.sync_bn needs CUDA (PyTorch's SyncBatchNorm); batch norm stays per process"
         )
-    model.to(device)
-    if t.channels_last and device.type in ("cuda", "cpu"):  # measured faster on both
-        model.to(memory_format=torch.channels_last)
     info = ModelInfo(
         config=cfg,
         classes=splits.classes,
@@ -258,6 +241,42 @@ def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restar
         + (f" x {dist_info.world} processes" if dist_info.enabled else "")
     )
     return run
+
+
+def data_and_model(
+    cfg: Config,
+    device: torch.device,
+    cache: Path,
+    progress: bool,
+    say: Callable[[str], None],
+    dist_info: distributed.DistInfo | None = None,
+    fresh: bool = True,
+) -> tuple[DataSplits, ImageSet, ImageSet, torch.nn.Module]:
+    """Seeded, the data (splits, train, validation) and the model on `device` as a run's first
+    epoch would find it: the backbone's weights (or model.init's when `fresh`) and a new head.
+    Writes nothing (lr-find builds its model here too)."""
+    t, dist_info = cfg.train, dist_info or distributed.DistInfo()
+    seed_everything(t.seed, t.deterministic)
+    tune_backends(device, t.deterministic)
+    # Every rank loads the data; rank 0 alone says what it found (skipped files, warnings).
+    others = contextlib.redirect_stderr(io.StringIO())
+    with contextlib.nullcontext() if dist_info.is_main else others:
+        splits = load_data(cfg.data, cache, seed=t.seed, progress=progress and dist_info.is_main)
+    if cfg.data.val_fraction > 0:
+        train_set, val_set = split_holdout(splits.train, cfg.data.val_fraction, t.seed)
+    else:
+        train_set, val_set = splits.train, splits.test
+    init = _read_init(cfg, splits.classes) if cfg.model.init and fresh else None
+    model = build_model(cfg.model, num_classes=len(splits.classes), cache_dir=cache)
+    if init is not None:
+        load_weights(model, init, cfg.model.init)
+    elif cfg.model.weights == "none" and t.freeze_epochs:
+        say(f"note: weights=none, so the {t.freeze_epochs} frozen-backbone epochs are skipped")
+        t.freeze_epochs = 0
+    model.to(device)
+    if t.channels_last and device.type in ("cuda", "cpu"):  # measured faster on both
+        model.to(memory_format=torch.channels_last)
+    return splits, train_set, val_set, model
 
 
 def _check_same_exclusions(run_dir: Path, now: dict | None) -> None:
