@@ -344,7 +344,7 @@ def describe_range(dotted: str) -> str:
     return f"{'<=' if hi_in else '<'} {hi:g}"
 
 
-def _in_range(value: float, dotted: str) -> bool:
+def in_range(value: float, dotted: str) -> bool:
     lo, hi, lo_in, hi_in = RANGES[dotted]
     if not math.isfinite(value):
         return False
@@ -357,7 +357,7 @@ def _check_ranges(cfg: Config) -> None:
     for dotted in RANGES:
         section, _, name = dotted.partition(".")
         value = getattr(getattr(cfg, section), name)
-        if value is not None and not _in_range(value, dotted):
+        if value is not None and not in_range(value, dotted):
             raise ConfigError(f"{dotted}={value}: must be {describe_range(dotted)}")
 
 

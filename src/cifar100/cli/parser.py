@@ -20,11 +20,13 @@ import cifar100.cli.report as report
 import cifar100.cli.serve as serve
 import cifar100.cli.summary as summary
 import cifar100.cli.train as train
+import cifar100.cli.tune as tune
 from cifar100.version import __version__
 
 # In the order `cifar100 --help` lists them.
 COMMANDS = {
     "train": train,
+    "tune": tune,
     "evaluate": evaluate,
     "report": report,
     "compare": compare,

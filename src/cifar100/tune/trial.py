@@ -1,0 +1,121 @@
+"""One trial of a search: its settings drawn, a normal training run in OUT/trial-NNNN, pruned
+on its per-epoch validation top-1, valued at its best epoch's validation top-1."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from cifar100.config import Config
+from cifar100.engine.callbacks import Callback
+from cifar100.engine.train import train
+from cifar100.errors import CifarError, ConfigError, TrainingError
+from cifar100.tune.space import Space
+
+RUN_DIR = "run_dir"  # the trial's user attrs: where its run directory is
+TEST_TOP1 = "test_top1"  # the run's own final test (the search never looks at it)
+ERROR = "error"  # why a trial failed
+INTERRUPTED = "interrupted"  # stopped by Ctrl-C / SIGTERM: failed, its settings queued again
+
+
+class Pruning(Callback):
+    """Report each epoch's validation top-1 to the trial; end the run when the pruner says."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.best: float | None = None
+
+    def on_epoch(self, run: Any, record: dict[str, Any]) -> None:
+        value = float(record["val_top1"])
+        self.best = value if self.best is None else max(self.best, value)
+        self.trial.report(value, int(record["epoch"]))
+        if self.trial.should_prune():
+            run.say(f"trial {self.trial.number} pruned at epoch {record['epoch']} "
+                    f"(validation top-1 {value:.2%})")  # fmt: skip
+            raise optuna.TrialPruned(f"epoch {record['epoch']}: val_top1 {value:.4f}")
+
+
+@dataclass
+class Outcome:
+    """How a trial ended: the state to tell Optuna, its value, and whether to stop searching."""
+
+    state: TrialState
+    value: float | None = None
+    stop: str | None = None  # "interrupted", or the error that every trial would meet
+
+
+def trial_dir(out: Path, number: int) -> Path:
+    return out / f"trial-{number:04d}"
+
+
+def run_trial(
+    trial: optuna.Trial,
+    base: Config,
+    space: Space,
+    out: Path,
+    cache_dir: str | Path | None,
+    progress: bool,
+) -> Outcome:
+    """Train one trial's settings; never raises for the trial's own failure."""
+    run_dir = trial_dir(out, trial.number)
+    trial.set_user_attr(RUN_DIR, str(run_dir))
+    pruning = Pruning(trial)
+    try:
+        cfg = space.apply(base, space.suggest(trial))
+        print(f"trial {trial.number}: {_settings_text(trial.params)} -> {run_dir}", flush=True)
+        result = train(cfg, out=run_dir, cache_dir=cache_dir, progress=progress,
+                       callbacks=[pruning])  # fmt: skip
+    except optuna.TrialPruned:
+        return Outcome(TrialState.PRUNED)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one during data loading
+        trial.set_user_attr(INTERRUPTED, True)
+        return Outcome(TrialState.FAIL, stop=INTERRUPTED)
+    except (ConfigError, TrainingError) as e:  # these settings (a NaN loss): the next ones may do
+        trial.set_user_attr(ERROR, str(e))
+        print(f"trial {trial.number} failed: {e}", file=sys.stderr, flush=True)
+        return Outcome(TrialState.FAIL)
+    except CifarError as e:  # data, files, disk: every trial would meet it
+        trial.set_user_attr(ERROR, str(e))
+        return Outcome(TrialState.FAIL, stop=str(e))
+    if result.stopped:  # the engine saved the run where the signal found it
+        trial.set_user_attr(INTERRUPTED, True)
+        return Outcome(TrialState.FAIL, stop=INTERRUPTED)
+    trial.set_user_attr(TEST_TOP1, result.test.get("top1"))
+    trial.set_user_attr("wall_s", round(result.wall_s, 2))
+    return Outcome(TrialState.COMPLETE, pruning.best)
+
+
+def _settings_text(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in params.items())  # fmt: skip
+
+
+class Heartbeat:
+    """Writes a running trial's heartbeat to the storage, so that another worker can tell a
+    crashed one's trial (silent past the grace period) and queue it again."""
+
+    def __init__(self, storage: Any, trial: optuna.Trial, every_s: float) -> None:
+        # The trial's storage id (Optuna's own loop passes it so, too)
+        self.storage, self.trial_id, self.every_s = storage, trial._trial_id, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while True:
+            self.storage.record_heartbeat(self.trial_id)
+            if self._stop.wait(self.every_s):
+                return
