@@ -35,7 +35,8 @@ class Pruning(Callback):
         value = float(record["val_top1"])
         self.best = value if self.best is None else max(self.best, value)
         self.trial.report(value, int(record["epoch"]))
-        if self.trial.should_prune():
+        # Never at the last epoch: the run is trained by then, and its value is the result.
+        if int(record["epoch"]) < run.cfg.train.epochs and self.trial.should_prune():
             run.say(f"trial {self.trial.number} pruned at epoch {record['epoch']} "
                     f"(validation top-1 {value:.2%})")  # fmt: skip
             raise optuna.TrialPruned(f"epoch {record['epoch']}: val_top1 {value:.4f}")
