@@ -46,9 +46,12 @@ class TuneResult:
     stopped: str | None = None  # "interrupted" (Ctrl-C / SIGTERM), else None
 
 
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+def make_pruner(name: str | optuna.pruners.BasePruner, epochs: int) -> optuna.pruners.BasePruner:
     """median: below the median of earlier trials at the same epoch (after 5 trials);
-    hyperband: successive halving over the epochs; none: every trial runs to its end."""
+    hyperband: successive halving over the epochs; none: every trial runs to its end (or
+    any Optuna pruner, from Python)."""
+    if isinstance(name, optuna.pruners.BasePruner):
+        return name
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5)
     if name == "hyperband":
@@ -65,7 +68,7 @@ def tune(
     out: str | Path,
     storage: str | None = None,
     study_name: str | None = None,
-    pruner: str = "median",
+    pruner: str | optuna.pruners.BasePruner = "median",
     cache_dir: str | Path | None = None,
     progress: bool = False,
 ) -> TuneResult:
@@ -93,7 +96,7 @@ def default_study_name(cfg: Config, out: Path) -> str:
     return f"{out.absolute().name}-{cfg.preset}"
 
 
-def open_study(url: str, name: str, cfg: Config, space: Space, pruner: str) -> optuna.Study:
+def open_study(url: str, name: str, cfg: Config, space: Space, pruner) -> optuna.Study:
     """Create the study or join it (load_if_exists); refuse one begun for another search."""
     storage = stores.open_storage(url)
     made = make_pruner(pruner, cfg.train.epochs)
