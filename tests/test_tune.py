@@ -38,19 +38,10 @@ train.lr = {low = 1e-4, high = 0.1, log = true}
 [model]
 dropout = {choices = [0.0, 0.25]}
 """
-FLAGS = [
-    "--preset",
-    "cpu",
-    "--dataset",
-    "cifar10",
-    "--set",
-    "model.resize=1",
-    "--set",
-    "train.batch_size=32",
-    "--epochs",
-    "2",
-    "--no-progress",
-]
+# (the cpu preset's head at 32 px; freeze_epochs=0 lets a trial have a single epoch)
+SETTINGS = ["model.resize=1", "train.batch_size=32", "train.freeze_epochs=0"]
+FLAGS = ["--preset", "cpu", "--dataset", "cifar10", "--epochs", "2", "--no-progress"]
+FLAGS += [arg for s in SETTINGS for arg in ("--set", s)]
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +60,7 @@ def data(tmp_path_factory):
 def tiny_config(archive: Path, epochs: int = 2):
     return apply_overrides(
         load_preset("cpu"),
-        [
-            "data.dataset=cifar10",
-            f"data.path={archive}",
-            "model.resize=1",
-            "train.batch_size=32",
-            f"train.epochs={epochs}",
-        ],
+        ["data.dataset=cifar10", f"data.path={archive}", *SETTINGS, f"train.epochs={epochs}"],
     )
 
 
@@ -92,7 +77,7 @@ def test_a_space_reads_dotted_nested_and_quoted_keys_with_their_kinds(tmp_path):
     space = load_space(
         space_file(
             tmp_path,
-            'train.freeze_epochs = {low = 0, high = 2}\n'
+            "train.freeze_epochs = {low = 0, high = 2}\n"
             'train.finetune_bn = {choices = ["batch", "frozen"]}\n' + SPACE,
         )
     )
@@ -235,7 +220,7 @@ def test_a_search_writes_run_dirs_best_toml_that_train_accepts_and_a_page(data, 
                 "--config",
                 str(result.best_config),
                 "--epochs",
-                "1",
+                "1",  # (the trials had 2)
                 "--out",
                 str(retrain),
                 "--cache-dir",

@@ -59,17 +59,22 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     params = inspect.signature(optuna.storages.RDBStorage).parameters
     name = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else (
         "failed_trial_callback")  # fmt: skip
-    try:
-        with warnings.catch_warnings():  # heartbeats and retries are "experimental" since 2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            kwargs[name] = _retry()
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **kwargs
-            )
-    except ImportError as e:  # a server's driver (psycopg2, pymysql) not installed
-        raise ConfigError(f"--storage {url}: {e}; install the database's driver") from None
-    except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors: a bad URL, no server
-        raise ConfigError(f"--storage {url}: cannot open ({type(e).__name__}: {e})") from None
+    for attempt in (1, 2):  # servers' workers creating the tables at once: one tries again
+        try:
+            with warnings.catch_warnings():  # heartbeats and retries: "experimental" since 2.8
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                kwargs[name] = _retry()
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **kwargs
+                )
+        except ImportError as e:  # a server's driver (psycopg2, pymysql) not installed
+            raise ConfigError(f"--storage {url}: {e}; install the database's driver") from None
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy's errors: a bad URL, no server
+            if attempt == 2:
+                raise ConfigError(
+                    f"--storage {url}: cannot open ({type(e).__name__}: {e})"
+                ) from None
+    raise AssertionError("unreachable")
 
 
 def _retry():
@@ -125,6 +130,7 @@ def creation_lock(url: str) -> Iterator[None]:
     if path is None:
         yield
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

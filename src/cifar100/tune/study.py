@@ -98,9 +98,9 @@ def default_study_name(cfg: Config, out: Path) -> str:
 
 def open_study(url: str, name: str, cfg: Config, space: Space, pruner) -> optuna.Study:
     """Create the study or join it (load_if_exists); refuse one begun for another search."""
-    storage = stores.open_storage(url)
     made = make_pruner(pruner, cfg.train.epochs)
     with stores.creation_lock(url):
+        storage = stores.open_storage(url)  # (creates the tables: one process at a time)
         try:
             study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                         pruner=made, load_if_exists=True)  # fmt: skip
