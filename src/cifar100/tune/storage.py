@@ -30,6 +30,7 @@ HEARTBEAT_S = 30  # a running trial's worker writes its heartbeat this often
 GRACE_S = 120  # one not heard from for this long is taken for crashed, failed and retried
 MAX_RETRY = 2  # a crashed trial's settings are tried again at most this often
 SQLITE_TIMEOUT_S = 60  # writers wait this long for SQLite's lock before "database is locked"
+LOCK_SUFFIX = "-create-lock"  # beside a SQLite file: workers count and create trials in turn
 SURPLUS = "surplus"  # user attr of a trial created past the budget (never trained)
 
 
@@ -131,7 +132,7 @@ def creation_lock(url: str) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(f"{path}{LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from cifar100.config import Config, validate
 from cifar100.errors import CifarError, ConfigError
-from cifar100.tune import storage as stores
+import cifar100.tune.storage as stores
 from cifar100.tune.best_config import write_best_config
 from cifar100.tune.page import write_study_page
 from cifar100.tune.space import Space
