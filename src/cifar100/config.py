@@ -145,6 +145,14 @@ def load_preset(name: str) -> Config:
 
 
 def load_config_file(path: str | Path) -> Config:
+    raw = read_toml_file(path)
+    base = load_preset(raw.pop("extends")) if "extends" in raw else Config()
+    return merge(base, raw, origin=str(path))
+
+
+def read_toml_file(path: str | Path, what: str = "config file", hint: str = "") -> dict[str, Any]:
+    """A user's TOML file (`what`: a config file, a search space) as a dict; ConfigError, one
+    line naming it, when it is not one (`hint`: an example to add to that line)."""
     import tomllib  # here, not above: keeps the CLI's start fast
 
     from cifar100.fileio import file_problem
@@ -152,17 +160,15 @@ def load_config_file(path: str | Path) -> Config:
     path = Path(path)
     problem = file_problem(path)  # before reading: a FIFO would block, /dev/zero never ends
     if problem:
-        raise ConfigError(f"{path}: {problem}; a config file is a TOML text file")
+        raise ConfigError(f"{path}: {problem}; a {what} is a TOML text file{hint}")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{what} not found: {path}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file; a config file is TOML") from None
+        raise ConfigError(f"{path}: not a UTF-8 text file; a {what} is TOML") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    base = load_preset(raw.pop("extends")) if "extends" in raw else Config()
-    return merge(base, raw, origin=str(path))
+        raise ConfigError(f"{path}: not valid TOML ({e}){hint}") from None
 
 
 def from_dict(raw: dict[str, Any], preset: str = "custom") -> Config:

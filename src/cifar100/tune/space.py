@@ -27,6 +27,7 @@ from cifar100.config import (
     describe_choices,
     describe_range,
     in_range,
+    read_toml_file,
     set_value,
     setting_kind,
 )
@@ -84,22 +85,7 @@ class Space:
 
 def load_space(path: str | Path) -> Space:
     """Read and check a space file (TOML)."""
-    import tomllib  # here, not above: keeps the CLI's start fast
-
-    from cifar100.fileio import file_problem
-
-    path = Path(path)
-    problem = file_problem(path)  # before reading: a FIFO would block, /dev/zero never ends
-    if problem:
-        raise ConfigError(f"{path}: {problem}; a search space is a TOML text file ({EXAMPLE})")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"search space file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file; a search space is TOML") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e}); {EXAMPLE}") from None
+    raw = read_toml_file(path, "search space file", hint=f"; {EXAMPLE}")
     return parse_space(raw, origin=str(path))
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+import cifar100.tune.storage as stores
 from cifar100.config import Config, validate
 from cifar100.errors import CifarError, ConfigError
-import cifar100.tune.storage as stores
 from cifar100.tune.best_config import write_best_config
 from cifar100.tune.page import write_study_page
 from cifar100.tune.space import Space
