@@ -87,6 +87,9 @@ def run_trial(
     if result.stopped:  # the engine saved the run where the signal found it
         trial.set_user_attr(INTERRUPTED, True)
         return Outcome(TrialState.FAIL, stop=INTERRUPTED)
+    if pruning.best is None:  # no epoch ran in this session: nothing to value it by
+        trial.set_user_attr(ERROR, "no epoch was trained")
+        return Outcome(TrialState.FAIL)
     trial.set_user_attr(TEST_TOP1, result.test.get("top1"))
     trial.set_user_attr("wall_s", round(result.wall_s, 2))
     return Outcome(TrialState.COMPLETE, pruning.best)
