@@ -36,7 +36,10 @@ class Pruning(Callback):
         self.best = value if self.best is None else max(self.best, value)
         self.trial.report(value, int(record["epoch"]))
         # Never at the last epoch: the run is trained by then, and its value is the result.
-        if int(record["epoch"]) < run.cfg.train.epochs and self.trial.should_prune():
+        # Nor in the frozen-backbone warm-up: its head trains at train.head_lr, so what the
+        # search is after (train.lr and the fine-tuning settings) has not acted yet.
+        last = int(record["epoch"]) >= run.cfg.train.epochs
+        if not last and record.get("phase") != "frozen" and self.trial.should_prune():
             run.say(f"trial {self.trial.number} pruned at epoch {record['epoch']} "
                     f"(validation top-1 {value:.2%})")  # fmt: skip
             raise optuna.TrialPruned(f"epoch {record['epoch']}: val_top1 {value:.4f}")
