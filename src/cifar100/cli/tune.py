@@ -18,8 +18,9 @@ from cifar100.errors import CifarError
 
 HELP = "search hyper-parameters with Optuna (trials are run directories)"
 DESCRIPTION = (
-    "Search settings with Optuna's TPE sampler, maximizing each trial's best-epoch validation "
-    "top-1, pruning trials on their per-epoch validation top-1. Every trial is a run directory "
+    "Search settings with Optuna's TPE sampler, maximizing each trial's validation top-1 (of "
+    "the weights it tests: its last epoch's, its best epoch's after early stopping), pruning "
+    "trials on their per-epoch validation top-1. Every trial is a run directory "
     "(OUT/trial-NNNN); the study lives in OUT/study.db (or --storage: any SQLAlchemy URL), so "
     "several processes or machines run one study together: --trials is the study's total. "
     "Writes OUT/best.toml (for `cifar100 train --config`) and OUT/study.html."
@@ -85,7 +86,7 @@ def summary_lines(result) -> list[str]:
     lines = [f"study {result.study_name} ({result.storage}): {states}"]
     if result.best_number is not None:
         lines.append(f"best: trial {result.best_number}, validation top-1 "
-                     f"{result.best_value:.2%} (best epoch): {result.best_params}")  # fmt: skip
+                     f"{result.best_value:.2%}: {result.best_params}")  # fmt: skip
         lines.append(f"its settings: {result.best_config} "
                      f"(cifar100 train --config {result.best_config})")  # fmt: skip
     if result.stopped:

@@ -38,7 +38,7 @@ def write_best_config(
     reference = load_preset(preset) if preset else Config()
     lines = [
         f"# cifar100 tune: the best trial of study {json.dumps(study_name)}",
-        f"# trial {trial.number}: best-epoch validation top-1 {trial.value:.4f}",
+        f"# trial {trial.number}: validation top-1 {trial.value:.4f}",
         f"# searched: {', '.join(f'{k} = {_toml(v)}' for k, v in trial.params.items())}",
         "# cifar100 train --config THIS_FILE trains these settings again",
     ]

@@ -24,8 +24,8 @@ from cifar100.report import STYLE
 
 PLOTS = [
     ("history", "plot_optimization_history",
-     "Optimization history: each complete trial's best-epoch validation top-1, and the best so "
-     "far."),
+     "Optimization history: each complete trial's validation top-1 (of the weights "
+     "it tests), and the best so far."),
     ("importances", "plot_param_importances",
      "Parameter importances (Optuna's fANOVA) for validation top-1, over the complete trials."),
     ("parallel", "plot_parallel_coordinate",
@@ -60,7 +60,7 @@ def _headline(trials: list[FrozenTrial]) -> str:
     if done:
         best = max(done, key=lambda t: t.value)
         text += (f"; best: trial {best.number}, validation top-1 {best.value:.2%} "
-                 "(its best epoch)")  # fmt: skip
+                 "(of the weights it tests)")  # fmt: skip
     return f"<p class='headline'>{_e(text)}</p>"
 
 
@@ -105,7 +105,7 @@ def _png(draw: Callable[[], Any]) -> bytes:
 
 
 def _table(trials: list[FrozenTrial]) -> str:
-    head = ("<tr><th>trial</th><th>state</th><th>val top-1 (best epoch)</th><th>epochs</th>"
+    head = ("<tr><th>trial</th><th>state</th><th>val top-1</th><th>epochs</th>"
             "<th>test top-1</th><th>settings</th><th>run directory</th></tr>")  # fmt: skip
     rows = []
     for t in trials:

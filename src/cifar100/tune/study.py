@@ -39,7 +39,7 @@ class TuneResult:
     out: Path
     states: dict[str, int]  # the study's trials by state (all workers'), e.g. {"COMPLETE": 9}
     best_number: int | None = None
-    best_value: float | None = None  # the best trial's best-epoch validation top-1
+    best_value: float | None = None  # the best trial's validation top-1 (trial.py)
     best_params: dict = field(default_factory=dict)
     best_config: Path | None = None  # OUT/best.toml (None before any trial completes)
     page: Path | None = None
@@ -73,7 +73,8 @@ def tune(
     progress: bool = False,
 ) -> TuneResult:
     """Search `space` over `cfg` until the study holds `trials` trials (all its workers'
-    together); maximizes each trial's best-epoch validation top-1."""
+    together); maximizes each trial's validation top-1 (of the
+    weights it tests: its last epoch's, or its best epoch's after early stopping)."""
     if trials < 1:
         raise ConfigError(f"--trials {trials}: must be at least 1")
     out = Path(out)

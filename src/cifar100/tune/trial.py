@@ -1,5 +1,6 @@
 """One trial of a search: its settings drawn, a normal training run in OUT/trial-NNNN, pruned
-on its per-epoch validation top-1, valued at its best epoch's validation top-1."""
+on its per-epoch validation top-1, valued at the validation top-1 of the weights it tests (its
+last epoch's; its best epoch's where early stopping ended it)."""
 
 from __future__ import annotations
 
@@ -30,10 +31,12 @@ class Pruning(Callback):
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial
         self.best: float | None = None
+        self.last: float | None = None
 
     def on_epoch(self, run: Any, record: dict[str, Any]) -> None:
         value = float(record["val_top1"])
         self.best = value if self.best is None else max(self.best, value)
+        self.last = value
         self.trial.report(value, int(record["epoch"]))
         # Never at the last epoch: the run is trained by then, and its value is the result.
         # Nor in the frozen-backbone warm-up: its head trains at train.head_lr, so what the
@@ -95,7 +98,10 @@ def run_trial(
         return Outcome(TrialState.FAIL)
     trial.set_user_attr(TEST_TOP1, result.test.get("top1"))
     trial.set_user_attr("wall_s", round(result.wall_s, 2))
-    return Outcome(TrialState.COMPLETE, pruning.best)
+    # The value is that of the weights the run keeps and tests: its last epoch's, or its best
+    # epoch's where early stopping ended it (best.pt is tested then). A best epoch the run
+    # went on past (a good frozen warm-up, then a rate that ruined it) is not what it delivers.
+    return Outcome(TrialState.COMPLETE, pruning.best if result.early_stop else pruning.last)
 
 
 def _settings_text(params: dict[str, Any]) -> str:
