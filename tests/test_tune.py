@@ -304,6 +304,8 @@ def test_ctrl_c_marks_the_trial_failed_queues_it_again_and_writes_the_page(
     trials = optuna.load_study(study_name=done.study_name, storage=done.storage).trials
     assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 2
     assert trials[1].params == first.params  # the stopped settings ran again first
+    assert not trials[1].user_attrs.get("interrupted")  # (the retry began as the failed one's copy)
+    assert trials[1].user_attrs["run_dir"].endswith("trial-0001")
 
 
 def test_the_cli_offers_the_pruners_the_search_knows():

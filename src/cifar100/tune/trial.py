@@ -72,6 +72,9 @@ def run_trial(
     """Train one trial's settings; never raises for the trial's own failure."""
     run_dir = trial_dir(out, trial.number)
     trial.set_user_attr(RUN_DIR, str(run_dir))
+    for said in (INTERRUPTED, ERROR):  # a retry's copies of the failed trial's attributes
+        if trial.user_attrs.get(said):
+            trial.set_user_attr(said, None)
     pruning = Pruning(trial)
     try:
         cfg = space.apply(base, space.suggest(trial))
