@@ -73,8 +73,8 @@ def tune(
     progress: bool = False,
 ) -> TuneResult:
     """Search `space` over `cfg` until the study holds `trials` trials (all its workers'
-    together); maximizes each trial's validation top-1 (of the
-    weights it tests: its last epoch's, or its best epoch's after early stopping)."""
+    together), maximizing each trial's validation top-1 (of the weights its run tests: its
+    last epoch's, or its best epoch's after early stopping)."""
     if trials < 1:
         raise ConfigError(f"--trials {trials}: must be at least 1")
     out = Path(out)
