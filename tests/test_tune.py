@@ -278,11 +278,15 @@ def test_the_median_pruner_prunes_a_trial_clearly_worse_than_the_others():
         trial_module.Pruning(bad).on_epoch(run, {"epoch": 1, "val_top1": 0.1})
     last = study.ask()  # however bad, a trial's last epoch is its result, not a prune
     trial_module.Pruning(last).on_epoch(run, {"epoch": 3, "val_top1": 0.1})
-    # nor is a frozen-backbone epoch, before the fine-tuning settings have acted
+    # nor is a frozen-backbone epoch, before the fine-tuning settings have acted; and a good
+    # one is not reported, so it does not shield the epochs after it (the median pruner
+    # compares a trial's best value so far)
     warm_up = study.ask()
-    trial_module.Pruning(warm_up).on_epoch(run, {"epoch": 1, "val_top1": 0.1, "phase": "frozen"})
+    pruning = trial_module.Pruning(warm_up)
+    pruning.on_epoch(run, {"epoch": 1, "val_top1": 0.95, "phase": "frozen"})
     with pytest.raises(optuna.TrialPruned):
-        trial_module.Pruning(warm_up).on_epoch(run, {"epoch": 2, "val_top1": 0.1})
+        pruning.on_epoch(run, {"epoch": 2, "val_top1": 0.1, "phase": "finetune"})
+    assert dict(study._storage.get_trial(warm_up._trial_id).intermediate_values) == {2: 0.1}
 
 
 @pytest.mark.slow

@@ -105,7 +105,7 @@ def _png(draw: Callable[[], Any]) -> bytes:
 
 
 def _table(trials: list[FrozenTrial]) -> str:
-    head = ("<tr><th>trial</th><th>state</th><th>val top-1</th><th>epochs</th>"
+    head = ("<tr><th>trial</th><th>state</th><th>val top-1</th><th>epochs reported</th>"
             "<th>test top-1</th><th>settings</th><th>run directory</th></tr>")  # fmt: skip
     rows = []
     for t in trials:

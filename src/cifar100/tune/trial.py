@@ -37,12 +37,16 @@ class Pruning(Callback):
         value = float(record["val_top1"])
         self.best = value if self.best is None else max(self.best, value)
         self.last = value
+        # The frozen-backbone warm-up is not reported: its head trains at train.head_lr, so
+        # what the search is after (train.lr, the fine-tuning settings) has not acted yet; and
+        # Optuna's median pruner compares a trial's best value so far, so a good warm-up
+        # epoch would shield a run that fine-tuning then ruins (measured: docs/results.md).
+        if record.get("phase") == "frozen":
+            return
         self.trial.report(value, int(record["epoch"]))
         # Never at the last epoch: the run is trained by then, and its value is the result.
-        # Nor in the frozen-backbone warm-up: its head trains at train.head_lr, so what the
-        # search is after (train.lr and the fine-tuning settings) has not acted yet.
         last = int(record["epoch"]) >= run.cfg.train.epochs
-        if not last and record.get("phase") != "frozen" and self.trial.should_prune():
+        if not last and self.trial.should_prune():
             run.say(f"trial {self.trial.number} pruned at epoch {record['epoch']} "
                     f"(validation top-1 {value:.2%})")  # fmt: skip
             raise optuna.TrialPruned(f"epoch {record['epoch']}: val_top1 {value:.4f}")
