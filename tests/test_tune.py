@@ -402,7 +402,7 @@ def test_a_crashed_workers_trial_is_failed_by_its_silence_and_run_again(
     crashed = study.ask()  # a worker that drew its settings, beat once, then died
     load_space(space).suggest(crashed)
     study._storage.record_heartbeat(crashed._trial_id)
-    time.sleep(1.5)
+    time.sleep(2.5)  # (the storage keeps heartbeats to the second)
     result = tune(
         tiny_config(archive), load_space(space), 1, tmp_path, study_name="c", cache_dir=cache
     )
