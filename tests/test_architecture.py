@@ -14,11 +14,12 @@ import cifar100
 SRC = Path(cifar100.__file__).parent
 # The commands that train: `train`, `bench` (which times the engine's training step), the
 # Python API's train (cifar100.train), which imports it when called, and `audit`, whose
-# cross-validation trains heads on cached features as features mode does, and `lr-find`, which
-# takes the training step at rising rates. The package itself names the engine's Callback type
-# (cifar100.Callback), imported on first use.
+# cross-validation trains heads on cached features as features mode does, `lr-find`, which
+# takes the training step at rising rates, and `tune`, whose trials are training runs; and the
+# package, whose `cifar100.Callback` is the engine's (looked up on first use).
 ENGINE_USERS = {"cifar100.cli.train", "cifar100.cli.bench", "cifar100.api", "cifar100.audit",
-                "cifar100.audit.folds", "cifar100.cli.lr_find", "cifar100"}  # fmt: skip
+                "cifar100.audit.folds", "cifar100.cli.lr_find", "cifar100.tune.trial",
+                "cifar100"}  # fmt: skip
 MAX_FUNCTION_LINES = 80
 # Every file a run directory holds, spelled in runtime/run_dir.py alone.
 RUN_FILES = {"config.json", "environment.json", "metrics.jsonl", "evaluation.json",

@@ -155,6 +155,14 @@ def load_preset(name: str) -> Config:
 
 
 def load_config_file(path: str | Path) -> Config:
+    raw = read_toml_file(path)
+    base = load_preset(raw.pop("extends")) if "extends" in raw else Config()
+    return merge(base, raw, origin=str(path))
+
+
+def read_toml_file(path: str | Path, what: str = "config file", hint: str = "") -> dict[str, Any]:
+    """A user's TOML file (`what`: a config file, a search space) as a dict; ConfigError, one
+    line naming it, when it is not one (`hint`: an example to add to that line)."""
     import tomllib  # here, not above: keeps the CLI's start fast
 
     from cifar100.fileio import file_problem
@@ -162,17 +170,15 @@ def load_config_file(path: str | Path) -> Config:
     path = Path(path)
     problem = file_problem(path)  # before reading: a FIFO would block, /dev/zero never ends
     if problem:
-        raise ConfigError(f"{path}: {problem}; a config file is a TOML text file")
+        raise ConfigError(f"{path}: {problem}; a {what} is a TOML text file{hint}")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{what} not found: {path}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a UTF-8 text file; a config file is TOML") from None
+        raise ConfigError(f"{path}: not a UTF-8 text file; a {what} is TOML") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    base = load_preset(raw.pop("extends")) if "extends" in raw else Config()
-    return merge(base, raw, origin=str(path))
+        raise ConfigError(f"{path}: not valid TOML ({e}){hint}") from None
 
 
 def from_dict(raw: dict[str, Any], preset: str = "custom") -> Config:
@@ -354,7 +360,7 @@ def describe_range(dotted: str) -> str:
     return f"{'<=' if hi_in else '<'} {hi:g}"
 
 
-def _in_range(value: float, dotted: str) -> bool:
+def in_range(value: float, dotted: str) -> bool:
     lo, hi, lo_in, hi_in = RANGES[dotted]
     if not math.isfinite(value):
         return False
@@ -367,7 +373,7 @@ def _check_ranges(cfg: Config) -> None:
     for dotted in RANGES:
         section, _, name = dotted.partition(".")
         value = getattr(getattr(cfg, section), name)
-        if value is not None and not _in_range(value, dotted):
+        if value is not None and not in_range(value, dotted):
             raise ConfigError(f"{dotted}={value}: must be {describe_range(dotted)}")
 
 

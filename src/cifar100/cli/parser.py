@@ -22,12 +22,14 @@ import cifar100.cli.serve as serve
 import cifar100.cli.summary as summary
 import cifar100.cli.track as track
 import cifar100.cli.train as train
+import cifar100.cli.tune as tune
 from cifar100.version import __version__
 
 # In the order `cifar100 --help` lists them.
 COMMANDS = {
     "train": train,
     "lr-find": lr_find,
+    "tune": tune,
     "track": track,
     "evaluate": evaluate,
     "report": report,
