@@ -210,6 +210,14 @@ def test_the_local_store_and_resume_into_the_same_tracked_run(
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("val_top1")] == [1, 2]
+    # An export written after the run ends is what `cifar100 track` sends then, and only it.
+    assert cli.main(["export", str(out), "--format", "onnx"]) == 0
+    state = json.loads((out / "tracking.json").read_text())["mlflow"]
+    assert state["not_logged"] == [] and state["final"]  # not yet counted: written after
+    assert cli.main(["track", str(out), "--to", "local"]) == 0
+    assert [a.path for a in client.list_artifacts(run_id, "exports")] == ["exports/model.onnx"]
+    state = json.loads((out / "tracking.json").read_text())["mlflow"]
+    assert state["exports"] == ["model.onnx"] and state["not_logged"] == []
 
 
 def test_a_run_ended_by_an_error_is_failed_in_mlflow(archive, tmp_path, quick_report):

@@ -65,6 +65,7 @@ class MlflowState:
     params: bool = False  # settings, tags and environment
     epochs: list[int] = field(default_factory=list)  # whose metrics reached it
     final: bool = False  # test metrics, artifacts and model
+    exports: list[str] = field(default_factory=list)  # the run's exports that reached it
     error: str | None = None  # the last failure, in one line
 
     @classmethod
@@ -80,10 +81,12 @@ class MlflowState:
             and isinstance(state.run_id, str | None)
             and isinstance(state.epochs, list)
             and all(isinstance(e, int) for e in state.epochs)
+            and isinstance(state.exports, list)
+            and all(isinstance(e, str) for e in state.exports)
         )
         return state if sound else None
 
-    def missing(self, logged_epochs: list[int], finished: bool) -> list[str]:
+    def missing(self, logged_epochs: list[int], finished: bool, exports: list[str]) -> list[str]:
         """What of the run has not reached MLflow, in words."""
         gaps = [] if self.params else ["settings"]
         epochs = [e for e in logged_epochs if e not in self.epochs]
@@ -91,6 +94,7 @@ class MlflowState:
             gaps.append(f"epoch{'s' if len(epochs) > 1 else ''} {_ranges(epochs)}")
         if finished and not self.final:
             gaps.append("the final test, artifacts and model")
+        gaps += [name for name in exports if name not in self.exports]
         return gaps
 
 
@@ -122,7 +126,7 @@ class MlflowLog:
         """tracking.json, with what has not reached MLflow in words ("not_logged")."""
         record = read_tracking(self.files.path)
         epochs = [int(r["epoch"]) for r in self.files.read_metrics() if "epoch" in r]
-        missing = self.state.missing(epochs, self.files.evaluation.is_file())
+        missing = self.state.missing(epochs, self.files.evaluation.is_file(), self._exports())
         record["mlflow"] = {**asdict(self.state), "not_logged": missing}
         write_json_atomic(self.files.tracking, record)
 
@@ -186,13 +190,18 @@ class MlflowLog:
                     self.client.log_artifact(run_id, str(file))
             if self.files.plots.is_dir():
                 self.client.log_artifacts(run_id, str(self.files.plots), "plots")
-            for name in EXPORTS:
-                if (self.files / name).is_file():
-                    self.client.log_artifact(run_id, str(self.files / name), "exports")
             if model is not None:
                 self._log_model(model, image_size, list(classes))
             self.state.final = True
+        # Also after the final results: `cifar100 export` may have written one since.
+        for name in self._exports():
+            if name not in self.state.exports:
+                self.client.log_artifact(run_id, str(self.files / name), "exports")
+                self.state.exports.append(name)
         self.client.set_terminated(run_id, status="FINISHED")
+
+    def _exports(self) -> list[str]:
+        return [name for name in EXPORTS if (self.files / name).is_file()]
 
     def pause(self, status: str = "KILLED") -> None:
         """The session stopped before the end (a signal, a limit: KILLED; an error: FAILED),
