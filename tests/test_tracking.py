@@ -240,6 +240,19 @@ def test_a_run_ended_by_an_error_is_failed_in_mlflow(archive, tmp_path, quick_re
     assert run.info.status == "FAILED" and run.data.metrics["val_top1"] is not None
 
 
+def test_a_uri_mlflow_cannot_use_is_one_warning_also_when_the_run_stops(archive, tmp_path, capsys):
+    cfg = load_preset("scratch")
+    apply_overrides(cfg, ["data.dataset=cifar10", f"data.path={archive}", "model.resize=1",
+                          "model.backbone=efficientnet_lite0", "train.batch_size=32",
+                          "train.epochs=2", "track.mlflow=foo://bar"])  # fmt: skip
+    out = tmp_path / "run"
+    stopped = train(cfg, out=out, cache_dir=tmp_path / "cache", progress=False, stop_after_epochs=1)
+    assert stopped.stopped and stopped.epochs == 1  # the session ended as asked
+    err = capsys.readouterr().err.splitlines()
+    warnings = [line for line in err if line.startswith("warning: MLflow")]
+    assert len(warnings) == 1 and "foo://bar" in warnings[0]
+
+
 def test_a_tracker_that_is_down_warns_once_and_track_sends_the_run_later(
     server, archive, tmp_path, capsys, quick_report
 ):

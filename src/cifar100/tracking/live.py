@@ -33,7 +33,7 @@ class MlflowTracker:
 
     def on_end(self, run, result) -> None:
         if not result.test:  # stopped: continued by --resume, into the same tracked run
-            self._try(run, "the stop", self.log.pause)
+            self._try(run, "the stop", lambda: self.log.pause())
             return
         _write_report(run)
         info = run.info
