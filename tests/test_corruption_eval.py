@@ -57,7 +57,7 @@ def written(run):
 def test_the_record_holds_every_cell_and_its_means(written, run):
     r = written
     assert r["images"] == 12 and r["test_images"] == 32 and r["seed"] == 0
-    assert r["table"] == "cifar" and r["runtime"] == "torch" and r["checkpoint"].endswith("last.pt")
+    assert r["table"] == "cifar" and r["runtime"] == "torch" and r["checkpoint"].endswith("best.pt")
     assert list(r["corruptions"]) == ["gaussian_noise", "fog"]  # by family, as CORRUPTIONS
     assert r["families"].keys() == {"noise", "weather"}
     for name, entry in r["corruptions"].items():
@@ -209,7 +209,7 @@ def test_an_onnx_export_and_its_int8_are_evaluated_under_corruption(written, run
     page = build_report(run, plots=False).read_text()
     table = page.split("id='corruption-files'", 1)[1].split("</table>", 1)[0]
     assert (
-        table.index("last.pt (torch)")
+        table.index("best.pt (torch)")
         < table.index("model.onnx (onnx)")
         < table.index("model.int8.onnx (onnx)")
     )

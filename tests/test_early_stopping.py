@@ -58,7 +58,8 @@ def test_a_run_whose_validation_stops_improving_stops_early(tmp_path, flat_valid
     # The final test is of the best epoch's weights: best.pt's, at epoch 1.
     assert evaluation.checkpoint.endswith("best.pt") and evaluation.epoch == 1
     assert load(run, checkpoint="best").info.test_top1 == evaluation.top1
-    assert load(run).info.test_top1 is None  # last.pt (epoch 3) was not what was tested
+    assert load(run).source.name == "best.pt"  # what the run tested, by default
+    assert load(run, checkpoint="last").info.test_top1 is None  # last.pt (epoch 3) was not
     page = build_report(run, plots=False).read_text()
     assert "<b>stopped early</b> after epoch 3" in page and "best, epoch 1" in page
     # Resumed, it stays stopped: no more epochs; tested again, the same.
@@ -77,5 +78,11 @@ def test_without_early_stopping_every_epoch_is_trained(tmp_path, flat_validation
     assert cli.main(argv) == 0
     assert len(_records(run)) == 3
     evaluation = Evaluation.read(run / "evaluation.json")
-    assert evaluation.early_stopping is None and evaluation.checkpoint.endswith("last.pt")
-    assert evaluation.epoch == 3
+    # Every epoch trained; the test is of the best validated epoch's weights (train.final=best),
+    # the first of the highest validation top-1.
+    vals = [r["val_top1"] for r in _records(run)]
+    best = vals.index(max(vals)) + 1
+    assert evaluation.early_stopping is None and evaluation.checkpoint.endswith("best.pt")
+    assert evaluation.final == {"weights": "best", "epoch": best, "of_epochs": 3,
+                                "setting": "best", "best_val_top1": max(vals)}  # fmt: skip
+    assert evaluation.epoch == best

@@ -18,7 +18,12 @@ from PIL import Image
 from cifar100 import cli
 from cifar100.config import apply_overrides, load_preset, preset_names
 from cifar100.engine.train import train
-from cifar100.runtime.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from cifar100.runtime.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from synthetic_cifar import make_cifar100_archive
 
 FAST = ["--set", "train.batch_size=32", "--set", "train.eval_batch_size=64",
@@ -150,9 +155,10 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(archive, trained, tmp_path, cap
     stopped_wall = state["wall_s"]
     assert not (partial / "evaluation.json").exists()
     assert len((partial / "metrics.jsonl").read_text().splitlines()) == 1
-    # Evaluating the stopped run says what its weights are: 1 epoch and 2 steps.
+    # Evaluating the stopped run's last.pt says what its weights are: 1 epoch and 2 steps (by
+    # default evaluate takes best.pt, the best validated epoch's, as the run's test will).
     argv = ["evaluate", str(partial), "--cache-dir", str(cache), "--no-progress",
-            "--output", str(tmp_path / "mid.json")]  # fmt: skip
+            "--checkpoint", "last", "--output", str(tmp_path / "mid.json")]  # fmt: skip
     assert cli.main(argv) == 0 and "(epoch 1 + 2 steps)" in capsys.readouterr().out
     # A copy as if stopped under 2-process DDP on a GPU (a CUDA generator's 16-byte state):
     # one CPU process resumes it from the same step, not bit for bit, and says so.
@@ -436,7 +442,7 @@ def test_init_starts_from_another_runs_weights(archive, trained, tmp_path):
     # with lr 0 only batch-norm statistics may move.
     saved = json.loads((tmp_path / "init" / "config.json").read_text())["model"]
     assert saved["resize"] == 1 and saved["init"] == str(run)
-    a = load_checkpoint(run / "last.pt")["model"]
+    a = load_checkpoint(resolve_checkpoint(run))["model"]  # the run's tested weights (best.pt)
     b = load_checkpoint(tmp_path / "init" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
 

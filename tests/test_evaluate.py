@@ -195,10 +195,12 @@ def test_tta_and_ema_flags(runs, capsys):
     tta = _evaluate(run, cache, "--tta", "flip", capsys=capsys)
     assert tta["tta"] == "flip" and tta["images"] == plain["images"] and "ema" not in tta
     assert tta["loss"] != pytest.approx(plain["loss"])
-    best = _evaluate(run, cache, "--checkpoint", "best", "--ema", "--tta", "flip", capsys=capsys)
-    assert best["checkpoint"] == str(run / "best.pt")
+    # The run tested best.pt (train.final=best): last.pt is the variant, named so.
+    assert plain["checkpoint"] == str(run / "best.pt")
+    last = _evaluate(run, cache, "--checkpoint", "last", "--ema", "--tta", "flip", capsys=capsys)
+    assert last["checkpoint"] == str(run / "last.pt")
     # Each variant has its own files; the run's record (read by report, compare) is untouched.
-    for name in ("ema", "tta", "best-ema-tta"):
+    for name in ("ema", "tta", "last-ema-tta"):
         assert json.loads((run / f"evaluation-{name}.json").read_text())["images"] == 40
         with np.load(run / f"predictions-{name}.npz") as z:  # logits, not the images again
             assert z["logits"].shape == (40, 100) and "images" not in z.files

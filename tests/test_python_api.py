@@ -86,7 +86,8 @@ def test_train_evaluate_and_export_from_python(archive, tmp_path):
     assert "model" not in vars(run)  # loaded on first use
     assert len(run.model.classes) == 10 and run.model.test_top1 == run.metrics.top1
     again = cifar100.evaluate(run, cache_dir=cache, progress=False)
-    assert again.checkpoint.endswith("last.pt") and again.top1 is not None
+    # the run's tested weights: best.pt (train.final=best; here also the last epoch's)
+    assert again.checkpoint.endswith("best.pt") and again.top1 is not None
     assert Evaluation.read(run.paths.evaluation).top1 == again.top1  # written, as the CLI does
     exported = cifar100.export(run, "safetensors")
     assert exported.path == run.path / "model.safetensors" and exported.path.is_file()

@@ -182,7 +182,7 @@ def test_heatmaps_are_left_out_with_a_note_when_the_run_cannot_give_them(looking
     shutil.copytree(looking_run, no_model, ignore=shutil.ignore_patterns("*.pt", "plots"))
     assert cli.main(["report", str(no_model)]) == 0
     page = (no_model / "report.html").read_text()
-    assert "No heatmaps" in page and "no last.pt" in page and "id='confusion'" in page
+    assert "No heatmaps" in page and "no best.pt" in page and "id='confusion'" in page
     no_images = tmp_path / "no-images"
     shutil.copytree(looking_run, no_images, ignore=shutil.ignore_patterns("plots"))
     arrays = read_predictions(no_images / "predictions.npz")

@@ -21,7 +21,7 @@ from cifar100 import cli, fileio
 from cifar100.engine.run_lock import RunLock
 from cifar100.errors import CheckpointError, WriteError
 from cifar100.runtime import checkpoint as checkpoint_module
-from cifar100.runtime.checkpoint import load_checkpoint, save_checkpoint
+from cifar100.runtime.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from synthetic_cifar import make_cifar10_archive
 from tiny_run import SMALL
 
@@ -84,16 +84,17 @@ def test_predict_refuses_a_corrupted_checkpoint(run, tmp_path, capsys):
     out, _ = run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    raw = bytearray((copy / "last.pt").read_bytes())
+    tested = resolve_checkpoint(copy)  # what predict takes from a run: its tested weights
+    raw = bytearray(tested.read_bytes())
     raw[len(raw) // 2] ^= 0x01
-    (copy / "last.pt").write_bytes(bytes(raw))
+    tested.write_bytes(bytes(raw))
     image = tmp_path / "x.png"
     from PIL import Image
 
     Image.new("RGB", (32, 32), (200, 10, 10)).save(image)
     capsys.readouterr()
     assert cli.main(["predict", str(copy), str(image)]) == 2
-    one_error_line(capsys.readouterr().err, str(copy / "last.pt"), "damaged")
+    one_error_line(capsys.readouterr().err, str(tested), "damaged")
 
 
 @pytest.mark.parametrize("content", [b"just some text\n", b"", b"PK\x03\x04 not a zip"])

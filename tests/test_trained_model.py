@@ -48,8 +48,9 @@ def test_load_describes_the_model(run):
     assert model.test_top1 == evaluation["top1"] and model.info.run == str(out)
     assert model.info.epoch == 2 and model.info.saved_at
     assert "10 classes" in repr(model)
-    best = cifar100.load(out, checkpoint="best", device="cpu")
-    assert best.source.name == "best.pt" and best.test_top1 is None  # evaluated: last.pt only
+    assert model.source.name == "best.pt"  # the tested weights: the best validated (train.final)
+    last = cifar100.load(out, checkpoint="last", device="cpu")
+    assert last.source.name == "last.pt" and last.test_top1 is None  # evaluated: best.pt only
 
 
 def test_every_kind_of_image_is_prepared_as_training_prepared_files(run, photos):

@@ -16,7 +16,7 @@ import cifar100
 from cifar100 import cli
 from cifar100.calibration import fit_temperature, scores
 from cifar100.errors import CheckpointError, DataError
-from cifar100.runtime.checkpoint import Checkpoint
+from cifar100.runtime.checkpoint import Checkpoint, resolve_checkpoint
 from cifar100.runtime.evaluation import Evaluation
 from cifar100.runtime.ood_rule import OodRule
 from cifar100.runtime.trust import entropy, fit_rule, score_logits
@@ -101,9 +101,10 @@ def test_evaluate_fits_and_keeps_them_for_a_checkpoint_saved_before_they_existed
     tiny_run_copy, capsys
 ):
     run = tiny_run_copy
-    ckpt = Checkpoint.load(run / "last.pt")
+    tested = resolve_checkpoint(run)  # what evaluate and load take from the run
+    ckpt = Checkpoint.load(tested)
     ckpt.info.temperature = ckpt.info.ood = None  # as saved by an older version
-    ckpt.save(run / "last.pt")
+    ckpt.save(tested)
     old = cifar100.load(run)
     assert old.temperature is None and old.ood_rule is None
     (prediction,) = old.predict(torch.zeros(1, 32, 32, 3, dtype=torch.uint8).numpy())
@@ -114,7 +115,7 @@ def test_evaluate_fits_and_keeps_them_for_a_checkpoint_saved_before_they_existed
     assert cli.main(["evaluate", str(run), "--cache-dir", str(cache), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "fitted now on" in out and "calibrated (temperature" in out and "none of these" in out
-    refitted = Checkpoint.load(run / "last.pt").info
+    refitted = Checkpoint.load(tested).info
     assert refitted.temperature is not None and OodRule.from_json(refitted.ood) is not None
     assert Evaluation.read(run / "evaluation.json").record["fitted_now"]["saved_in"]
     # The same on every later evaluation: nothing is fitted twice.
@@ -137,7 +138,8 @@ def test_evaluate_fits_the_rule_again_at_another_acceptance(tiny_run_copy, capsy
     argv = ["evaluate", str(run), "--cache-dir", str(cache), "--no-progress"]
     assert cli.main([*argv, "--ood-acceptance", "0.5"]) == 0
     assert "accepted 50% of validation" in capsys.readouterr().out
-    assert OodRule.from_json(Checkpoint.load(run / "last.pt").info.ood).acceptance == 0.5
+    fitted = Checkpoint.load(resolve_checkpoint(run)).info.ood  # the tested weights' checkpoint
+    assert OodRule.from_json(fitted).acceptance == 0.5
     for bad in ("0", "1.5", "nan", "x"):
         with pytest.raises(SystemExit) as e:
             cli.main([*argv, "--ood-acceptance", bad])

@@ -158,6 +158,7 @@ def evaluate(
 
     checkpoint = _checkpoint(target, checkpoint)
     target = _path(target)
+    variant = variant_suffix(checkpoint, tta, ema, target)  # before this evaluation replaces it
     evaluation = evaluate_checkpoint(
         target,
         which=checkpoint,
@@ -170,7 +171,6 @@ def evaluate(
         ema=ema,
         ood_acceptance=ood_acceptance,
     )
-    variant = variant_suffix(checkpoint, tta, ema)
     if target.is_dir():
         evaluation.write(RunDir(target).evaluation_variant(variant))
     else:
@@ -225,6 +225,6 @@ def _path(target: str | Path | TrainingRun) -> Path:
 
 
 def _checkpoint(target: object, checkpoint: str | None) -> str:
-    """The checkpoint asked for; else a TrainingRun's tested one (best after early stopping),
-    else last."""
-    return checkpoint or getattr(target, "checkpoint", None) or "last"
+    """The checkpoint asked for; else a TrainingRun's tested one; else None: a run directory's
+    tested one (RunDir.tested_checkpoint)."""
+    return checkpoint or getattr(target, "checkpoint", None)

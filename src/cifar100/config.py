@@ -105,6 +105,12 @@ class TrainConfig:
     # The share of validation images the "none of these" threshold accepts (runtime/trust.py),
     # fitted at each epoch's end with the temperature that calibrates the probabilities.
     ood_acceptance: float = 0.95
+    # The weights the run's test, report and exports use: best (the best validation epoch's,
+    # best.pt) | last. Without a validation split (data.val_fraction=0) the last are used.
+    final: str = "best"
+    # Fit the fine-tuning recipe (rate, batch-norm mode, warm-up, epochs) to the number of
+    # training images: engine/recipe.py. Settings you give yourself are kept as given.
+    adapt: bool = True
 
 
 @dataclass
@@ -124,6 +130,15 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    # What train.adapt changed for this run's data, and why (engine/recipe.py writes it; None:
+    # nothing adapted). config.json keeps it beside the resolved values.
+    recipe: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # The settings given by a user rather than a preset (flags, --set, a config file,
+        # keyword arguments): train.adapt leaves them as given. Not a field: a saved config is
+        # all resolved values, so it is neither saved nor compared.
+        self.given: set[str] = set()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -181,8 +196,11 @@ def read_toml_file(path: str | Path, what: str = "config file", hint: str = "") 
         raise ConfigError(f"{path}: not valid TOML ({e}){hint}") from None
 
 
+PRESET_ORIGIN = "preset "  # values a preset (or a saved run's config) gives: not the user's
+
+
 def from_dict(raw: dict[str, Any], preset: str = "custom") -> Config:
-    cfg = merge(Config(), raw, origin=f"preset {preset}")
+    cfg = merge(Config(), raw, origin=f"{PRESET_ORIGIN}{preset}")
     if "preset" not in raw:
         cfg.preset = preset
     return cfg
@@ -198,6 +216,10 @@ def merge(cfg: Config, raw: dict[str, Any], origin: str) -> Config:
                 set_value(cfg, f"{key}.{sub}", v, origin)
         elif key in ("preset", "description"):
             setattr(cfg, key, str(value))
+        elif key == "recipe":  # a saved run's record of what train.adapt changed
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{origin}: recipe must be a table")
+            cfg.recipe = value
         else:
             raise ConfigError(f"{origin}: unknown key {key!r}")
     return cfg
@@ -217,6 +239,8 @@ def set_value(cfg: Config, dotted: str, value: Any, origin: str = "--set") -> No
             f"{origin}: unknown setting {dotted!r}; {section} has: {', '.join(fields)}"
         )
     setattr(obj, name, _coerce(value, fields[name].type, dotted, origin))
+    if not origin.startswith(PRESET_ORIGIN):
+        cfg.given.add(dotted)
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
@@ -328,6 +352,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.preprocess": ("tf", "torch", "none", "raw", "lite"),  # unset: as the weights expect
     "train.policy": ("none", "trivial", "randaugment"),
     "train.finetune_bn": ("batch", "frozen"),
+    "train.final": ("best", "last"),
     "train.mode": ("finetune", "features"),
     "train.optimizer": ("sgd", "adam", "adamw"),
     "train.device": ("auto", "cuda", "mps", "cpu"),  # and cuda:N, one GPU by its number

@@ -16,25 +16,30 @@ from cifar100.metrics import classification_metrics
 from cifar100.paths import resolve_cache_dir
 from cifar100.predictions_file import read_predictions, write_predictions
 from cifar100.runtime.checkpoint import Checkpoint
-from cifar100.runtime.evaluation import Evaluation
+from cifar100.runtime.evaluation import Evaluation, tested_checkpoint
 from cifar100.runtime.run_dir import RunDir, file_predictions, read_json_or_none
 from cifar100.runtime.trained_model import TrainedModel, load
 from cifar100.runtime.trust import fit_trust, ood_record
 
 
-def variant_suffix(which: str = "last", tta_flip: bool = False, ema: bool = False) -> str:
-    """ "" for a run's own evaluation (last checkpoint, raw weights, no TTA), else e.g. "-best-tta".
+def variant_suffix(
+    which: str | None = None, tta_flip: bool = False, ema: bool = False, target: str | Path = ""
+) -> str:
+    """ "" for a run's own evaluation (the checkpoint its test used, raw weights, no TTA), else
+    e.g. "-last-tta": `which` names a checkpoint of the run directory `target` other than
+    its tested one (RunDir.tested_checkpoint).
 
     Other variants go to their own files (evaluation-ema.json, predictions-ema.npz, ...), so
     they never replace the run's record that `report` and `compare` read.
     """
-    parts = ([which] if which != "last" else []) + (["ema"] if ema else [])
+    tested = tested_checkpoint(target) if which and Path(target).is_dir() else which
+    parts = ([which] if which and which != tested else []) + (["ema"] if ema else [])
     return "".join(f"-{p}" for p in parts + (["tta"] if tta_flip else []))
 
 
 def evaluate_checkpoint(
     target: str | Path,
-    which: str = "last",
+    which: str | None = None,
     data_path: str | None = None,
     cache_dir: str | Path | None = None,
     device: str = "auto",
@@ -77,7 +82,7 @@ def evaluate_checkpoint(
                                          test.classes)  # fmt: skip
         metrics["ema"] = {k: summary[k] for k in ("loss", "top1", "top5") if k in summary}
     agreement = _agreement(model, logits, test) if not tta_flip else None
-    variant = variant_suffix(which, tta_flip, ema)
+    variant = variant_suffix(which, tta_flip, ema, target)
     if predictions_path is None:
         target = Path(target)
         predictions_path = (

@@ -19,7 +19,7 @@ from cifar100.display_text import visible
 from cifar100.errors import CheckpointError
 from cifar100.fileio import write_text_atomic
 from cifar100.runtime.evaluation import Evaluation
-from cifar100.runtime.run_dir import RunDir
+from cifar100.runtime.run_dir import BEST, RunDir
 
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 70rem;
@@ -175,11 +175,29 @@ def _headline(config: dict, evaluation: Evaluation | None, records: list[dict]) 
     stop = evaluation.early_stopping if evaluation else None
     if stop:
         words.append(_early_stop_words(stop))
+    elif evaluation and evaluation.checkpoint:
+        words.append(_final_words(evaluation, len(records)))
     if evaluation:
         top5 = evaluation.top5  # none for 5 classes or fewer
         words.append(f"test top-1 <b>{evaluation.top1:.2%}</b>"
                      + (f", top-5 {_fmt(top5, '{:.2%}')}" if top5 is not None else ""))  # fmt: skip
     return f"<p class='headline'>{' &middot; '.join(words)}</p>"
+
+
+def _final_words(evaluation: Evaluation, epochs: int) -> str:
+    """The headline's words for the weights the run's test used: train.final's record, or
+    for an evaluation `cifar100 evaluate` wrote since, the checkpoint it names."""
+    final = evaluation.final or {
+        "weights": "best" if Path(evaluation.checkpoint).name == BEST else "last",
+        "epoch": evaluation.epoch,
+        "of_epochs": epochs,
+    }
+    epoch, of = _e(final.get("epoch", "?")), _e(final.get("of_epochs", "?"))
+    if final.get("weights") == "best":
+        last = ", also the last" if final.get("epoch") == final.get("of_epochs") else ""
+        return f"tested on the best validated weights: epoch {epoch} of {of}{last}"
+    why = final.get("note") or ("as asked (--final last)" if final.get("setting") == "last" else "")
+    return f"tested on the last weights, epoch {epoch}" + (f": {_e(why)}" if why else "")
 
 
 def _early_stop_words(stop: dict) -> str:
@@ -253,7 +271,12 @@ def _missing(
     return ""
 
 
-VARIANT_WORDS = {"best": "best checkpoint", "ema": "EMA weights", "tta": "flip TTA"}
+VARIANT_WORDS = {
+    "best": "best checkpoint",
+    "last": "last checkpoint",
+    "ema": "EMA weights",
+    "tta": "flip TTA",
+}
 
 
 def _variants(run: RunDir) -> list[tuple[str, Evaluation]]:

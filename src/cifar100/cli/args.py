@@ -62,8 +62,9 @@ def add_checkpoint_choice(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         choices=CHECKPOINTS,
-        default=CHECKPOINTS[0],
-        help=f"which checkpoint of a run directory (default: {CHECKPOINTS[0]})",
+        default=None,
+        help="which checkpoint of a run directory (default: the one its test used: best.pt, "
+        "the best validation epoch's, unless it was trained with --final last)",
     )
 
 

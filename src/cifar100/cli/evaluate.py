@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_corruptions(args, target)
     if args.severities is not None or args.corruption_images is not None:
         raise ConfigError("--severities and --corruption-images go with --corruptions")
-    variant = variant_suffix(args.checkpoint, args.tta == "flip", args.ema)
+    variant = variant_suffix(args.checkpoint, args.tta == "flip", args.ema, target)
     use_free_cores()
     if args.output:
         out = Path(args.output)
@@ -139,9 +139,11 @@ def _run_corruptions(args: argparse.Namespace, target: Path) -> int:
 
     others = [flag for flag, given in (("--tta flip", args.tta == "flip"), ("--ema", args.ema),
               ("--ood-acceptance", args.ood_acceptance is not None),
-              ("--checkpoint best", args.checkpoint != "last")) if given]  # fmt: skip
+              ("--checkpoint", args.checkpoint is not None)) if given]  # fmt: skip
     if others:
-        raise ConfigError(f"--corruptions evaluates the last checkpoint as it is: drop {others[0]}")
+        raise ConfigError(
+            f"--corruptions evaluates the run's tested weights as they are: drop {others[0]}"
+        )
     names, severities = corruption_names(args.corruptions), severity_list(args.severities)
     if args.output:
         out = Path(args.output)

@@ -81,6 +81,12 @@ SETTING_FLAGS = {
         SettingFlag("train.lr", "LR", "fine-tuning peak learning rate (train.lr)"),
         SettingFlag("train.seed", "N", "random seed (train.seed)"),
         SettingFlag(
+            "train.final",
+            None,
+            "the weights the run's test, report and exports use: best (the best validation "
+            "epoch's, best.pt) or last (train.final); default: {default}",
+        ),
+        SettingFlag(
             "train.deterministic", None, "deterministic kernels only (train.deterministic)"
         ),
         SettingFlag("data.strict", None, STRICT_HELP),

@@ -146,25 +146,42 @@ def patience_spent(run: Run) -> bool:
     return True
 
 
-def use_best_weights(run: Run) -> None:
-    """After early stopping: the model (and its EMA) as best.pt holds them, for the final test
-    (rank 0, which tests). Records which weights are tested in run.early_stop["tested"]."""
-    stop = run.early_stop
-    if stop is None or "tested" in stop or not run.dist.is_main:
+def use_final_weights(run: Run) -> None:
+    """Before the final test (rank 0, which tests): the weights train.final names, recorded
+    in run.final. best: best.pt's (the best validation epoch's, with their temperature and
+    "none of these" rule) where they differ from the last; last: the model as it ends. Early
+    stopping always tests the best. Without a validation split the last are used: choosing
+    among epochs by the test split would overstate the test."""
+    if run.final is not None or not run.dist.is_main:
+        return
+    t, stop, done = run.cfg.train, run.early_stop, run.epochs_done
+    run.final = {"weights": "last", "epoch": done, "of_epochs": done, "setting": t.final}
+    if stop is not None:
+        stop["tested"] = "last"  # until the best are loaded below
+    if stop is None and t.final == "last":
+        return
+    if run.cfg.data.val_fraction <= 0:
+        run.final["note"] = "no validation split (data.val_fraction=0), so the last weights"
         return
     best = run.files.best
     if not best.is_file():  # its save failed: restore_best said so on resume
-        run.say(
-            f"note: {best} is missing, so the last weights (epoch {run.epochs_done}) are tested"
-        )
-        stop["tested"] = "last"
+        run.say(f"note: {best} is missing, so the last weights (epoch {done}) are tested")
+        run.final["note"] = "best.pt is missing, so the last weights"
         return
+    run.final.update(weights="best", epoch=run.best_epoch, best_val_top1=run.best)
+    if stop is not None:
+        stop["tested"] = "best"
+    if run.best_epoch == done:
+        return  # the last epoch is the best: the model already holds its weights
     ckpt = Checkpoint.load(best)
     load_weights(run.model, ckpt.model, best)
     run.info.temperature, run.info.ood = ckpt.info.temperature, ckpt.info.ood  # fitted for them
     if run.ema is not None and ckpt.ema:
         run.ema.load_state_dict(ckpt.ema)
-    stop["tested"] = "best"
+    run.say(
+        f"testing the best validated weights, epoch {run.best_epoch} of {done} "
+        f"(val top-1 {run.best:.2%}; --final last tests the last)"
+    )
 
 
 def restore_best(run: Run, ckpt: Checkpoint) -> None:
@@ -240,16 +257,16 @@ def final_test(run: Run, logits: torch.Tensor | None = None) -> dict[str, Any]:
             test["ema"] = {k: ema[k] for k in ("loss", "top1", "top5") if k in ema}
         predictions = run.files.predictions
         save_predictions(predictions, logits, test_set, fine_to_coarse, coarse)
-        stop = run.early_stop
-        best = stop is not None and stop.get("tested") == "best"
+        final = run.final or {"weights": "last", "epoch": run.epochs_done}
+        best = final["weights"] == "best"
         Evaluation.of(
             checkpoint=str(run.files.best if best else run.files.last),
-            # whole epochs in the tested weights
-            epoch=stop["best_epoch"] if best else stop["after_epoch"] if stop else t.epochs,
+            epoch=final["epoch"],  # whole epochs in the tested weights
+            final=final,  # which weights train.final chose, and why where it could not
             dataset=run.splits.name,
             train_wall_s=round(run.wall_s(), 2),
             **test,
             predictions=str(predictions),
-            early_stopping=stop,  # when and why train.early_stopping ended the run
+            early_stopping=run.early_stop,  # when and why train.early_stopping ended the run
         ).write(run.files.evaluation)
     return distributed.broadcast_object(test or {}, run.dist)

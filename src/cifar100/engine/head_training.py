@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cifar100.data.tensors import ImageSet
-from cifar100.engine.epoch_end import end_epoch, patience_spent, use_best_weights
+from cifar100.engine.epoch_end import end_epoch, patience_spent, use_final_weights
 from cifar100.engine.features import FeatureCache, cached_features
 from cifar100.engine.interrupt import StepWatch
 from cifar100.engine.optim import build_optimizer, set_lr
@@ -80,10 +80,9 @@ def fit_features(
             end_epoch(run, epoch, "features", stats, optimizer, started, val_logits)
             if watch.after_epoch():
                 return None
-    if run.early_stop is not None:
-        use_best_weights(run)  # the best epoch's head gives the test logits
-    elif last_epoch < t.epochs:
+    if run.early_stop is None and last_epoch < t.epochs:
         return None
+    use_final_weights(run)  # train.final's head gives the test logits
     return head_logits(model.head, feats(run.splits.test, "test"))
 
 

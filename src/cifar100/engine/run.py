@@ -30,6 +30,8 @@ class TrainResult:
     saved_at: str = ""  # where last.pt stands, e.g. "epoch 3, step 120 of 390"
     # train.early_stopping ended it (a finished run, tested on its best epoch): when and why
     early_stop: dict[str, Any] | None = None
+    # the weights its test used (train.final): weights "best" or "last", epoch, best_val_top1
+    final: dict[str, Any] | None = None
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Run:
     epochs_done: int = 0
     saved_at: str = ""  # where last.pt stands, for messages
     early_stop: dict[str, Any] | None = None  # set when train.early_stopping ends the run
+    final: dict[str, Any] | None = None  # the tested weights (epoch_end.use_final_weights)
     wall_before: float = 0.0  # seconds the run took in earlier sessions (before a resume)
     session_start: float = field(default_factory=time.perf_counter)
     threads_fitted: float = field(default_factory=time.perf_counter)  # when last fitted

@@ -30,10 +30,11 @@ from cifar100.data.tensors import DataSplits, ImageSet, fine_to_coarse
 from cifar100.display_text import visible
 from cifar100.engine import distributed
 from cifar100.engine.callbacks import Callback, Callbacks
-from cifar100.engine.epoch_end import final_test, restore_best, use_best_weights
+from cifar100.engine.epoch_end import final_test, restore_best, use_final_weights
 from cifar100.engine.finetune import fit
 from cifar100.engine.head_training import fit_features
 from cifar100.engine.interrupt import SignalStop, StepWatch
+from cifar100.engine.recipe import adapt
 from cifar100.engine.run import Run, TrainResult
 from cifar100.engine.run_lock import RunLock
 from cifar100.engine.seeding import seed_everything
@@ -169,7 +170,7 @@ def _epochs(run, cfg, run_dir, start, dist_info, device, progress,
         reason = watch.reason or "stop_after_epochs"
         wall = time.perf_counter() - start
         return TrainResult(run_dir, {}, run.epochs_done, wall, reason, run.saved_at)
-    use_best_weights(run)  # after early stopping only
+    use_final_weights(run)  # train.final: best.pt's weights unless the last are asked for
     test = final_test(run, logits)
     wall = time.perf_counter() - start
     top5 = f", top-5 {test['top5']:.2%}" if test.get("top5") is not None else ""
@@ -177,7 +178,8 @@ def _epochs(run, cfg, run_dir, start, dist_info, device, progress,
         f"test top-1 {test['top1']:.2%}{top5} ({len(run.splits.test)} images); this session "
         f"{wall:.0f} s; run saved in {run_dir} (cifar100 report {run_dir} for its page)"
     )
-    return TrainResult(run_dir, test, run.epochs_done, wall, early_stop=run.early_stop)
+    return TrainResult(run_dir, test, run.epochs_done, wall, early_stop=run.early_stop,
+                       final=run.final)  # fmt: skip
 
 
 def _prepare(cfg, run_dir, state, device, dist_info, cache_dir, progress, restart) -> Run:
@@ -266,6 +268,11 @@ def data_and_model(
         train_set, val_set = split_holdout(splits.train, cfg.data.val_fraction, t.seed)
     else:
         train_set, val_set = splits.train, splits.test
+    if fresh and cfg.recipe is None:  # a new run: the recipe fitted to its data (train.adapt)
+        recipe = adapt(cfg, len(train_set), len(splits.classes))
+        for line in recipe.lines() if recipe else []:
+            say(line)
+        validate(cfg)
     init = _read_init(cfg, splits.classes) if cfg.model.init and fresh else None
     model = build_model(cfg.model, num_classes=len(splits.classes), cache_dir=cache)
     if init is not None:

@@ -21,6 +21,7 @@ from torch import nn
 from cifar100.digest import content_digest, tensor_bytes
 from cifar100.errors import CheckpointError
 from cifar100.fileio import torch_save_atomic
+from cifar100.runtime.evaluation import tested_checkpoint
 from cifar100.runtime.model_info import ModelInfo
 from cifar100.runtime.run_dir import BEST, LAST, RunDir
 
@@ -166,11 +167,13 @@ def _check_zip(path: Path, advice: str) -> None:
         )
 
 
-def resolve_checkpoint(target: str | Path, which: str = "last") -> Path:
-    """A checkpoint file, or a run directory's `last.pt` / `best.pt`."""
+def resolve_checkpoint(target: str | Path, which: str | None = None) -> Path:
+    """A checkpoint file, or a run directory's `last.pt` / `best.pt` (None: the one its test
+    used, RunDir.tested_checkpoint)."""
     target = Path(target)
     if target.is_dir():
         run = RunDir(target)
+        which = which or tested_checkpoint(target)
         path = run.checkpoint(which)
         if not path.is_file() and which == "best" and run.last.is_file():
             raise CheckpointError(

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from cifar100.display_text import DISPLAY_LIMIT, display_name, display_names
-from cifar100.errors import CheckpointError
+from cifar100.errors import CheckpointError, CifarError
 from cifar100.fileio import write_json_atomic
 from cifar100.metrics import top5_applies
-from cifar100.runtime.run_dir import read_json_object, read_json_or_none
+from cifar100.runtime.run_dir import BEST, LAST, RunDir, read_json_object, read_json_or_none
 
 
 def _number(value: Any) -> float | None:
@@ -122,6 +122,14 @@ class Evaluation:
         """When and why train.early_stopping ended the run (after_epoch, of_epochs, best_epoch,
         patience, reason), where it did; the tested weights are then best_epoch's."""
         value = self.record.get("early_stopping")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        """Which weights a training run's own test used (train.final): weights ("best" or
+        "last"), epoch, of_epochs, setting, and a note where the setting could not be
+        followed; None in an evaluation made otherwise."""
+        value = self.record.get("final")
         return value if isinstance(value, dict) else None
 
     @property
@@ -235,3 +243,21 @@ class Evaluation:
 def _top5(m: dict) -> str:
     # Absent with 5 classes or fewer (metrics.top5_applies): it would always read 100%.
     return f"   top-5 {m['top5']:.2%}" if m.get("top5") is not None else ""
+
+
+def tested_checkpoint(run_dir: str | Path) -> str:
+    """ "best" or "last": the checkpoint of a run directory whose weights its test used
+    (evaluation.json names it); for a run not tested yet, the one its train.final names
+    (best.pt where the run holds out a validation split and has one). What evaluate, export,
+    load and serve take from a run directory unless told."""
+    run = RunDir(Path(run_dir))
+    tested = Evaluation.read_if_usable(run.evaluation)
+    named = Path(tested.checkpoint).name if tested is not None else ""
+    if named in (LAST, BEST):  # a best.pt removed since: the last weights (--checkpoint best
+        return "best" if named == BEST and run.best.is_file() else "last"  # says it is gone)
+    try:
+        cfg = run.read_config()
+    except CifarError:
+        return "last"
+    wants_best = cfg.train.final == "best" and cfg.data.val_fraction > 0
+    return "best" if wants_best and run.best.is_file() else "last"

@@ -184,10 +184,11 @@ def load(
     path: str | Path,
     *,
     device: str = "auto",
-    checkpoint: str = "last",
+    checkpoint: str | None = None,
     ema: bool = False,
 ) -> TrainedModel:
-    """A trained model from a run directory (its `checkpoint`: last or best), a checkpoint
+    """A trained model from a run directory (its `checkpoint`: last or best; by default the
+    one its test used, best.pt unless it was trained with train.final=last), a checkpoint
     (.pt), a safetensors export or an ONNX export (run by ONNX Runtime on the CPU).
 
     ema: the checkpoint's exponential moving average of the weights instead.

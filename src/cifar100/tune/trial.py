@@ -1,6 +1,6 @@
 """One trial of a search: its settings drawn, a normal training run in OUT/trial-NNNN, pruned
 on its per-epoch validation top-1, valued at the validation top-1 of the weights it tests (its
-last epoch's; its best epoch's where early stopping ended it)."""
+best epoch's, or with train.final=last its last epoch's)."""
 
 from __future__ import annotations
 
@@ -105,10 +105,12 @@ def run_trial(
         return Outcome(TrialState.FAIL)
     trial.set_user_attr(TEST_TOP1, result.test.get("top1"))
     trial.set_user_attr("wall_s", round(result.wall_s, 2))
-    # The value is that of the weights the run keeps and tests: its last epoch's, or its best
-    # epoch's where early stopping ended it (best.pt is tested then). A best epoch the run
-    # went on past (a good frozen warm-up, then a rate that ruined it) is not what it delivers.
-    return Outcome(TrialState.COMPLETE, pruning.best if result.early_stop else pruning.last)
+    # The value is that of the weights the run tests and delivers (train.final): best.pt's, its
+    # best epoch's validation top-1 over every session, or with --final last its last epoch's.
+    final = result.final or {}
+    if final.get("weights") == "best" and final.get("best_val_top1") is not None:
+        return Outcome(TrialState.COMPLETE, float(final["best_val_top1"]))
+    return Outcome(TrialState.COMPLETE, pruning.last)
 
 
 def _settings_text(params: dict[str, Any]) -> str:
