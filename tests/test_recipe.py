@@ -60,10 +60,14 @@ def test_below_it_the_rule_changes_the_preset_and_says_so(preset, images):
         assert f"  {dotted} = " in said
 
 
-def test_the_rate_falls_in_proportion_to_the_images():
-    preset = load_preset("cpu-finetune")
-    rates = [rule(preset, n, 10)["train.lr"] for n in (900, 4_500, 22_500)]
-    assert rates == pytest.approx([0.0004, 0.002, 0.01])
+def test_the_rate_falls_with_the_images_and_with_batch_norm_frozen():
+    images = (900, 4_500, 22_500)
+    lite = [rule(load_preset("cpu-finetune"), n, 10)["train.lr"] for n in images]
+    # cpu-finetune fine-tunes with frozen batch norm at lr 0.006: the rate alone scales
+    assert lite == pytest.approx([0.006 * (n / 45_000) ** 0.6 for n in images], rel=2e-3)
+    # seed fine-tunes with batch statistics at 0.01: frozen below 45,000, at 0.3 of the rate
+    seed = [rule(load_preset("seed"), n, 10)["train.lr"] for n in images]
+    assert seed == pytest.approx([0.003 * (n / 45_000) ** 0.6 for n in images], rel=2e-3)
 
 
 def test_settings_the_user_gives_are_kept_however_given(tmp_path):
@@ -82,9 +86,10 @@ def test_settings_the_user_gives_are_kept_however_given(tmp_path):
         assert cfg.train.lr == 0.05 and recipe.kept == {"train.lr": 0.05}
         assert "train.lr" not in recipe.changed and cfg.train.finetune_bn == "frozen"
         assert "train.lr = 0.05 (as you set it)" in "\n".join(recipe.lines())
-    # Equal to the preset's value, but given by name: kept too.
-    cfg = apply_overrides(load_preset("cpu-finetune"), ["train.finetune_bn=batch"])
-    assert adapt(cfg, 900, 10).kept == {"train.finetune_bn": "batch"}
+    # Given by name: kept, and so is a value equal to the preset's.
+    for mode in ("batch", "frozen"):
+        cfg = apply_overrides(load_preset("cpu-finetune"), [f"train.finetune_bn={mode}"])
+        assert adapt(cfg, 900, 10).kept == {"train.finetune_bn": mode}
 
 
 def test_where_the_rule_does_not_apply_nothing_changes():
@@ -149,7 +154,7 @@ def test_a_small_data_run_says_its_recipe_and_ends_on_its_best_validated_weights
         assert config[section][name] == change["adapted"]
         assert f"  {dotted} = {show(change['adapted'])} (preset: {show(change['preset'])})" in out
     assert recipe["kept_as_given"] == {"train.epochs": 3} or "train.epochs" not in recipe["changed"]
-    assert config["train"]["finetune_bn"] == "frozen" and config["train"]["lr"] < 0.02
+    assert config["train"]["finetune_bn"] == "frozen" and config["train"]["lr"] < 0.006
     # The final test is of best.pt (epoch 1), not of the worse last epoch.
     evaluation = Evaluation.read(run / "evaluation.json")
     assert evaluation.checkpoint.endswith("best.pt") and evaluation.epoch == 1
@@ -190,7 +195,7 @@ def test_a_run_length_you_give_stays_yours(given):
     dotted, value = given.split("=")
     assert recipe.kept == {dotted: int(value)}
     assert "train.epochs" not in recipe.changed and "train.freeze_epochs" not in recipe.changed
-    assert cfg.train.lr == 0.002 and cfg.train.finetune_bn == "frozen"
+    assert cfg.train.lr == 0.00151 and cfg.train.finetune_bn == "frozen"
 
 
 def test_the_best_preset_keeps_its_average_over_the_same_share_of_fine_tuning():

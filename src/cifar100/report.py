@@ -259,7 +259,8 @@ def _missing(
         todo = todo if len(records) != epochs else ""
         return (
             f"<p class='note'>Not tested yet: {_e(why)}. {todo}<code>cifar100 evaluate "
-            f"{_e(run_dir)}</code> tests the last checkpoint and adds the test figures.</p>"
+            f"{_e(run_dir)}</code> tests its final weights (best.pt unless it was trained with "
+            "--final last) and adds the test figures.</p>"
         )
     predictions = RunDir(run_dir).predictions
     if not predictions.is_file():

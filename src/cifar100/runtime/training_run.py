@@ -57,7 +57,8 @@ class TrainingRun:
 
     @property
     def checkpoint(self) -> str:
-        """Which checkpoint holds the tested weights: best after early stopping, else last."""
+        """Which checkpoint holds the tested weights: best (train.final=best, the default, and
+        after early stopping), else last."""
         return "best" if self.metrics and self.metrics.matches(self.paths.best) else "last"
 
     @cached_property
