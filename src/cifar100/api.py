@@ -226,5 +226,5 @@ def _path(target: str | Path | TrainingRun) -> Path:
 
 def _checkpoint(target: object, checkpoint: str | None) -> str:
     """The checkpoint asked for; else a TrainingRun's tested one; else None: a run directory's
-    tested one (RunDir.tested_checkpoint)."""
+    tested one (evaluation.tested_checkpoint)."""
     return checkpoint or getattr(target, "checkpoint", None)

@@ -27,7 +27,7 @@ def variant_suffix(
 ) -> str:
     """ "" for a run's own evaluation (the checkpoint its test used, raw weights, no TTA), else
     e.g. "-last-tta": `which` names a checkpoint of the run directory `target` other than
-    its tested one (RunDir.tested_checkpoint).
+    its tested one (evaluation.tested_checkpoint).
 
     Other variants go to their own files (evaluation-ema.json, predictions-ema.npz, ...), so
     they never replace the run's record that `report` and `compare` read.

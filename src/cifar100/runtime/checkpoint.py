@@ -169,7 +169,7 @@ def _check_zip(path: Path, advice: str) -> None:
 
 def resolve_checkpoint(target: str | Path, which: str | None = None) -> Path:
     """A checkpoint file, or a run directory's `last.pt` / `best.pt` (None: the one its test
-    used, RunDir.tested_checkpoint)."""
+    used, evaluation.tested_checkpoint)."""
     target = Path(target)
     if target.is_dir():
         run = RunDir(target)
